@@ -1,0 +1,249 @@
+"""Fill data: a fill50k-style data set made offline, and a loader for the real ``fusing/fill50k``.
+
+Each example has three columns, as in fill50k:
+
+- ``image``: a filled circle of one named colour on a background of another (the target);
+- ``conditioning_image``: the circle's outline, white on black (the control signal);
+- ``text``: ``"{circle colour} circle with {background colour} background"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .paths import staged_folder
+
+#: Named colours of the generated data (name -> RGB). Distinct enough to tell apart at 64 px.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 20, 60),
+    "orange": (255, 140, 0),
+    "yellow": (255, 215, 0),
+    "lime": (50, 205, 50),
+    "green": (0, 100, 0),
+    "teal": (0, 128, 128),
+    "cyan": (0, 206, 209),
+    "blue": (30, 60, 220),
+    "navy": (0, 0, 110),
+    "purple": (128, 0, 128),
+    "magenta": (255, 0, 255),
+    "pink": (255, 160, 190),
+    "brown": (139, 69, 19),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+    "black": (15, 15, 15),
+}
+
+#: Column names of fill50k and of every data set the course writes.
+COLUMNS = ("image", "conditioning_image", "text")
+#: The caption template of the generated data.
+CAPTION_TEMPLATE = "{circle} circle with {background} background"
+
+
+def caption_words() -> list[str]:
+    """Every word a generated caption can contain (what the tiny tokenizer must cover)."""
+    template_words = CAPTION_TEMPLATE.replace("{circle}", "").replace("{background}", "").split()
+    return sorted(set(template_words) | {w for name in PALETTE for w in name.split()})
+
+
+@dataclass(frozen=True)
+class Circle:
+    """A circle in relative coordinates (fractions of the image side), so it draws at any resolution."""
+
+    cx: float
+    cy: float
+    radius: float
+    colour: str
+    background: str
+
+    @property
+    def text(self) -> str:
+        return CAPTION_TEMPLATE.format(circle=self.colour, background=self.background)
+
+
+def sample_circle(seed: int, index: int) -> Circle:
+    """The ``index``-th circle of the data set with this ``seed``; independent of the set's size."""
+    rng = np.random.default_rng([seed, index])
+    radius = rng.uniform(0.12, 0.32)
+    cx, cy = rng.uniform(radius + 0.04, 1 - radius - 0.04, size=2)
+    colour, background = rng.choice(list(PALETTE), size=2, replace=False)
+    return Circle(float(cx), float(cy), float(radius), str(colour), str(background))
+
+
+def outline_width(resolution: int) -> int:
+    """Outline thickness in pixels: about 3 px at 512, never thinner than 1 px."""
+    return max(1, round(resolution / 170))
+
+
+def draw_circle(circle: Circle, resolution: int) -> tuple[Image.Image, Image.Image]:
+    """Render ``(image, conditioning_image)`` for one circle at ``resolution`` x ``resolution``."""
+    box = [
+        (circle.cx - circle.radius) * resolution,
+        (circle.cy - circle.radius) * resolution,
+        (circle.cx + circle.radius) * resolution,
+        (circle.cy + circle.radius) * resolution,
+    ]
+    image = Image.new("RGB", (resolution, resolution), PALETTE[circle.background])
+    ImageDraw.Draw(image).ellipse(box, fill=PALETTE[circle.colour])
+    conditioning = Image.new("RGB", (resolution, resolution), (0, 0, 0))
+    ImageDraw.Draw(conditioning).ellipse(box, outline=(255, 255, 255), width=outline_width(resolution))
+    return image, conditioning
+
+
+def fill_example(seed: int, index: int, resolution: int) -> dict:
+    """One example as a dict with the fill50k columns (PIL images and the caption)."""
+    circle = sample_circle(seed, index)
+    image, conditioning = draw_circle(circle, resolution)
+    return {"image": image, "conditioning_image": conditioning, "text": circle.text}
+
+
+def _check_resolution(resolution: int) -> None:
+    if not isinstance(resolution, int) or resolution < 8:
+        raise ValueError(f"resolution must be an integer of at least 8 pixels, got {resolution!r}")
+
+
+def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int, seed: int = 0) -> Path:
+    """Write a generated fill data set as an imagefolder that ``datasets.load_dataset(path)`` reads.
+
+    Layout: ``images/NNNNN.png``, ``conditioning_images/NNNNN.png`` and ``metadata.jsonl`` with the keys
+    ``file_name``, ``conditioning_image_file_name`` and ``text``.
+    """
+    _check_resolution(resolution)
+    with staged_folder(path) as tmp, open(tmp / "metadata.jsonl", "w") as metadata:
+        (tmp / "images").mkdir()
+        (tmp / "conditioning_images").mkdir()
+        for index in range(num_examples):
+            example = fill_example(seed, index, resolution)
+            name = f"{index:05d}.png"
+            example["image"].save(tmp / "images" / name)
+            example["conditioning_image"].save(tmp / "conditioning_images" / name)
+            row = {
+                "file_name": f"images/{name}",
+                "conditioning_image_file_name": f"conditioning_images/{name}",
+                "text": example["text"],
+            }
+            metadata.write(json.dumps(row) + "\n")
+    return Path(path)
+
+
+def write_fill50k_raw(path: str | Path, num_examples: int, resolution: int, seed: int = 0) -> Path:
+    """Write generated data in the raw layout of the hub's ``fusing/fill50k`` repository.
+
+    ``train.jsonl`` rows ``{"text", "image", "conditioning_image"}``, the two image fields being paths
+    inside ``images.zip`` and ``conditioning_images.zip``. Used to test :func:`load_fill50k` offline.
+    """
+    _check_resolution(resolution)
+    with (
+        staged_folder(path) as tmp,
+        zipfile.ZipFile(tmp / "images.zip", "w") as images,
+        zipfile.ZipFile(tmp / "conditioning_images.zip", "w") as conditioning_images,
+        open(tmp / "train.jsonl", "w") as rows,
+    ):
+        for index in range(num_examples):
+            example = fill_example(seed, index, resolution)
+            for archive, column, folder in (
+                (images, "image", "images"),
+                (conditioning_images, "conditioning_image", "conditioning_images"),
+            ):
+                with archive.open(f"{folder}/{index}.png", "w") as f:
+                    example[column].save(f, format="PNG")
+            row = {"text": example["text"], "image": f"images/{index}.png",
+                   "conditioning_image": f"conditioning_images/{index}.png"}
+            rows.write(json.dumps(row) + "\n")
+    return Path(path)
+
+
+FILL50K_FILES = ("train.jsonl", "images.zip", "conditioning_images.zip")
+
+
+def _extract_once(archive: Path, cache_dir: Path) -> Path:
+    """Extract ``archive`` into a cache folder keyed by its identity; reuse it on later calls."""
+    stat = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / f"{archive.stem}-{key}"
+    if not target.is_dir():
+        with staged_folder(target) as tmp, zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+    return target
+
+
+def _member_path(root: Path, relative: str, row: int, column: str) -> str:
+    candidate = root / relative
+    if not candidate.is_file():  # some copies zip the files without their folder
+        candidate = root / Path(relative).name
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"train.jsonl row {row}: {column} {relative!r} is not in the extracted archive {root}"
+        )
+    return str(candidate)
+
+
+def load_fill50k(source: str | Path = "fusing/fill50k", *, max_samples: int | None = None,
+                 cache_dir: str | Path | None = None):
+    """Load fill50k as a ``datasets.Dataset`` with columns image, conditioning_image and text.
+
+    ``fusing/fill50k`` on the hub is a loading-script data set, and datasets >= 4 no longer runs
+    scripts, so ``load_dataset("fusing/fill50k")`` fails. This reads the repository's raw files
+    instead (``train.jsonl``, ``images.zip``, ``conditioning_images.zip``), either downloaded from the
+    hub (``source`` a hub id) or from a local folder with the same layout (``source`` a path).
+    """
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    from . import hub
+    from .paths import build_dir
+
+    local = Path(source).expanduser()
+    if local.is_dir():
+        missing = [name for name in FILL50K_FILES if not (local / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{local} is not a fill50k raw folder: missing {', '.join(missing)} "
+                f"(expected {', '.join(FILL50K_FILES)})"
+            )
+        files = {name: local / name for name in FILL50K_FILES}
+    else:
+        files = {name: hub.download_file(str(source), name, repo_type="dataset") for name in FILL50K_FILES}
+
+    cache = Path(cache_dir) if cache_dir is not None else build_dir() / "fill50k-extracted"
+    image_root = _extract_once(files["images.zip"], cache)
+    conditioning_root = _extract_once(files["conditioning_images.zip"], cache)
+
+    columns: dict[str, list[str]] = {"image": [], "conditioning_image": [], "text": []}
+    with open(files["train.jsonl"]) as rows:
+        for number, line in enumerate(rows):
+            if max_samples is not None and number >= max_samples:
+                break
+            row = json.loads(line)
+            missing = [key for key in COLUMNS if key not in row]
+            if missing:
+                raise KeyError(f"train.jsonl row {number} lacks {missing}; it has {sorted(row)}")
+            columns["image"].append(_member_path(image_root, row["image"], number, "image"))
+            columns["conditioning_image"].append(
+                _member_path(conditioning_root, row["conditioning_image"], number, "conditioning_image"))
+            columns["text"].append(row["text"])
+    features = Features({"image": ImageFeature(), "conditioning_image": ImageFeature(), "text": Value("string")})
+    return Dataset.from_dict(columns, features=features)
+
+
+def load_imagefolder(path: str | Path):
+    """Load an imagefolder written by :func:`write_fill_imagefolder` (or your own) as a Dataset."""
+    from datasets import load_dataset
+
+    return load_dataset(str(path), split="train")
+
+
+def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0) -> Path:
+    """Generate the tiny profile's data set under the build folder once; return its path."""
+    from .paths import build_dir
+
+    path = build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}"
+    if not (path / "metadata.jsonl").is_file():
+        write_fill_imagefolder(path, num_examples, resolution, seed)
+    return path

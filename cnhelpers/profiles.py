@@ -1,0 +1,98 @@
+"""Profiles: one place that says which base model, which data and which sizes the course uses.
+
+- ``tiny`` (the default): a tiny SD-layout model and generated fill data, built locally; offline, CPU.
+- ``sd15``: Stable Diffusion 1.5 and ``fusing/fill50k`` at 512 px, for a GPU with internet access.
+
+Pick one with the ``CN_PROFILE`` environment variable, or pass a name to :func:`get_profile` (the
+notebooks' parameter cells do).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+DEFAULT_PROFILE = "tiny"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between the CPU course and the real GPU run."""
+
+    name: str
+    description: str
+    #: Hub id or local folder of the base model; ``None`` means the locally built tiny base.
+    pretrained_model_name_or_path: str | None
+    #: Hub id or local folder of the data; ``None`` means generated fill data.
+    dataset_name: str | None
+    resolution: int
+    train_batch_size: int
+    learning_rate: float
+    max_train_steps: int
+    #: How many examples to generate for the tiny profile's data set.
+    num_generated_examples: int = 0
+    #: ``"no"``, ``"fp16"`` or ``"bf16"``: what accelerate should use on this profile's hardware.
+    mixed_precision: str = "no"
+    validation_prompt: str = "red circle with blue background"
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        description="tiny SD-layout model and generated fill data, offline, CPU-friendly (minutes)",
+        pretrained_model_name_or_path=None,
+        dataset_name=None,
+        resolution=64,
+        train_batch_size=8,
+        learning_rate=1e-4,
+        max_train_steps=200,
+        num_generated_examples=512,
+    ),
+    "sd15": Profile(
+        name="sd15",
+        description="Stable Diffusion 1.5 and fusing/fill50k at 512 px, for a GPU (hours)",
+        pretrained_model_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        dataset_name="fusing/fill50k",
+        resolution=512,
+        train_batch_size=4,
+        learning_rate=1e-5,
+        max_train_steps=15000,
+        mixed_precision="fp16",
+        validation_prompt="red circle with blue background",
+    ),
+}
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """The profile called ``name``, else the one ``CN_PROFILE`` names, else ``tiny``.
+
+    Keyword arguments replace single fields, e.g. ``get_profile("tiny", resolution=128)``.
+    """
+    chosen = (name or os.environ.get("CN_PROFILE") or DEFAULT_PROFILE).strip().lower()
+    if chosen not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {chosen!r}: choose one of {', '.join(PROFILES)} "
+            "(set CN_PROFILE or the notebook's PROFILE parameter)"
+        )
+    return replace(PROFILES[chosen], **overrides) if overrides else PROFILES[chosen]
+
+
+def base_model_path(profile: Profile):
+    """A local folder holding the profile's base model: the built tiny base, or a hub snapshot."""
+    from .hub import resolve_pretrained
+    from .models import ensure_tiny_base
+
+    if profile.pretrained_model_name_or_path is None:
+        return ensure_tiny_base()
+    return resolve_pretrained(profile.pretrained_model_name_or_path)
+
+
+def load_train_dataset(profile: Profile, max_samples: int | None = None):
+    """The profile's raw training data as a ``datasets.Dataset`` (image, conditioning_image, text)."""
+    from .data import ensure_fill_dataset, load_fill50k, load_imagefolder
+
+    if profile.dataset_name is None:
+        path = ensure_fill_dataset(profile.num_generated_examples, profile.resolution)
+        dataset = load_imagefolder(path)
+        return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
+    return load_fill50k(profile.dataset_name, max_samples=max_samples)

@@ -1,0 +1,67 @@
+"""The notebooks and the course runner."""
+
+import json
+from pathlib import Path
+
+import nbformat
+
+from cnhelpers.course import course_notebooks, run_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def test_notebooks_are_ordered_by_number():
+    names = [p.name for p in course_notebooks(NOTEBOOKS)]
+    assert names and names == sorted(names)
+    assert names[0] == "00_setup.ipynb"
+
+
+def test_stored_notebooks_have_no_errors_and_nbval_can_read_them():
+    for path in course_notebooks(NOTEBOOKS):
+        nb = json.loads(path.read_text())
+        assert nb["metadata"]["kernelspec"]["name"]
+        for cell in nb["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            assert all(o["output_type"] != "error" for o in cell.get("outputs", [])), path.name
+            if cell.get("outputs"):
+                assert cell.get("execution_count") is not None, f"{path.name}: outputs without a count"
+
+
+def test_every_notebook_has_objectives_and_a_recap():
+    for path in course_notebooks(NOTEBOOKS):
+        text = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                         if c["cell_type"] == "markdown")
+        assert "Learning objectives" in text and "Recap" in text, path.name
+
+
+def _notebook(tmp_path, *sources):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "00_demo.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_runner_reports_ok_and_writes_the_executed_copy(tmp_path):
+    path = _notebook(tmp_path, "print(6 * 7)")
+    passed, seconds, message = run_notebook(path, tmp_path / "out" / path.name)
+    assert passed and message == "ok" and seconds > 0
+    executed = nbformat.read(tmp_path / "out" / path.name, as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "42\n"
+
+
+def test_runner_names_the_failing_cell(tmp_path):
+    path = _notebook(tmp_path, "x = 1", "raise ValueError('bad resolution')", "print('never')")
+    passed, _, message = run_notebook(path, tmp_path / "out.ipynb")
+    assert not passed
+    assert message == "FAILED at code cell 1: ValueError: bad resolution"
+
+
+def test_runner_skips_a_notebook_whose_kernel_is_not_installed(tmp_path):
+    path = _notebook(tmp_path, "print(1)")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kernelspec"]["name"] = "no-such-kernel-for-sure"
+    nbformat.write(nb, path)
+    passed, _, message = run_notebook(path, tmp_path / "out.ipynb")
+    assert not passed and message.startswith("skipped") and "no-such-kernel-for-sure" in message

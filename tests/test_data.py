@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+
+from cnhelpers.data import (COLUMNS, PALETTE, draw_circle, ensure_fill_dataset, fill_example, load_fill50k,
+                            load_imagefolder, sample_circle, write_fill50k_raw, write_fill_imagefolder)
+
+
+def _pixels(image):
+    return np.asarray(image)
+
+
+def test_generator_is_deterministic_for_a_seed():
+    first = fill_example(seed=3, index=7, resolution=64)
+    second = fill_example(seed=3, index=7, resolution=64)
+    assert first["text"] == second["text"]
+    assert np.array_equal(_pixels(first["image"]), _pixels(second["image"]))
+    assert np.array_equal(_pixels(first["conditioning_image"]), _pixels(second["conditioning_image"]))
+
+
+def test_different_seeds_give_different_data():
+    texts = {seed: [sample_circle(seed, i).text for i in range(20)] for seed in (0, 1)}
+    assert texts[0] != texts[1]
+
+
+def test_written_data_set_is_reproducible(tmp_path):
+    a = write_fill_imagefolder(tmp_path / "a", 6, 32, seed=5)
+    b = write_fill_imagefolder(tmp_path / "b", 6, 32, seed=5)
+    assert (a / "metadata.jsonl").read_text() == (b / "metadata.jsonl").read_text()
+    for name in ("images/00003.png", "conditioning_images/00003.png"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+@pytest.mark.parametrize("resolution", [16, 64, 100, 512])
+def test_generator_works_at_any_resolution(resolution):
+    example = fill_example(seed=0, index=1, resolution=resolution)
+    assert example["image"].size == example["conditioning_image"].size == (resolution, resolution)
+    assert example["image"].mode == example["conditioning_image"].mode == "RGB"
+
+
+def test_same_circle_at_every_resolution():
+    circle = sample_circle(0, 4)
+    small, _ = draw_circle(circle, 64)
+    large, _ = draw_circle(circle, 512)
+    centre = (int(circle.cx * 64), int(circle.cy * 64))
+    assert small.getpixel(centre) == PALETTE[circle.colour]
+    assert large.getpixel((centre[0] * 8 + 4, centre[1] * 8 + 4)) == PALETTE[circle.colour]
+
+
+def test_image_is_a_filled_circle_and_conditioning_its_white_outline():
+    circle = sample_circle(0, 2)
+    image, conditioning = draw_circle(circle, 128)
+    pixels, outline = _pixels(image), _pixels(conditioning)
+    yy, xx = np.mgrid[:128, :128] + 0.5
+    distance = np.hypot(xx - circle.cx * 128, yy - circle.cy * 128) / 128
+    inside, outside = distance < circle.radius * 0.9, distance > circle.radius * 1.1
+    assert (pixels[inside] == PALETTE[circle.colour]).all()
+    assert (pixels[outside] == PALETTE[circle.background]).all()
+    white = (outline == 255).all(axis=-1)
+    assert white.any() and not white[inside].any() and not white[outside].any()
+    assert set(np.unique(outline)) <= {0, 255}
+
+
+def test_caption_names_the_circle_and_background_colours():
+    circle = sample_circle(1, 0)
+    assert circle.text == f"{circle.colour} circle with {circle.background} background"
+    assert circle.colour != circle.background
+    assert circle.colour in PALETTE and circle.background in PALETTE
+
+
+def test_palette_is_public_and_rgb():
+    assert len(PALETTE) >= 12
+    assert all(len(rgb) == 3 and all(0 <= v <= 255 for v in rgb) for rgb in PALETTE.values())
+
+
+def test_imagefolder_loads_with_the_fill50k_columns(tmp_path):
+    path = write_fill_imagefolder(tmp_path / "fill", 5, 32, seed=0)
+    rows = [json.loads(line) for line in (path / "metadata.jsonl").read_text().splitlines()]
+    assert set(rows[0]) == {"file_name", "conditioning_image_file_name", "text"}
+    dataset = load_imagefolder(path)
+    assert len(dataset) == 5
+    assert set(dataset.column_names) == set(COLUMNS)
+    assert dataset[2]["text"] == sample_circle(0, 2).text
+    assert np.array_equal(_pixels(dataset[2]["image"]), _pixels(fill_example(0, 2, 32)["image"]))
+    assert np.array_equal(_pixels(dataset[2]["conditioning_image"]),
+                          _pixels(fill_example(0, 2, 32)["conditioning_image"]))
+
+
+def test_raw_fill50k_loader_reads_a_local_copy_of_the_hub_layout(tmp_path):
+    raw = write_fill50k_raw(tmp_path / "fill50k", 7, 32, seed=2)
+    assert sorted(p.name for p in raw.iterdir()) == ["conditioning_images.zip", "images.zip", "train.jsonl"]
+    dataset = load_fill50k(raw, cache_dir=tmp_path / "cache")
+    assert dataset.column_names == list(COLUMNS)
+    assert len(dataset) == 7
+    assert dataset[4]["text"] == sample_circle(2, 4).text
+    assert np.array_equal(_pixels(dataset[4]["conditioning_image"]),
+                          _pixels(fill_example(2, 4, 32)["conditioning_image"]))
+    assert len(load_fill50k(raw, max_samples=3, cache_dir=tmp_path / "cache")) == 3
+
+
+def test_raw_loader_names_the_missing_files(tmp_path):
+    raw = write_fill50k_raw(tmp_path / "fill50k", 2, 16)
+    (raw / "images.zip").unlink()
+    with pytest.raises(FileNotFoundError, match="missing images.zip"):
+        load_fill50k(raw, cache_dir=tmp_path / "cache")
+
+
+def test_raw_loader_names_the_row_whose_image_is_missing(tmp_path):
+    raw = write_fill50k_raw(tmp_path / "fill50k", 3, 16)
+    rows = (raw / "train.jsonl").read_text().splitlines()
+    broken = json.loads(rows[1]) | {"image": "images/nope.png"}
+    rows[1] = json.dumps(broken)
+    (raw / "train.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(FileNotFoundError, match="row 1: image 'images/nope.png'"):
+        load_fill50k(raw, cache_dir=tmp_path / "cache")
+
+
+def test_ensure_fill_dataset_generates_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CN_BUILD_DIR", str(tmp_path))
+    path = ensure_fill_dataset(4, 32)
+    stamp = (path / "metadata.jsonl").stat().st_mtime_ns
+    assert ensure_fill_dataset(4, 32) == path
+    assert (path / "metadata.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_resolution_must_be_an_integer_of_at_least_8(tmp_path):
+    with pytest.raises(ValueError, match="resolution"):
+        write_fill_imagefolder(tmp_path / "x", 1, 4)
+    assert not (tmp_path / "x").exists()
