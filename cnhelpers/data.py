@@ -247,3 +247,148 @@ def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0) -> Pa
     if not (path / "metadata.jsonl").is_file():
         write_fill_imagefolder(path, num_examples, resolution, seed)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# From rows to training batches (notebook 01)
+# --------------------------------------------------------------------------------------------------
+
+#: The VAE of SD (and of the tiny base) downsamples by this factor; image sides must be multiples of it.
+VAE_SCALE_FACTOR = 8
+
+
+def check_resolution(resolution: int, vae_scale_factor: int = VAE_SCALE_FACTOR) -> None:
+    """Reject a training resolution the VAE cannot take, saying why and what would work."""
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % vae_scale_factor:
+        lower = max(vae_scale_factor, (int(resolution) // vae_scale_factor) * vae_scale_factor) \
+            if isinstance(resolution, (int, float)) and resolution > 0 else vae_scale_factor
+        raise ValueError(
+            f"resolution={resolution!r} is not a positive multiple of {vae_scale_factor}: the VAE shrinks images "
+            f"{vae_scale_factor}x, and the ControlNet's conditioning embedding must produce latents of the same "
+            f"size. Use {lower} or {lower + vae_scale_factor}."
+        )
+
+
+def image_transforms(resolution: int):
+    """Target images: resize (bilinear) the short side, center-crop, to a tensor in [-1, 1] (the VAE's range)."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(resolution),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+    ])
+
+
+def conditioning_image_transforms(resolution: int):
+    """Conditioning images: the same geometry, but kept in [0, 1], the range the ControlNet is fed."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(resolution),
+        transforms.ToTensor(),
+    ])
+
+
+def pick_captions(captions, proportion_empty_prompts: float = 0.0, is_train: bool = True, rng=None,
+                  caption_column: str = "text") -> list[str]:
+    """Choose one string per example, as upstream's train_controlnet.py does.
+
+    A share ``proportion_empty_prompts`` becomes ``""`` (so the ControlNet also learns to work without a
+    prompt, which classifier-free guidance needs); a list of captions gives a random one when training
+    and the first otherwise; empty strings stay empty.
+    """
+    import random
+
+    rng = rng or random
+    chosen = []
+    for caption in captions:
+        if rng.random() < proportion_empty_prompts:
+            chosen.append("")
+        elif isinstance(caption, str):
+            chosen.append(caption)
+        elif isinstance(caption, (list, tuple, np.ndarray)) and len(caption) > 0:
+            chosen.append(str(rng.choice(list(caption)) if is_train else caption[0]))
+        else:
+            raise ValueError(
+                f"Caption column {caption_column!r} should contain strings or non-empty lists of strings, "
+                f"got {type(caption).__name__}: {caption!r}"
+            )
+    return chosen
+
+
+def tokenize_prompts(tokenizer, prompts: list[str]):
+    """Token ids padded to the tokenizer's max length (77 for CLIP) and truncated beyond it."""
+    return tokenizer(prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _to_rgb(image, row, column):
+    """Decode (if needed) and convert an image to RGB; a broken file names its row and column."""
+    try:
+        if isinstance(image, dict):  # an undecoded datasets Image: {"bytes", "path"}
+            import io
+
+            image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+        return image.convert("RGB")
+    except Exception as error:
+        raise ValueError(f"Row {row}: cannot read the {column!r} image ({type(error).__name__}: {error})") from error
+
+
+def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str = "image",
+                       conditioning_image_column: str = "conditioning_image", caption_column: str = "text",
+                       proportion_empty_prompts: float = 0.0, max_train_samples: int | None = None,
+                       seed: int | None = None):
+    """Turn raw rows into training examples: ``pixel_values``, ``conditioning_pixel_values``, ``input_ids``.
+
+    The knobs are upstream train_controlnet.py's, but columns are always picked by name (upstream falls
+    back to column positions, and an imagefolder orders them image, conditioning_image, text, so the
+    captions would become conditioning images). Transforms run lazily, when a row is read.
+    """
+    import random
+
+    from datasets import Image as ImageFeature
+
+    check_resolution(resolution)
+    if not 0 <= proportion_empty_prompts <= 1:
+        raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
+    for knob, column in (("image_column", image_column), ("conditioning_image_column", conditioning_image_column),
+                         ("caption_column", caption_column)):
+        if column not in dataset.column_names:
+            raise ValueError(f"{knob}={column!r} is not a column of the data set; its columns are: "
+                             f"{', '.join(dataset.column_names)}. Pass {knob}=<one of them>.")
+    if max_train_samples is not None:
+        dataset = dataset.shuffle(seed=seed).select(range(min(max_train_samples, len(dataset))))
+    # Decode the images ourselves, so a broken file can name its row instead of failing deep in datasets.
+    for column in (image_column, conditioning_image_column):
+        if isinstance(dataset.features[column], ImageFeature):
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    dataset = dataset.add_column("row", list(range(len(dataset))))
+    to_image, to_conditioning = image_transforms(resolution), conditioning_image_transforms(resolution)
+    rng = random.Random(seed)
+
+    def preprocess(batch):
+        rows = batch["row"]
+        return {
+            "pixel_values": [to_image(_to_rgb(im, r, image_column))
+                             for im, r in zip(batch[image_column], rows)],
+            "conditioning_pixel_values": [to_conditioning(_to_rgb(im, r, conditioning_image_column))
+                                          for im, r in zip(batch[conditioning_image_column], rows)],
+            "input_ids": tokenize_prompts(tokenizer, pick_captions(
+                batch[caption_column], proportion_empty_prompts, True, rng, caption_column)),
+        }
+
+    return dataset.with_transform(preprocess)
+
+
+def collate_fn(examples: list[dict]) -> dict:
+    """Stack examples into a batch: float image tensors (contiguous) and token ids."""
+    import torch
+
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous().float(),
+        "conditioning_pixel_values": torch.stack([e["conditioning_pixel_values"] for e in examples]).contiguous().float(),
+        "input_ids": torch.stack([e["input_ids"] for e in examples]),
+    }

@@ -128,3 +128,67 @@ def test_resolution_must_be_an_integer_of_at_least_8(tmp_path):
     with pytest.raises(ValueError, match="resolution"):
         write_fill_imagefolder(tmp_path / "x", 1, 4)
     assert not (tmp_path / "x").exists()
+
+
+# --- make_train_dataset (notebook 01) --------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from cnhelpers.data import check_resolution, collate_fn, make_train_dataset, pick_captions  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
+
+
+@pytest.fixture(scope="module")
+def fill_rows(tmp_path_factory):
+    return load_imagefolder(write_fill_imagefolder(tmp_path_factory.mktemp("fill") / "d", 6, 32, seed=0))
+
+
+def test_train_examples_have_the_shapes_and_ranges_the_models_expect(fill_rows, tokenizer):
+    train = make_train_dataset(fill_rows, tokenizer, resolution=32)
+    batch = collate_fn([train[i] for i in range(4)])
+    assert batch["pixel_values"].shape == batch["conditioning_pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
+    assert batch["pixel_values"].min() < 0  # normalised to [-1, 1]
+    assert batch["conditioning_pixel_values"].min() >= 0 and batch["conditioning_pixel_values"].max() <= 1
+    assert batch["input_ids"].shape == (4, tokenizer.model_max_length)
+    assert batch["input_ids"].dtype == torch.int64
+
+
+def test_missing_column_lists_the_columns_that_are_there(fill_rows, tokenizer):
+    with pytest.raises(ValueError, match="its columns are: image, conditioning_image, text"):
+        make_train_dataset(fill_rows, tokenizer, resolution=32, caption_column="prompt")
+
+
+@pytest.mark.parametrize("resolution", [30, 100, 0])
+def test_resolution_not_divisible_by_8_is_rejected_with_the_reason(resolution):
+    with pytest.raises(ValueError, match="multiple of 8: the VAE shrinks images 8x"):
+        check_resolution(resolution)
+
+
+def test_proportion_empty_prompts_empties_about_that_share():
+    import random
+
+    chosen = pick_captions(["a red circle"] * 2000, proportion_empty_prompts=0.3, rng=random.Random(0))
+    assert 0.25 < chosen.count("") / 2000 < 0.35
+    assert set(chosen) == {"", "a red circle"}
+
+
+def test_list_captions_pick_one_when_training_and_the_first_otherwise():
+    import random
+
+    rng = random.Random(0)
+    picked = {pick_captions([["a", "b", "c"]], rng=rng)[0] for _ in range(50)}
+    assert picked == {"a", "b", "c"}
+    assert pick_captions([["a", "b", "c"]], is_train=False) == ["a"]
+    assert pick_captions([""]) == [""]
+
+
+def test_caption_of_another_type_is_a_clear_error():
+    with pytest.raises(ValueError, match="should contain strings or non-empty lists"):
+        pick_captions([42])
