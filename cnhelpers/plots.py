@@ -20,3 +20,15 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
         axes[line][0].set_ylabel(column, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def image_grid(rows):
+    """Paste rows of equally sized PIL images into one picture (rows may differ in length)."""
+    from PIL import Image
+
+    width, height = rows[0][0].size
+    grid = Image.new("RGB", (width * max(len(r) for r in rows), height * len(rows)), "white")
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            grid.paste(image.convert("RGB").resize((width, height)), (x * width, y * height))
+    return grid

@@ -1,0 +1,220 @@
+"""Command-line flags of ``python -m cnhelpers.train``: upstream train_controlnet.py's, plus a few.
+
+Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
+and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
+(Min-SNR weighting), ``--cache`` (the fast path) and ``--num_validation_inference_steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+
+
+class CourseArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose error for an unknown flag suggests the closest known one."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            hints = []
+            for flag in (u for u in unknown if u.startswith("-")):
+                close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.6)
+                hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+            self.error("unknown flags: " + ", ".join(hints or unknown)
+                       + ". `python -m cnhelpers.train --help` lists them all.")
+        return parsed
+
+
+UPSTREAM_FLAGS = (
+    "pretrained_model_name_or_path", "controlnet_model_name_or_path", "revision", "variant", "tokenizer_name",
+    "output_dir", "cache_dir", "seed", "resolution", "train_batch_size", "num_train_epochs", "max_train_steps",
+    "checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "gradient_accumulation_steps",
+    "gradient_checkpointing", "learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps", "lr_num_cycles",
+    "lr_power", "use_8bit_adam", "dataloader_num_workers", "adam_beta1", "adam_beta2", "adam_weight_decay",
+    "adam_epsilon", "max_grad_norm", "push_to_hub", "hub_token", "hub_model_id", "logging_dir", "allow_tf32",
+    "report_to", "mixed_precision", "enable_xformers_memory_efficient_attention", "set_grads_to_none",
+    "dataset_name", "dataset_config_name", "train_data_dir", "image_column", "conditioning_image_column",
+    "caption_column", "max_train_samples", "proportion_empty_prompts", "validation_prompt", "validation_image",
+    "num_validation_images", "validation_steps", "tracker_project_name",
+)
+"""The 52 flags of upstream's train_controlnet.py, in its order."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: upstream's flags (same defaults), then the course's additions."""
+    p = CourseArgumentParser(prog="python -m cnhelpers.train",
+                             description="Train a ControlNet (flags of diffusers' train_controlnet.py, plus "
+                                         "--snr_gamma and --cache).")
+    model = p.add_argument_group("model")
+    model.add_argument("--pretrained_model_name_or_path", type=str, required=True,
+                       help="Base model: a local SD-layout folder or a hub id.")
+    model.add_argument("--controlnet_model_name_or_path", type=str, default=None,
+                       help="Existing ControlNet weights; by default they are initialised from the UNet.")
+    model.add_argument("--revision", type=str, default=None, help="Revision of the base model on the hub.")
+    model.add_argument("--variant", type=str, default=None, help="Weights variant of the base model, e.g. fp16.")
+    model.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer, if not the base model's.")
+
+    out = p.add_argument_group("output and checkpoints")
+    out.add_argument("--output_dir", type=str, default="controlnet-model")
+    out.add_argument("--cache_dir", type=str, default=None, help="Where downloaded models and data go.")
+    out.add_argument("--checkpointing_steps", type=int, default=500, help="Save the training state every N steps.")
+    out.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
+    out.add_argument("--resume_from_checkpoint", type=str, default=None,
+                     help="A checkpoint-N folder, or 'latest'.")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset_name", type=str, default=None,
+                      help="Hub id or local folder of the data (fusing/fill50k works despite its loading script).")
+    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with metadata.jsonl.")
+    data.add_argument("--image_column", type=str, default=None, help="Target image column (default: image).")
+    data.add_argument("--conditioning_image_column", type=str, default=None,
+                      help="Conditioning image column (default: conditioning_image).")
+    data.add_argument("--caption_column", type=str, default=None, help="Caption column (default: text).")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--proportion_empty_prompts", type=float, default=0,
+                      help="Share of prompts replaced by the empty prompt (classifier-free guidance).")
+    data.add_argument("--resolution", type=int, default=512, help="Training resolution, a multiple of 8.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--cache", choices=["auto", "always", "never"], default="auto",
+                      help="Encode latents and text once (auto: when the cache fits in 4 GiB).")
+
+    schedule = p.add_argument_group("schedule")
+    schedule.add_argument("--seed", type=int, default=None)
+    schedule.add_argument("--train_batch_size", type=int, default=4, help="Batch size per device.")
+    schedule.add_argument("--num_train_epochs", type=int, default=1)
+    schedule.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    schedule.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    schedule.add_argument("--snr_gamma", type=float, default=None,
+                          help="Min-SNR weighting γ (5.0 is the paper's choice); off by default.")
+
+    optim = p.add_argument_group("optimizer")
+    optim.add_argument("--learning_rate", type=float, default=5e-6)
+    optim.add_argument("--scale_lr", action="store_true", default=False,
+                       help="Multiply the learning rate by accumulation x batch size x processes.")
+    optim.add_argument("--lr_scheduler", type=str, default="constant",
+                       help="linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup")
+    optim.add_argument("--lr_warmup_steps", type=int, default=500)
+    optim.add_argument("--lr_num_cycles", type=int, default=1)
+    optim.add_argument("--lr_power", type=float, default=1.0)
+    optim.add_argument("--use_8bit_adam", action="store_true", help="8-bit AdamW from bitsandbytes.")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-08)
+    optim.add_argument("--max_grad_norm", default=1.0, type=float)
+
+    memory = p.add_argument_group("memory and speed")
+    memory.add_argument("--gradient_checkpointing", action="store_true")
+    memory.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere and newer GPUs.")
+    memory.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
+                        help="Default: the accelerate config's value.")
+    memory.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    memory.add_argument("--set_grads_to_none", action="store_true")
+
+    hub = p.add_argument_group("hub and logging")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_token", type=str, default=None)
+    hub.add_argument("--hub_model_id", type=str, default=None)
+    hub.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard logs, under output_dir.")
+    hub.add_argument("--report_to", type=str, default="tensorboard", help="tensorboard, wandb, comet_ml, all or none")
+    hub.add_argument("--tracker_project_name", type=str, default="train_controlnet")
+
+    validation = p.add_argument_group("validation")
+    validation.add_argument("--validation_prompt", type=str, default=None, nargs="+")
+    validation.add_argument("--validation_image", type=str, default=None, nargs="+",
+                            help="Conditioning image paths: one per prompt, or one for all prompts.")
+    validation.add_argument("--num_validation_images", type=int, default=4, help="Images per (prompt, image).")
+    validation.add_argument("--validation_steps", type=int, default=100)
+    validation.add_argument("--num_validation_inference_steps", type=int, default=20)
+    return p
+
+
+def check_args(args) -> None:
+    """Reject contradictory or impossible flag combinations with a message that says what to change."""
+    import torch
+
+    from .data import check_resolution
+
+    if args.dataset_name is None and args.train_data_dir is None:
+        raise ValueError("Give the data: --dataset_name (hub id or folder) or --train_data_dir (an imagefolder).")
+    if args.dataset_name is not None and args.train_data_dir is not None:
+        raise ValueError("Give only one of --dataset_name and --train_data_dir.")
+    if not 0 <= args.proportion_empty_prompts <= 1:
+        raise ValueError(f"--proportion_empty_prompts must be in [0, 1], got {args.proportion_empty_prompts}.")
+    if (args.validation_prompt is None) != (args.validation_image is None):
+        missing = "--validation_image" if args.validation_image is None else "--validation_prompt"
+        raise ValueError(f"{missing} must be given too: validation needs prompts and conditioning images.")
+    if args.validation_prompt is not None:
+        n_prompts, n_images = len(args.validation_prompt), len(args.validation_image)
+        if 1 not in (n_prompts, n_images) and n_prompts != n_images:
+            raise ValueError(f"{n_prompts} validation prompts but {n_images} validation images: give as many of "
+                             "each, or one image for all prompts, or one prompt for all images.")
+    check_resolution(args.resolution)
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed_precision fp16 needs a CUDA GPU and none is available. On a CPU use "
+                         "--mixed_precision no (or bf16, which CPUs support).")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        raise ValueError(f"--snr_gamma must be positive (5.0 is usual), got {args.snr_gamma}.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError("--checkpoints_total_limit must be at least 1 (or left out to keep every checkpoint).")
+
+
+def parse_args(argv=None):
+    """Parse and check the flags (``argv`` defaults to the command line)."""
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    return args
+
+
+def training_args(**flags):
+    """Flags as keyword arguments, for notebooks: ``training_args(resolution=64, validation_prompt=["..."])``."""
+    argv = []
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv.append(f"--{name}")
+        if value is True:
+            continue
+        argv.extend(str(v) for v in value) if isinstance(value, (list, tuple)) else argv.append(str(value))
+    return parse_args(argv)
+
+
+def check_push_to_hub(args) -> None:
+    """Fail before training, not after it, when ``--push_to_hub`` cannot work (offline or not logged in)."""
+    from .hub import HubUnavailableError, hub_offline
+
+    if hub_offline():
+        raise HubUnavailableError("--push_to_hub was given but HF_HUB_OFFLINE is set: train without --push_to_hub "
+                                  "and upload output_dir later with `hf upload`.")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().whoami(token=args.hub_token)
+    except Exception as error:
+        raise HubUnavailableError(
+            f"--push_to_hub cannot reach the Hugging Face Hub or you are not logged in ({type(error).__name__}: "
+            f"{error}). Log in with `hf auth login` (or pass --hub_token), or train without --push_to_hub and "
+            "upload output_dir later with `hf upload`.") from error
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m cnhelpers.train`` and ``accelerate launch -m cnhelpers.train``."""
+    from .hub import HubUnavailableError
+    from .training import train
+
+    try:
+        args = parse_args(argv)
+        result = train(args)
+    except (ValueError, FileNotFoundError, HubUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.is_main_process:
+        print(f"Trained {result.global_step} steps; ControlNet saved in {result.output_dir}")
+    return 0

@@ -1,0 +1,280 @@
+"""The training loop: Min-SNR, learning, checkpoints, resume, pruning, multi-process, errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import ControlNetModel, DDPMScheduler
+
+from cnhelpers.cli import UPSTREAM_FLAGS, build_parser, parse_args, training_args
+from cnhelpers.data import fill_example, write_fill_imagefolder
+from cnhelpers.training import controlnet_loss, diffusion_target, list_checkpoints, min_snr_weights, train
+
+
+@pytest.fixture(scope="module")
+def fill_dir(tmp_path_factory):
+    return write_fill_imagefolder(tmp_path_factory.mktemp("data") / "fill", 16, 64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def validation_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("val") / "outline.png"
+    fill_example(99, 0, 64)["conditioning_image"].save(path)
+    return path
+
+
+def tiny_args(tiny_base, fill_dir, output_dir, **flags):
+    defaults = dict(pretrained_model_name_or_path=tiny_base, train_data_dir=fill_dir, output_dir=output_dir,
+                    resolution=64, train_batch_size=4, learning_rate=1e-3, lr_warmup_steps=0, seed=0,
+                    report_to="none", checkpointing_steps=1000)
+    return training_args(**(defaults | flags))
+
+
+def controlnet_state(path):
+    return ControlNetModel.from_pretrained(path).state_dict()
+
+
+# --- Min-SNR ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_equal_the_formulas(prediction_type):
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 10, 100, 500, 999])
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    gamma = 5.0
+    expected = torch.minimum(snr, torch.tensor(gamma)) / (snr if prediction_type == "epsilon" else snr + 1)
+    assert torch.allclose(min_snr_weights(scheduler, timesteps, gamma), expected, rtol=1e-5)
+
+
+def test_min_snr_down_weights_the_easy_low_noise_timesteps():
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    weights = min_snr_weights(scheduler, torch.tensor([1, 50, 400, 900]), 5.0)
+    assert weights[0] < weights[1] < weights[2] and weights[0] < 0.01
+    assert weights[3] == pytest.approx(1.0)  # SNR below γ: weight 1 for epsilon
+
+
+def test_weighting_changes_the_loss_per_sample_not_per_pixel():
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    target = torch.zeros(2, 4, 8, 8)
+    pred = torch.ones(2, 4, 8, 8)
+    pred[1] *= 3  # sample 1 has 9x the error of sample 0
+    timesteps = torch.tensor([1, 900])  # sample 0 easy (weight ~0), sample 1 hard (weight 1)
+    unweighted = controlnet_loss(pred, target)
+    weighted = controlnet_loss(pred, target, timesteps, scheduler, snr_gamma=5.0)
+    assert unweighted == pytest.approx(5.0)
+    w = min_snr_weights(scheduler, timesteps, 5.0)
+    assert weighted == pytest.approx(float((w[0] * 1 + w[1] * 9) / 2), rel=1e-5)
+
+
+def test_v_prediction_target_is_the_velocity():
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    assert torch.equal(diffusion_target(scheduler, latents, noise, t), scheduler.get_velocity(latents, noise, t))
+    assert torch.equal(diffusion_target(DDPMScheduler(), latents, noise, t), noise)
+
+
+# --- Learning --------------------------------------------------------------------------------------
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_base, fill_dir, tmp_path):
+    from cnhelpers.data import collate_fn, load_imagefolder, make_train_dataset
+    from cnhelpers.training import load_models
+
+    args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_samples=4, max_train_steps=30)
+    train(args)
+    tokenizer, text_encoder, vae, unet, scheduler, initial = load_models(args)
+    trained = ControlNetModel.from_pretrained(tmp_path / "run")
+    batch = collate_fn(list(make_train_dataset(load_imagefolder(fill_dir), tokenizer, resolution=64,
+                                               max_train_samples=4, seed=0)))
+
+    @torch.no_grad()
+    def fixed_noise_loss(controlnet):
+        generator, total = torch.Generator().manual_seed(1), 0.0
+        for _ in range(8):
+            latents = vae.encode(batch["pixel_values"]).latent_dist.sample(generator) * vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=generator)
+            t = torch.randint(0, 1000, (4,), generator=generator)
+            noisy, text = scheduler.add_noise(latents, noise, t), text_encoder(batch["input_ids"])[0]
+            down, mid = controlnet(noisy, t, text, controlnet_cond=batch["conditioning_pixel_values"],
+                                   return_dict=False)
+            pred = unet(noisy, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+            total += controlnet_loss(pred, diffusion_target(scheduler, latents, noise, t)).item()
+        return total / 8
+
+    assert fixed_noise_loss(trained) < 0.95 * fixed_noise_loss(initial)
+
+
+def test_outputs_load_in_diffusers_format_with_a_model_card(tiny_base, fill_dir, validation_image, tmp_path):
+    args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=2, snr_gamma=5.0,
+                     validation_prompt=["red circle with blue background"], validation_image=[validation_image],
+                     num_validation_images=2, validation_steps=2, num_validation_inference_steps=2)
+    result = train(args)
+    assert result.global_step == 2 and len(result.history) == 2
+    assert isinstance(ControlNetModel.from_pretrained(tmp_path / "run"), ControlNetModel)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Min-SNR γ | 5.0" in card and "validation/step-000002.png" in card
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "run" / "validation" / "step-000002.png")
+    assert grid.size == (64 * 3, 64)  # the conditioning image, then 2 generated images
+
+
+def test_cached_and_uncached_paths_train_the_same_model_shape(tiny_base, fill_dir, tmp_path):
+    cached = train(tiny_args(tiny_base, fill_dir, tmp_path / "a", max_train_steps=2, cache="always"))
+    uncached = train(tiny_args(tiny_base, fill_dir, tmp_path / "b", max_train_steps=2, cache="never",
+                               proportion_empty_prompts=0.5))
+    assert cached.cached and not uncached.cached
+    a, b = controlnet_state(tmp_path / "a"), controlnet_state(tmp_path / "b")
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- Checkpoints -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resume_reproduces_an_uninterrupted_run(tiny_base, fill_dir, tmp_path, accumulation):
+    # 16 examples, batch 4: 4 batches an epoch, so the run crosses an epoch and resumes mid-epoch.
+    common = dict(gradient_accumulation_steps=accumulation, checkpointing_steps=3 if accumulation == 1 else 1,
+                  proportion_empty_prompts=0.3)
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "straight", max_train_steps=6 // accumulation + 1, **common))
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "resumed", max_train_steps=3 if accumulation == 1 else 2,
+                    **common))
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "resumed", max_train_steps=6 // accumulation + 1,
+                    resume_from_checkpoint="latest", **common))
+    straight, resumed = controlnet_state(tmp_path / "straight"), controlnet_state(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_total_limit_keeps_the_newest_checkpoints(tiny_base, fill_dir, tmp_path):
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=6, checkpointing_steps=2,
+                    checkpoints_total_limit=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_resuming_with_a_limit_prunes_the_old_run_too(tiny_base, fill_dir, tmp_path):
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=6, checkpointing_steps=2))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    result = train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=8, checkpointing_steps=2,
+                             checkpoints_total_limit=2, resume_from_checkpoint="latest"))
+    assert result.global_step == 8
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-6", "checkpoint-8"]
+
+
+def test_a_crash_while_saving_leaves_no_checkpoint_behind(tiny_base, fill_dir, tmp_path, monkeypatch):
+    import accelerate
+
+    def crash(self, output_dir=None, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "optimizer.bin").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=4, checkpointing_steps=2))
+    assert list_checkpoints(tmp_path / "run") == []
+
+
+def test_resume_from_a_missing_checkpoint_lists_the_ones_there(tiny_base, fill_dir, tmp_path):
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=2, checkpointing_steps=2))
+    with pytest.raises(FileNotFoundError, match="checkpoints there: checkpoint-2"):
+        train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=4,
+                        resume_from_checkpoint="checkpoint-7"))
+
+
+def test_two_process_cpu_run_trains_and_saves_once(tiny_base, fill_dir, tmp_path):
+    out = tmp_path / "ddp"
+    # --multi_gpu starts the processes with torchrun; ACCELERATE_USE_CPU=1 makes them share the CPU with
+    # gloo (--cpu alone would start a single process: accelerate runs CPU processes only through MPI).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_cpu_threads_per_process", "1", "-m", "cnhelpers.train",
+               "--pretrained_model_name_or_path", str(tiny_base), "--train_data_dir", str(fill_dir),
+               "--output_dir", str(out), "--resolution", "64", "--train_batch_size", "2", "--max_train_steps", "3",
+               "--checkpointing_steps", "2", "--seed", "0", "--report_to", "none", "--learning_rate", "1e-4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Trained 3 steps") == 1  # only the main process reports and saves
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert sorted(p.name for p in (out / "checkpoint-2").glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    assert isinstance(ControlNetModel.from_pretrained(out), ControlNetModel)
+
+
+def test_processes_that_cannot_share_a_device_refuse_to_train_alone(tiny_base, fill_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the processes share the GPU")
+    with pytest.raises(ValueError, match="ACCELERATE_USE_CPU=1"):
+        train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=1))
+
+
+# --- The CLI ---------------------------------------------------------------------------------------
+
+def test_cli_accepts_every_upstream_flag_with_upstream_defaults():
+    parser = build_parser()
+    dests = {a.dest: a for a in parser._actions}
+    assert len(UPSTREAM_FLAGS) == 52
+    missing = [f for f in UPSTREAM_FLAGS if f not in dests]
+    assert missing == []
+    defaults = {"output_dir": "controlnet-model", "resolution": 512, "train_batch_size": 4, "num_train_epochs": 1,
+                "checkpointing_steps": 500, "learning_rate": 5e-6, "lr_scheduler": "constant", "lr_warmup_steps": 500,
+                "lr_num_cycles": 1, "lr_power": 1.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+                "adam_weight_decay": 1e-2, "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "logging_dir": "logs",
+                "report_to": "tensorboard", "num_validation_images": 4, "validation_steps": 100,
+                "tracker_project_name": "train_controlnet", "proportion_empty_prompts": 0,
+                "gradient_accumulation_steps": 1, "dataloader_num_workers": 0}
+    assert {k: dests[k].default for k in defaults} == defaults
+    assert dests["snr_gamma"].default is None
+
+
+def test_the_guides_command_parses(tmp_path):
+    args = parse_args(["--pretrained_model_name_or_path=stable-diffusion-v1-5/stable-diffusion-v1-5",
+                       "--output_dir=out", "--dataset_name=fusing/fill50k", "--resolution=512",
+                       "--learning_rate=1e-5", "--validation_image", "a.png", "b.png",
+                       "--validation_prompt", "red circle with blue background", "cyan circle with brown background",
+                       "--train_batch_size=1", "--gradient_accumulation_steps=4", "--gradient_checkpointing",
+                       "--use_8bit_adam", "--set_grads_to_none", "--report_to", "tensorboard", "--snr_gamma", "5"])
+    assert args.gradient_accumulation_steps == 4 and args.snr_gamma == 5.0 and len(args.validation_image) == 2
+
+
+def test_unknown_flag_is_named_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--pretrained_model_name_or_path", "x", "--train_data_dir", "d", "--snr_gama", "5"])
+    assert "--snr_gama (did you mean --snr_gamma?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mixed_precision", "fp16"], "fp16 needs a CUDA GPU"),
+    (["--validation_prompt", "a", "b", "--validation_image", "x.png", "y.png", "z.png"],
+     "2 validation prompts but 3 validation images"),
+    (["--validation_prompt", "a"], "--validation_image must be given too"),
+    (["--resolution", "100"], "multiple of 8"),
+    (["--proportion_empty_prompts", "1.5"], r"in \[0, 1\]"),
+    (["--dataset_name", "fusing/fill50k"], "only one of --dataset_name and --train_data_dir"),
+])
+def test_contradictory_flags_are_clear_errors(flags, message):
+    if "fp16" in flags and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU")
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--pretrained_model_name_or_path", "x", "--train_data_dir", "d", *flags])
+
+
+def test_push_to_hub_while_offline_fails_before_training(tiny_base, fill_dir, tmp_path, monkeypatch):
+    from cnhelpers.hub import HubUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="train without --push_to_hub"):
+        train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=2, push_to_hub=True))
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cnhelpers.train", "--pretrained_model_name_or_path", "x",
+                           "--train_data_dir", "d", "--resolution", "100"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: resolution=100 is not a positive multiple of 8")
