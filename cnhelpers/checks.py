@@ -19,3 +19,21 @@ def check_latent_shape(answer, resolution: int = 64, latent_channels: int = 4, v
         f"You answered {tuple(answer)}. Divide the side by the VAE factor ({vae_scale_factor}) and remember the "
         "latent channels.",
     )
+
+
+# --- notebook 03: the training loop ---------------------------------------------------------------
+
+
+def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamma: float) -> bool:
+    """Exercise (notebook 03): the Min-SNR weight of one timestep, for the scheduler's prediction type."""
+    import torch
+
+    from .training import min_snr_weights
+
+    expected = float(min_snr_weights(noise_scheduler, torch.tensor([timestep]), snr_gamma)[0])
+    return verdict(
+        abs(float(answer) - expected) <= 1e-3 * max(1.0, abs(expected)),
+        f"The weight at t={timestep} is {expected:.4f}.",
+        f"You answered {float(answer):.4f}. Compute SNR(t) = ᾱ_t / (1 - ᾱ_t) from "
+        "noise_scheduler.alphas_cumprod[t], then min(SNR, γ) / SNR for epsilon (or / (SNR + 1) for v-prediction).",
+    )
