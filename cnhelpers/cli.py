@@ -70,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Hub id or local folder of the data (fusing/fill50k works despite its loading script).")
     data.add_argument("--dataset_config_name", type=str, default=None)
     data.add_argument("--train_data_dir", type=str, default=None, help="An imagefolder with metadata.jsonl.")
-    data.add_argument("--image_column", type=str, default=None, help="Target image column (default: image).")
-    data.add_argument("--conditioning_image_column", type=str, default=None,
-                      help="Conditioning image column (default: conditioning_image).")
-    data.add_argument("--caption_column", type=str, default=None, help="Caption column (default: text).")
+    data.add_argument("--image_column", type=str, default="image", help="Target image column.")
+    data.add_argument("--conditioning_image_column", type=str, default="conditioning_image",
+                      help="Conditioning image column.")
+    data.add_argument("--caption_column", type=str, default="text", help="Caption column.")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--proportion_empty_prompts", type=float, default=0,
                       help="Share of prompts replaced by the empty prompt (classifier-free guidance).")

@@ -227,7 +227,8 @@ def test_cli_accepts_every_upstream_flag_with_upstream_defaults():
                 "adam_weight_decay": 1e-2, "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "logging_dir": "logs",
                 "report_to": "tensorboard", "num_validation_images": 4, "validation_steps": 100,
                 "tracker_project_name": "train_controlnet", "proportion_empty_prompts": 0,
-                "gradient_accumulation_steps": 1, "dataloader_num_workers": 0}
+                "gradient_accumulation_steps": 1, "dataloader_num_workers": 0, "image_column": "image",
+                "conditioning_image_column": "conditioning_image", "caption_column": "text"}
     assert {k: dests[k].default for k in defaults} == defaults
     assert dests["snr_gamma"].default is None
 

@@ -1,0 +1,92 @@
+"""Training throughput: the course's CLI against upstream's train_controlnet.py, same flags, same data.
+
+    python benchmarks/train_throughput.py --upstream /path/to/train_controlnet.py
+
+Both run as child processes on the tiny model and generated fill data (64 px, batch 4), on one thread.
+Start-up (imports, loading, caching) is excluded by timing two step counts and taking the difference;
+the runs alternate between the two scripts. Prints s/step for each, their ratio, and each one's peak RSS.
+Without ``--upstream`` only the course's loop is timed. Keep upstream's script outside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_once(script: list[str], flags: list[str], steps: int, output_dir: Path, threads: int) -> tuple[float, int]:
+    """Run a training script to ``steps`` steps; return (wall seconds, peak RSS in bytes) of that process."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, *script, *flags, "--max_train_steps", str(steps), "--output_dir", str(output_dir)]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = process.stderr.read()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(script)} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return seconds, usage.ru_maxrss * 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", type=Path, default=None, help="path of diffusers' train_controlnet.py")
+    parser.add_argument("--steps", type=int, nargs=2, default=(20, 120), help="the two step counts")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--examples", type=int, default=512, help="size of the generated data set")
+    args = parser.parse_args(argv)
+
+    from cnhelpers.data import ensure_fill_dataset
+    from cnhelpers.models import ensure_tiny_base
+
+    base, data = ensure_tiny_base(), ensure_fill_dataset(args.examples, 64)
+    flags = ["--pretrained_model_name_or_path", str(base), "--train_data_dir", str(data), "--resolution", "64",
+             "--train_batch_size", "4", "--learning_rate", "1e-5", "--seed", "0", "--checkpointing_steps", "1000000",
+             "--mixed_precision", "no", "--report_to", "tensorboard"]
+    scripts = {"course": ["-m", "cnhelpers.train"]}
+    if args.upstream is not None:
+        if not args.upstream.is_file():
+            parser.error(f"--upstream {args.upstream} is not a file")
+        scripts["upstream"] = [str(args.upstream)]
+
+    short, long = args.steps
+    per_step: dict[str, list[float]] = {name: [] for name in scripts}
+    peak: dict[str, int] = {name: 0 for name in scripts}
+    total: dict[str, list[float]] = {name: [] for name in scripts}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for name, script in scripts.items():  # alternate the scripts within each repeat
+                times = {}
+                for steps in (short, long):
+                    seconds, rss = run_once(script, flags, steps, Path(tmp) / f"{name}-{repeat}-{steps}", args.threads)
+                    times[steps] = seconds
+                    peak[name] = max(peak[name], rss)
+                per_step[name].append((times[long] - times[short]) / (long - short))
+                total[name].append(times[long])
+                print(f"repeat {repeat + 1}: {name:<8} {per_step[name][-1]:.4f} s/step "
+                      f"({short} steps {times[short]:.1f} s, {long} steps {times[long]:.1f} s)", flush=True)
+
+    print(f"\n{args.threads} thread(s), 64 px, batch 4, steps {short} vs {long}, {args.repeats} repeats (median)")
+    print(f"{'script':<10} {'s/step':>8} {'steps/s':>8} {'run of ' + str(long) + ' steps':>16} {'peak RSS':>10}")
+    for name in scripts:
+        step = statistics.median(per_step[name])
+        print(f"{name:<10} {step:>8.4f} {1 / step:>8.2f} {statistics.median(total[name]):>14.1f} s "
+              f"{peak[name] / 2**30:>8.2f} GiB")
+    if "upstream" in scripts:
+        ratio = statistics.median(per_step["upstream"]) / statistics.median(per_step["course"])
+        rss_ratio = peak["course"] / peak["upstream"]
+        print(f"\ncourse / upstream: {ratio:.2f}x the steps per second, {rss_ratio:.2f}x the peak RSS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
