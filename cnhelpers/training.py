@@ -337,6 +337,9 @@ def log_validation(accelerator, args, vae, text_encoder, tokenizer, unet, contro
     from .plots import image_grid
 
     controlnet = accelerator.unwrap_model(controlnet)
+    encoders_device = vae.device
+    vae.to(accelerator.device)  # offloaded while training from the cache
+    text_encoder.to(accelerator.device)
     was_training = controlnet.training
     controlnet.eval()
     pipeline = StableDiffusionControlNetPipeline(
@@ -357,6 +360,8 @@ def log_validation(accelerator, args, vae, text_encoder, tokenizer, unet, contro
                               num_inference_steps=args.num_validation_inference_steps).images
         rows.append({"prompt": prompt, "condition": condition, "images": images})
     controlnet.train(was_training)
+    vae.to(encoders_device)
+    text_encoder.to(encoders_device)
 
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -492,9 +497,8 @@ def train(args, callback=None) -> TrainResult:
     # The frozen models only run forward: half precision for them saves memory and time.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (vae, unet, text_encoder):
+        frozen.to(dtype=weight_dtype)  # cast first: a float32 copy never reaches the GPU
         frozen.to(accelerator.device)
-        if weight_dtype != torch.float32:
-            frozen.to(dtype=weight_dtype)
 
     # 2. Data: rows -> transformed examples -> (optionally) a cache of latents and text embeddings.
     image_column, conditioning_column, caption_column = column_names(args)
@@ -514,6 +518,10 @@ def train(args, callback=None) -> TrainResult:
             disable_progress=not accelerator.is_local_main_process)
         text_table = text_table.to(accelerator.device, weight_dtype)
         collate = None  # default_collate stacks the cached tensors
+        # The loop no longer needs the VAE encoder nor the text encoder: free their device memory
+        # (validation brings them back for a moment).
+        vae.to("cpu")
+        text_encoder.to("cpu")
     else:
         from .data import collate_fn as collate
     sampler = EpochSampler(len(train_dataset), seed)

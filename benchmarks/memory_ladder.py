@@ -1,0 +1,190 @@
+"""The memory ladder: peak memory and speed of ControlNet training, one memory trick at a time.
+
+    python benchmarks/memory_ladder.py --arch tiny --resolution 64 --batch 1
+    python benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --throughput-batch 8   # on a GPU
+
+The models are built from configs with random weights (memory and speed depend on the architecture, not
+on the weight values), so the SD 1.5 architecture needs no download: UNet ~860M, ControlNet ~361M, the
+CLIP ViT-L/14 text encoder, SD's VAE. Each rung runs a few steps of the course's own training loop
+(``cnhelpers.training.train``) in a fresh child process, with the flags of ``cnhelpers.memory.LADDER``.
+A rung this machine cannot run is printed as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+RESULT_TAG = "LADDER-RESULT "
+
+
+def build_base(arch: str, folder: Path) -> Path:
+    """A base model folder of the given architecture, with seeded random weights."""
+    from cnhelpers.models import build_sd15_random_base, build_tiny_base, is_complete_base
+
+    if is_complete_base(folder):
+        return folder
+    return build_tiny_base(folder) if arch == "tiny" else build_sd15_random_base(folder)
+
+
+def child(args) -> int:
+    """Run one rung in this process and print its measurements as a tagged JSON line."""
+    import torch
+
+    from cnhelpers.cli import training_args
+    from cnhelpers.memory import PeakMemory
+    from cnhelpers.training import train
+
+    flags = json.loads(args.flags)
+    peak, marks = PeakMemory(), {}
+
+    def measure(logs):
+        if logs["step"] == 1:  # the optimizer state exists now; time and measure from here
+            peak.start()
+            marks["start"] = time.perf_counter()
+        if logs["step"] == args.steps:
+            peak.stop()
+            marks["end"] = time.perf_counter()
+
+    train(training_args(**flags), callback=measure)
+    result = {"peak_bytes": peak.peak_bytes, "cuda": torch.cuda.is_available(),
+              "s_per_step": (marks["end"] - marks["start"]) / (args.steps - 1)}
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+def run_child(flags: dict, steps: int, deepspeed_config: Path | None, threads: int) -> dict:
+    """Start a child for one rung (under ``accelerate launch`` for DeepSpeed) and read its result."""
+    script = [str(Path(__file__).resolve()), "--child", "--steps", str(steps), "--flags", json.dumps(flags)]
+    if deepspeed_config is None:
+        command = [sys.executable, *script]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(deepspeed_config), *script]
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        return {"error": (stderr.strip().splitlines() or ["failed"])[-1][:300]}
+    line = next(l for l in stdout.splitlines() if l.startswith(RESULT_TAG))
+    return json.loads(line[len(RESULT_TAG):])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 512 (sd15)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=6, help="training steps per rung (timed from step 1)")
+    parser.add_argument("--rungs", default="1,2,3,4,5,6,7", help="which rungs, e.g. 1,3,6")
+    parser.add_argument("--throughput-batch", type=int, default=0,
+                        help="also measure samples/s at this batch size in bf16 with SDPA")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per child")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the models and data (kept)")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--flags", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    import torch
+
+    from cnhelpers.data import write_fill_imagefolder
+    from cnhelpers.memory import LADDER, missing_requirements, rung_flags, write_deepspeed_config, xformers_available
+
+    resolution = args.resolution or (64 if args.arch == "tiny" else 512)
+    work = args.work or Path(tempfile.mkdtemp(prefix="ladder-"))
+    started = time.perf_counter()
+    base = build_base(args.arch, work / f"base-{args.arch}")
+    data = work / f"fill-{resolution}"
+    if not (data / "metadata.jsonl").is_file():
+        write_fill_imagefolder(data, max(16, 4 * args.batch), resolution, seed=0)
+    print(f"models and data ready in {time.perf_counter() - started:.0f} s ({work})", flush=True)
+
+    common = {"pretrained_model_name_or_path": str(base), "train_data_dir": str(data), "resolution": resolution,
+              "train_batch_size": args.batch, "max_train_steps": args.steps, "learning_rate": 1e-5,
+              "lr_warmup_steps": 0, "seed": 0, "report_to": "none", "checkpointing_steps": 10**6}
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    use_xformers = xformers_available()
+    wanted = {int(n) for n in args.rungs.split(",")}
+    rows = []
+    for rung in (r for r in LADDER if r.number in wanted):
+        row = {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb, "peak_gb": None,
+               "s_per_step": None, "skipped": missing_requirements(rung)}
+        if row["skipped"] is None:
+            flags = common | rung_flags(rung.number, use_xformers) | {
+                "output_dir": str(work / f"run-{rung.number}")}
+            ds_config = None
+            if "deepspeed" in rung.needs:
+                ds_config = write_deepspeed_config(work / "deepspeed.yaml",
+                                                   gradient_accumulation_steps=flags.get("gradient_accumulation_steps", 1),
+                                                   mixed_precision=flags.get("mixed_precision", "fp16"))
+            result = run_child(flags, args.steps, ds_config, args.threads)
+            if "error" in result:
+                row["skipped"] = f"failed: {result['error']}"
+            else:
+                row["peak_gb"] = result["peak_bytes"] / 1e9
+                row["s_per_step"] = result["s_per_step"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+
+    throughput = None
+    if args.throughput_batch:
+        flags = common | {"train_batch_size": args.throughput_batch, "cache": "always", "set_grads_to_none": True,
+                          "mixed_precision": "bf16", "output_dir": str(work / "run-throughput")}
+        result = run_child(flags, args.steps, None, args.threads)
+        throughput = ({"error": result["error"]} if "error" in result else
+                      {"batch": args.throughput_batch, "samples_per_s": args.throughput_batch / result["s_per_step"],
+                       "peak_gb": result["peak_bytes"] / 1e9})
+
+    header = (f"Memory ladder, {args.arch} architecture, {resolution} px, batch {args.batch}, {args.steps} steps per "
+              f"rung, on {device}, {date.today().isoformat()}; attention: "
+              f"{'xFormers' if use_xformers else 'PyTorch SDPA'} from rung 4; peak = "
+              f"{'CUDA max_memory_allocated over the timed steps' if torch.cuda.is_available() else 'peak RSS of the child process'}")
+    table = markdown_table(rows, throughput, header)
+    print("\n" + table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"header": header, "device": device, "arch": args.arch,
+                                         "resolution": resolution, "batch": args.batch, "rows": rows,
+                                         "throughput": throughput}, indent=2))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+def format_row(row: dict) -> str:
+    if row["peak_gb"] is None:
+        return f"rung {row['rung']}: {row['name']}: skipped ({row['skipped']})"
+    return f"rung {row['rung']}: {row['name']}: {row['peak_gb']:.2f} GB, {row['s_per_step']:.3f} s/step"
+
+
+def markdown_table(rows: list[dict], throughput: dict | None, header: str) -> str:
+    """The ladder as a Markdown table, the guide's figure beside each measured one."""
+    lines = [header, "", "| rung | what | peak memory | s/step | the guide says |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        guide = f"{row['guide_gb']:g} GB" if row["guide_gb"] else "—"
+        if row["peak_gb"] is None:
+            lines.append(f"| {row['rung']} | {row['name']} | skipped: {row['skipped']} | — | {guide} |")
+        else:
+            lines.append(f"| {row['rung']} | {row['name']} | {row['peak_gb']:.2f} GB | {row['s_per_step']:.3f} | {guide} |")
+    if throughput is not None:
+        if "error" in throughput:
+            lines += ["", f"Throughput run failed: {throughput['error']}"]
+        else:
+            lines += ["", f"Throughput: {throughput['samples_per_s']:.1f} samples/s at batch {throughput['batch']}, "
+                          f"bf16, SDPA, cached latents (peak {throughput['peak_gb']:.2f} GB)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
