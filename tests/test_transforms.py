@@ -266,3 +266,12 @@ def test_own_pictures_are_read_with_captions_from_their_file_names(tmp_path):
 def test_a_folder_without_pictures_says_which_files_count(tmp_path):
     with pytest.raises(ValueError, match="holds no pictures: put .png"):
         read_own_images(tmp_path)
+
+
+def test_transform_check_accepts_the_right_answer_and_explains_wrong_ones(capsys):
+    from cnhelpers.checks import check_transform_answer
+
+    assert check_transform_answer((3, 512, 512), (-1, 1), (0, 1))
+    assert not check_transform_answer((3, 512, 768), (-1, 1), (-1, 1))
+    out = capsys.readouterr().out
+    assert "✅ Correct" in out and "scales the SHORT side" in out and "has no Normalize" in out
