@@ -477,8 +477,7 @@ def draw_scene(seed: int, index: int, resolution: int = 128) -> tuple[Image.Imag
                    fill=PALETTE["brown"] if pick["house"] != "brown" else PALETTE["black"])
     noisy = np.asarray(image).astype(np.float32) + rng.normal(0, 6, (side, side, 3))
     article = "an" if pick["sun"][0] in "aeiou" else "a"
-    caption = (f"a {pick['house']} house with a {pick['roof']} roof, {article} {pick['sun']} sun "
-               f"and {pick['ground']} ground")
+    caption = f"a {pick['house']} house with a {pick['roof']} roof under {article} {pick['sun']} sun"
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), caption
 
 

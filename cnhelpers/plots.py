@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 
 
@@ -15,7 +17,7 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
             axes[line][col].imshow(row[column])
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
-        axes[0][col].set_title(row[title_column], fontsize=8, wrap=True)
+        axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
     for line, column in enumerate(columns):
         axes[line][0].set_ylabel(column, fontsize=9)
     fig.tight_layout()
@@ -77,7 +79,7 @@ def show_batch(batch: dict, tokenizer, n: int | None = None):
         prompt = tokenizer.decode(batch["input_ids"][col], skip_special_tokens=True) or "(empty prompt)"
         axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False))
         axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True))
-        axes[0][col].set_title(prompt, fontsize=8, wrap=True)
+        axes[0][col].set_title(textwrap.fill(prompt, 30), fontsize=8)
         _bare(axes[0][col])
         _bare(axes[1][col])
     axes[0][0].set_ylabel("conditioning_pixel_values", fontsize=8)
