@@ -36,4 +36,55 @@ def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamm
         f"The weight at t={timestep} is {expected:.4f}.",
         f"You answered {float(answer):.4f}. Compute SNR(t) = ᾱ_t / (1 - ᾱ_t) from "
         "noise_scheduler.alphas_cumprod[t], then min(SNR, γ) / SNR for epsilon (or / (SNR + 1) for v-prediction).",
+
+# --- 01_dataset_transforms ---------------------------------------------------------------------------
+
+def check_transform_answer(pixel_values_shape, pixel_values_range, conditioning_range, resolution: int = 512) -> bool:
+    """Exercise (notebook 01): a 768 x 512 (width x height) photo goes through the training transforms at
+    ``resolution``. Give the shape of its ``pixel_values`` tensor, and the (min, max) value range of
+    ``pixel_values`` and of ``conditioning_pixel_values``."""
+    shape_ok = tuple(pixel_values_shape) == (3, resolution, resolution)
+    pixel_ok = tuple(pixel_values_range) == (-1, 1)
+    conditioning_ok = tuple(conditioning_range) == (0, 1)
+    hints = []
+    if not shape_ok:
+        hints.append(f"shape {tuple(pixel_values_shape)}: Resize({resolution}) scales the SHORT side to {resolution} "
+                     f"(768 x 512 -> {768 * resolution // 512} x {resolution}), then CenterCrop({resolution}) keeps "
+                     "a square; ToTensor puts channels first")
+    if not pixel_ok:
+        hints.append(f"pixel_values range {tuple(pixel_values_range)}: Normalize([0.5], [0.5]) maps [0, 1] to ...?")
+    if not conditioning_ok:
+        hints.append(f"conditioning range {tuple(conditioning_range)}: the conditioning transform has no Normalize")
+    return verdict(
+        shape_ok and pixel_ok and conditioning_ok,
+        f"The crop gives (3, {resolution}, {resolution}); targets are in [-1, 1] for the VAE, conditioning images "
+        "stay in [0, 1].",
+        "; ".join(hints) + ".",
+    )
+
+
+# --- 02_controlnet_from_unet -------------------------------------------------------------------------
+
+def check_conditioning_size(downsampling, conditioning_side, conditioning_embedding_out_channels=(16, 32, 64, 128, 256),
+                            latent_side: int = 64) -> bool:
+    """Exercise (notebook 02): for a ControlNet with these ``conditioning_embedding_out_channels``, how many
+    times does the conditioning embedding shrink the conditioning image, and what side (in pixels) must the
+    conditioning image have so that its embedding matches ``latent_side`` x ``latent_side`` latents?"""
+    expected_factor = 2 ** (len(conditioning_embedding_out_channels) - 1)
+    expected_side = latent_side * expected_factor
+    factor_ok, side_ok = downsampling == expected_factor, conditioning_side == expected_side
+    hints = []
+    if not factor_ok:
+        hints.append(f"downsampling {downsampling}: each entry after the first adds one stride-2 convolution "
+                     f"({len(conditioning_embedding_out_channels)} entries)")
+    if not side_ok:
+        hints.append(f"side {conditioning_side}: the embedding is the image side divided by the downsampling, and it "
+                     f"must equal {latent_side}")
+    return verdict(
+        factor_ok and side_ok,
+        f"{len(conditioning_embedding_out_channels)} entries give {len(conditioning_embedding_out_channels) - 1} "
+        f"stride-2 convolutions, {expected_factor}x; {expected_side} px / {expected_factor} = {latent_side}. With "
+        "SD's 8x VAE, that ControlNet would need 1024 px conditioning images for 512 px training images, "
+        "which is why it must shrink exactly as much as the VAE.",
+        "; ".join(hints) + ".",
     )

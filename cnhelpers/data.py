@@ -326,51 +326,81 @@ def tokenize_prompts(tokenizer, prompts: list[str]):
 
 
 def _to_rgb(image, row, column):
-    """Decode (if needed) and convert an image to RGB; a broken file names its row and column."""
+    """Decode (if needed) and convert an image to RGB; a broken file names its row, column and file."""
+    import io
+    import re
+
+    source = ""
     try:
         if isinstance(image, dict):  # an undecoded datasets Image: {"bytes", "path"}
-            import io
-
+            source = f" ({image['path']})" if image.get("path") else ""
             image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+        # RGBA, L (grey), P (palette), CMYK...: the models take 3 channels, so every mode becomes RGB.
         return image.convert("RGB")
     except Exception as error:
-        raise ValueError(f"Row {row}: cannot read the {column!r} image ({type(error).__name__}: {error})") from error
+        reason = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))  # drop memory addresses from PIL's message
+        raise ValueError(
+            f"Row {row}: cannot read the {column!r} image{source} ({type(error).__name__}: {reason}). "
+            "Fix or drop that row (e.g. dataset.filter) and try again."
+        ) from error
+
+
+def _column_names(dataset) -> list[str]:
+    """Column names of a Dataset or IterableDataset (a stream of unknown features is peeked at once)."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(next(iter(dataset)).keys())
 
 
 def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str = "image",
                        conditioning_image_column: str = "conditioning_image", caption_column: str = "text",
                        proportion_empty_prompts: float = 0.0, max_train_samples: int | None = None,
-                       seed: int | None = None):
+                       seed: int | None = None, shuffle_buffer_size: int = 1000):
     """Turn raw rows into training examples: ``pixel_values``, ``conditioning_pixel_values``, ``input_ids``.
 
     The knobs are upstream train_controlnet.py's, but columns are always picked by name (upstream falls
     back to column positions, and an imagefolder orders them image, conditioning_image, text, so the
     captions would become conditioning images). Transforms run lazily, when a row is read.
+
+    ``dataset`` may be a ``datasets.Dataset`` or a streamed ``datasets.IterableDataset``
+    (``load_dataset(..., streaming=True)``). ``max_train_samples`` keeps a seeded random subset: for a
+    stream, the first ``max_train_samples`` of a shuffle through a buffer of ``shuffle_buffer_size`` rows.
     """
     import random
 
     from datasets import Image as ImageFeature
+    from datasets import IterableDataset
 
     check_resolution(resolution)
     if not 0 <= proportion_empty_prompts <= 1:
         raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
+    if max_train_samples is not None and (not isinstance(max_train_samples, int) or max_train_samples < 1):
+        raise ValueError(f"max_train_samples must be a positive integer or None, got {max_train_samples!r}")
+    columns = _column_names(dataset)
     for knob, column in (("image_column", image_column), ("conditioning_image_column", conditioning_image_column),
                          ("caption_column", caption_column)):
-        if column not in dataset.column_names:
+        if column not in columns:
             raise ValueError(f"{knob}={column!r} is not a column of the data set; its columns are: "
-                             f"{', '.join(dataset.column_names)}. Pass {knob}=<one of them>.")
+                             f"{', '.join(columns)}. Pass {knob}=<one of them>.")
+    streaming = isinstance(dataset, IterableDataset)
+    if not streaming:
+        # Number the rows before shuffling, so an error names the row of the data set you passed in.
+        dataset = dataset.add_column("row", list(range(len(dataset))))
     if max_train_samples is not None:
-        dataset = dataset.shuffle(seed=seed).select(range(min(max_train_samples, len(dataset))))
+        if streaming:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size).take(max_train_samples)
+        else:
+            dataset = dataset.shuffle(seed=seed).select(range(min(max_train_samples, len(dataset))))
     # Decode the images ourselves, so a broken file can name its row instead of failing deep in datasets.
+    features = dataset.features or {}
     for column in (image_column, conditioning_image_column):
-        if isinstance(dataset.features[column], ImageFeature):
+        if isinstance(features.get(column), ImageFeature):
             dataset = dataset.cast_column(column, ImageFeature(decode=False))
-    dataset = dataset.add_column("row", list(range(len(dataset))))
     to_image, to_conditioning = image_transforms(resolution), conditioning_image_transforms(resolution)
     rng = random.Random(seed)
 
-    def preprocess(batch):
-        rows = batch["row"]
+    def preprocess(batch, rows=None):
+        rows = batch["row"] if rows is None else rows
         return {
             "pixel_values": [to_image(_to_rgb(im, r, image_column))
                              for im, r in zip(batch[image_column], rows)],
@@ -380,6 +410,9 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
                 batch[caption_column], proportion_empty_prompts, True, rng, caption_column)),
         }
 
+    if streaming:
+        # A stream has no random access: transform lazily with map, numbering rows as they arrive.
+        return dataset.map(preprocess, batched=True, batch_size=16, with_indices=True, remove_columns=columns)
     return dataset.with_transform(preprocess)
 
 
@@ -392,3 +425,142 @@ def collate_fn(examples: list[dict]) -> dict:
         "conditioning_pixel_values": torch.stack([e["conditioning_pixel_values"] for e in examples]).contiguous().float(),
         "input_ids": torch.stack([e["input_ids"] for e in examples]),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Your own data set: images, canny edges as the conditioning image, saved two ways (notebook 01)
+# --------------------------------------------------------------------------------------------------
+
+#: Colours the generated scenes use for their parts (names from PALETTE).
+SCENE_COLOURS = {
+    "house": ("red", "orange", "yellow", "white", "pink", "teal"),
+    "roof": ("brown", "navy", "gray", "purple", "black"),
+    "sun": ("yellow", "orange", "white"),
+    "ground": ("green", "lime", "brown"),
+}
+
+
+def draw_scene(seed: int, index: int, resolution: int = 128) -> tuple[Image.Image, str]:
+    """A small generated "photo" and its caption: a house with a roof under a sun, on the ground.
+
+    Stands in for your own pictures (nothing is downloaded). The sky is a gradient and every pixel gets
+    a little seeded noise, like a real photo, so canny's thresholds have something to decide.
+    """
+    _check_resolution(resolution)
+    rng = np.random.default_rng([seed, index])
+    pick = {part: str(rng.choice(names)) for part, names in SCENE_COLOURS.items()}
+    side = resolution
+    sky_top, sky_bottom = np.array([70, 120, 220]), np.array([190, 215, 245])
+    rows = np.linspace(0, 1, side)[:, None, None]
+    pixels = np.broadcast_to(sky_top + (sky_bottom - sky_top) * rows, (side, side, 3)).copy()
+    image = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    # A faint cloud: a little brighter than the sky, so only low canny thresholds keep its outline.
+    cloud_x, cloud_y = side * rng.uniform(0.2, 0.8), side * rng.uniform(0.3, 0.42)
+    cloud_w, cloud_h = side * rng.uniform(0.14, 0.2), side * rng.uniform(0.05, 0.07)
+    cloud = tuple(int(v) for v in np.minimum(sky_top + (sky_bottom - sky_top) * cloud_y / side + 35, 255))
+    draw.ellipse([cloud_x - cloud_w, cloud_y - cloud_h, cloud_x + cloud_w, cloud_y + cloud_h], fill=cloud)
+    horizon = side * rng.uniform(0.62, 0.72)
+    draw.rectangle([0, horizon, side, side], fill=PALETTE[pick["ground"]])
+    sun_x, sun_r = side * rng.uniform(0.12, 0.88), side * rng.uniform(0.07, 0.11)
+    sun_y = side * rng.uniform(0.12, 0.22)
+    draw.ellipse([sun_x - sun_r, sun_y - sun_r, sun_x + sun_r, sun_y + sun_r], fill=PALETTE[pick["sun"]])
+    width, height = side * rng.uniform(0.3, 0.42), side * rng.uniform(0.22, 0.3)
+    left = side * rng.uniform(0.08, 0.92) - width / 2
+    left = float(np.clip(left, 2, side - width - 2))
+    base = horizon + side * 0.08
+    draw.rectangle([left, base - height, left + width, base], fill=PALETTE[pick["house"]])
+    draw.polygon([(left - width * 0.1, base - height), (left + width * 1.1, base - height),
+                  (left + width / 2, base - height - side * rng.uniform(0.14, 0.2))], fill=PALETTE[pick["roof"]])
+    door_w = width * 0.22
+    draw.rectangle([left + width * 0.39, base - height * 0.55, left + width * 0.39 + door_w, base],
+                   fill=PALETTE["brown"] if pick["house"] != "brown" else PALETTE["black"])
+    noisy = np.asarray(image).astype(np.float32) + rng.normal(0, 6, (side, side, 3))
+    article = "an" if pick["sun"][0] in "aeiou" else "a"
+    caption = f"a {pick['house']} house with a {pick['roof']} roof under {article} {pick['sun']} sun"
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), caption
+
+
+def generated_scenes(num_images: int, resolution: int = 128, seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+    """``num_images`` generated scenes and their captions (see :func:`draw_scene`)."""
+    scenes = [draw_scene(seed, index, resolution) for index in range(num_images)]
+    return [image for image, _ in scenes], [caption for _, caption in scenes]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_own_images(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
+    """Your pictures from ``folder`` and captions from their file names (``red_house.jpg`` -> "red house").
+
+    Images are converted to RGB. A folder without pictures is an error that says which suffixes count.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of pictures")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no pictures: put {', '.join(IMAGE_SUFFIXES)} files there")
+    images = [_to_rgb({"path": str(p), "bytes": None}, row, "image") for row, p in enumerate(files)]
+    captions = [p.stem.replace("_", " ").replace("-", " ").strip() for p in files]
+    return images, captions
+
+
+def canny_conditioning(image, low_threshold: int = 100, high_threshold: int = 200) -> Image.Image:
+    """Canny edges of ``image`` (OpenCV) as a white-on-black RGB picture: a ControlNet conditioning image.
+
+    A pixel whose gradient is above ``high_threshold`` starts an edge; an edge continues through pixels
+    above ``low_threshold``. Lower thresholds keep more (and noisier) edges.
+    """
+    import cv2
+
+    if not 0 <= low_threshold <= high_threshold:
+        raise ValueError(f"canny thresholds must satisfy 0 <= low <= high, got low={low_threshold}, "
+                         f"high={high_threshold}: lower low_threshold or raise high_threshold")
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    edges = cv2.Canny(np.ascontiguousarray(pixels, dtype=np.uint8), low_threshold, high_threshold)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+def build_controlnet_dataset(images, captions, conditioning_fn=canny_conditioning):
+    """A ``datasets.Dataset`` with the fill50k columns from your images: conditioning images made by
+    ``conditioning_fn`` (canny edges by default), all stored with ``Image()`` features."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    images, captions = list(images), list(captions)
+    if len(images) != len(captions):
+        raise ValueError(f"got {len(images)} images but {len(captions)} captions: give one caption per image")
+    bad = [i for i, c in enumerate(captions) if not isinstance(c, str)]
+    if bad:
+        raise ValueError(f"captions must be strings; row {bad[0]} is {type(captions[bad[0]]).__name__}")
+    rgb = [_to_rgb(image, row, "image") for row, image in enumerate(images)]
+    features = Features({"image": ImageFeature(), "conditioning_image": ImageFeature(), "text": Value("string")})
+    return Dataset.from_dict(
+        {"image": rgb, "conditioning_image": [conditioning_fn(image) for image in rgb], "text": captions},
+        features=features)
+
+
+def write_imagefolder(dataset, path: str | Path, *, image_column: str = "image",
+                      conditioning_image_column: str = "conditioning_image", caption_column: str = "text") -> Path:
+    """Write a data set as an imagefolder (PNG files + ``metadata.jsonl``) that ``load_dataset(path)`` reads.
+
+    Same layout as :func:`write_fill_imagefolder`: ``images/``, ``conditioning_images/`` and metadata rows
+    ``{"file_name", "conditioning_image_file_name", "text"}``.
+    """
+    columns = _column_names(dataset)
+    for column in (image_column, conditioning_image_column, caption_column):
+        if column not in columns:
+            raise ValueError(f"{column!r} is not a column of the data set; its columns are: {', '.join(columns)}")
+    with staged_folder(path) as tmp, open(tmp / "metadata.jsonl", "w") as metadata:
+        (tmp / "images").mkdir()
+        (tmp / "conditioning_images").mkdir()
+        for index, example in enumerate(dataset):
+            name = f"{index:05d}.png"
+            _to_rgb(example[image_column], index, image_column).save(tmp / "images" / name)
+            _to_rgb(example[conditioning_image_column], index, conditioning_image_column).save(
+                tmp / "conditioning_images" / name)
+            metadata.write(json.dumps({"file_name": f"images/{name}",
+                                       "conditioning_image_file_name": f"conditioning_images/{name}",
+                                       "text": example[caption_column]}) + "\n")
+    return Path(path)

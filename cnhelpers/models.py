@@ -224,3 +224,330 @@ def tokenize_unknowns(tokenizer, texts: list[str]) -> list[str]:
     vocab = tokenizer.get_vocab()
     words = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
     return sorted(w for w in words if w + "</w>" not in vocab)
+
+
+# --------------------------------------------------------------------------------------------------
+# A ControlNet made from the UNet (notebook 02)
+# --------------------------------------------------------------------------------------------------
+
+#: SD 1.5's UNet (``unet/config.json`` of stable-diffusion-v1-5); the fields not given are diffusers'
+#: defaults, which are SD 1.5's too. Built on the meta device it costs no memory and needs no download.
+SD15_UNET_CONFIG = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
+def sd15_unet_and_controlnet_on_meta():
+    """SD 1.5's UNet and the ControlNet ``from_unet`` makes of it, on the meta device.
+
+    Meta tensors have shapes but no storage, so this counts parameters of the real architecture without
+    downloading or allocating 4 GB. The weights are not real (nor copied): use it for shapes and counts.
+    """
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    return unet, controlnet
+
+
+def vae_scale_factor(vae) -> int:
+    """How much the VAE shrinks each image side: 2 per downsampling, one fewer than its blocks (8 for SD)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def conditioning_downsampling(controlnet_or_channels) -> int:
+    """How much the ControlNet's conditioning embedding shrinks the conditioning image (8 by default).
+
+    Takes a ControlNet or its ``conditioning_embedding_out_channels``: each entry after the first adds a
+    stride-2 convolution.
+    """
+    channels = getattr(getattr(controlnet_or_channels, "config", None), "conditioning_embedding_out_channels",
+                       controlnet_or_channels)
+    return 2 ** (len(channels) - 1)
+
+
+def _group(name: str) -> str:
+    # The conditioning embedding's last convolution is zero-initialised, its other layers are not: own row.
+    if name.startswith("controlnet_cond_embedding.conv_out."):
+        return "controlnet_cond_embedding.conv_out"
+    return name.split(".")[0]
+
+
+def _is_zero(tensor: torch.Tensor) -> bool:
+    return not tensor.is_meta and bool((tensor == 0).all())
+
+
+#: How each kind of :func:`copied_and_new_parameters` reads in a table.
+PARAMETER_KINDS = {
+    "copied": "copied from the UNet",
+    "changed": "in both, values differ",
+    "new_zero": "new, zero-initialised",
+    "new": "new, random init",
+    "new_unknown": "new (meta device: no values)",
+    "unet_only": "UNet only (decoder)",
+}
+
+
+def copied_and_new_parameters(unet, controlnet) -> dict[str, list[str]]:
+    """Sort every parameter name of a ControlNet made from ``unet`` by where its value came from.
+
+    - ``copied``: also in the UNet, with an identical value (conv_in, time embedding, down and mid blocks);
+    - ``changed``: also in the UNet, but a different value (after training, or not made from this UNet);
+    - ``new_zero``: only in the ControlNet and all zeros (the zero convolutions);
+    - ``new``: only in the ControlNet, randomly initialised (the conditioning embedding's other layers);
+    - ``unet_only``: in the UNet but not the ControlNet (its decoder half: up blocks, output layers).
+
+    On the meta device values cannot be compared: names in both count as ``copied`` (what ``from_unet``
+    copies), and names only in the ControlNet as ``new_unknown``.
+    """
+    unet_params = dict(unet.named_parameters())
+    result: dict[str, list[str]] = {kind: [] for kind in PARAMETER_KINDS}
+    for name, param in controlnet.named_parameters():
+        if name in unet_params:
+            other = unet_params[name]
+            same = param.is_meta or other.is_meta or (param.shape == other.shape and torch.equal(param, other))
+            result["copied" if same else "changed"].append(name)
+        else:
+            result["new_unknown" if param.is_meta else "new_zero" if _is_zero(param) else "new"].append(name)
+    controlnet_names = {name for name, _ in controlnet.named_parameters()}
+    result["unet_only"] = [name for name in unet_params if name not in controlnet_names]
+    return result
+
+
+def parameter_groups(unet, controlnet) -> list[tuple[str, str, int]]:
+    """Rows ``(module, kind, parameters)``, one per top-level module of the two models, in model order.
+
+    ``kind`` is a key of :data:`PARAMETER_KINDS`; the conditioning embedding's zero ``conv_out`` is its
+    own row. A module whose parameters are of several kinds is listed once per kind.
+    """
+    kinds = copied_and_new_parameters(unet, controlnet)
+    kind_of = {name: kind for kind, names in kinds.items() for name in names}
+    sizes = {name: p.numel() for name, p in unet.named_parameters()}
+    sizes.update({name: p.numel() for name, p in controlnet.named_parameters()})
+    rows: dict[tuple[str, str], int] = {}
+    for name in [n for n, _ in controlnet.named_parameters()] + kinds["unet_only"]:
+        key = (_group(name), kind_of[name])
+        rows[key] = rows.get(key, 0) + sizes[name]
+    return [(module, kind, count) for (module, kind), count in rows.items()]
+
+
+def print_parameter_groups(rows: list[tuple[str, str, int]]) -> None:
+    """Print :func:`parameter_groups` rows as an aligned table."""
+    width = max(len(module) for module, _, _ in rows)
+    for module, kind, count in rows:
+        print(f"{module:<{width}}  {count:>12,}  {PARAMETER_KINDS[kind]}")
+
+
+def zero_convolutions(controlnet) -> list[str]:
+    """Names of the ControlNet's convolutions whose weights and biases are all zero."""
+    return [name for name, module in controlnet.named_modules()
+            if isinstance(module, torch.nn.Conv2d) and _is_zero(module.weight)
+            and (module.bias is None or _is_zero(module.bias))]
+
+
+def demo_inputs(unet, resolution: int, batch_size: int = 2, vae_factor: int = 8, seed: int = 0,
+                sequence_length: int = 77) -> dict[str, torch.Tensor]:
+    """Seeded stand-ins for one training batch, shaped for ``unet``: noisy latents, timesteps, text
+    embeddings, a [0, 1] conditioning image at ``resolution`` and a noise target."""
+    generator = torch.Generator().manual_seed(seed)
+    side = resolution // vae_factor
+    latents_shape = (batch_size, unet.config.in_channels, side, side)
+    return {
+        "latents": torch.randn(latents_shape, generator=generator),
+        "timesteps": torch.randint(0, 1000, (batch_size,), generator=generator),
+        "encoder_hidden_states": torch.randn(batch_size, sequence_length, unet.config.cross_attention_dim,
+                                             generator=generator),
+        "conditioning": torch.rand(batch_size, 3, resolution, resolution, generator=generator),
+        "target": torch.randn(latents_shape, generator=generator),
+    }
+
+
+def controlnet_residuals(controlnet, inputs: dict, conditioning_scale: float = 1.0):
+    """The ControlNet's residuals for ``inputs``: one per UNet down-block output, and one for the mid block."""
+    return controlnet(inputs["latents"], inputs["timesteps"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                      controlnet_cond=inputs["conditioning"], conditioning_scale=conditioning_scale,
+                      return_dict=False)
+
+
+def predict_noise(unet, controlnet, inputs: dict, residuals=None):
+    """The UNet's noise prediction with the ControlNet's residuals added (``controlnet=None``: without).
+
+    Pass ``residuals`` (from :func:`controlnet_residuals`) to reuse ones already computed.
+    """
+    extra = {}
+    if controlnet is not None or residuals is not None:
+        down, mid = residuals if residuals is not None else controlnet_residuals(controlnet, inputs)
+        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    return unet(inputs["latents"], inputs["timesteps"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                **extra).sample
+
+
+@torch.no_grad()
+def zero_convolution_check(unet, controlnet, inputs: dict) -> dict:
+    """Run the ControlNet once and compare the UNet's output with and without it.
+
+    Returns ``max_residual`` (largest absolute value of any residual the ControlNet hands the UNet),
+    ``identical`` (the two outputs are bit-for-bit equal) and ``verdict`` (a sentence saying so).
+    """
+    down, mid = controlnet_residuals(controlnet, inputs)
+    max_residual = max(float(r.abs().max()) for r in (*down, mid))
+    identical = torch.equal(predict_noise(unet, None, inputs, residuals=(down, mid)),
+                            predict_noise(unet, None, inputs))
+    if max_residual == 0 and identical:
+        verdict = (f"all {len(down) + 1} residuals are exactly zero, and the UNet's output with the ControlNet "
+                   "is identical to its output without it")
+    else:
+        verdict = (f"the residuals reach {max_residual:.3g}; the UNet's output "
+                   f"{'is still identical' if identical else 'changes'} with the ControlNet")
+    return {"max_residual": max_residual, "identical": identical, "verdict": verdict,
+            "num_residuals": len(down) + 1}
+
+
+#: Parameter groups of a ControlNet made from a UNet, for following where gradients arrive.
+GRADIENT_GROUPS = {
+    "zero convolutions (controlnet_down_blocks, controlnet_mid_block)":
+        lambda name: name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.")),
+    "copied encoder (conv_in, time_embedding, down_blocks, mid_block)":
+        lambda name: name.startswith(("conv_in.", "time_embedding.", "down_blocks.", "mid_block.")),
+    "conditioning embedding: conv_out (zero)":
+        lambda name: name.startswith("controlnet_cond_embedding.conv_out."),
+    "conditioning embedding: other layers":
+        lambda name: name.startswith("controlnet_cond_embedding.") and ".conv_out." not in name,
+}
+
+
+def gradient_flow_steps(unet, controlnet, inputs: dict, steps: int = 3, learning_rate: float = 1e-4) -> list[dict]:
+    """Train a copy of ``controlnet`` for a few AdamW steps on one batch and record, before each step,
+    the loss, the largest residual and the gradient norm of each of :data:`GRADIENT_GROUPS`.
+
+    The UNet stays frozen, as in ControlNet training. At the first step only the zero convolutions get a
+    gradient (their inputs are not zero); a zero layer blocks the gradient to the layers before it until
+    a step has moved it away from zero, so the gradient reaches one zero layer deeper per step.
+    """
+    import copy
+
+    controlnet = copy.deepcopy(controlnet).train()
+    unet.requires_grad_(False)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=learning_rate)
+    history = []
+    for step in range(steps):
+        down, mid = controlnet_residuals(controlnet, inputs)
+        prediction = predict_noise(unet, None, inputs, residuals=(down, mid))
+        loss = torch.nn.functional.mse_loss(prediction.float(), inputs["target"].float())
+        optimizer.zero_grad()
+        loss.backward()
+        record = {"step": step, "loss": loss.item(),
+                  "max_residual": max(float(r.detach().abs().max()) for r in (*down, mid))}
+        for group, belongs in GRADIENT_GROUPS.items():
+            grads = [p.grad for n, p in controlnet.named_parameters() if belongs(n) and p.grad is not None]
+            record[group] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))) if grads else 0.0
+        history.append(record)
+        optimizer.step()
+    return history
+
+
+def load_or_create_controlnet(unet, controlnet_model_name_or_path=None):
+    """What upstream's ``--controlnet_model_name_or_path`` switches: load existing ControlNet weights
+    (a hub id or a folder saved with ``save_pretrained``), or make a new ControlNet from the UNet."""
+    from diffusers import ControlNetModel
+
+    if controlnet_model_name_or_path is not None:
+        return ControlNetModel.from_pretrained(controlnet_model_name_or_path)
+    return ControlNetModel.from_unet(unet)
+
+
+def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
+    """Refuse, with the reason and the fix, a ControlNet that cannot feed this UNet and VAE.
+
+    Its conditioning embedding must shrink the conditioning image by the VAE's factor (so the embedding
+    and the latents have the same size), and its encoder must have the UNet's channels and text width.
+    """
+    factor = conditioning_downsampling(controlnet)
+    if factor != vae_factor:
+        channels = tuple(controlnet.config.conditioning_embedding_out_channels)
+        raise ValueError(
+            f"The ControlNet's conditioning embedding shrinks the conditioning image {factor}x "
+            f"(conditioning_embedding_out_channels={channels} has {len(channels)} entries), but the VAE shrinks "
+            f"images {vae_factor}x, so the embedding and the latents would differ in size. Use a ControlNet "
+            f"whose conditioning_embedding_out_channels has {vae_factor.bit_length()} entries, "
+            f"e.g. ControlNetModel.from_unet(unet) with its default (16, 32, 96, 256)."
+        )
+    for field in ("block_out_channels", "cross_attention_dim", "in_channels"):
+        mine, theirs = controlnet.config[field], unet.config[field]
+        if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != \
+                (tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+            raise ValueError(f"The ControlNet's {field} is {mine} but the UNet's is {theirs}: it was made for "
+                             "another base model. Load a ControlNet trained for this base, or make one with "
+                             "ControlNetModel.from_unet(unet).")
+
+
+# --------------------------------------------------------------------------------------------------
+# The SD 1.5 architecture with random weights (benchmarks/memory_ladder.py; nothing is downloaded)
+# --------------------------------------------------------------------------------------------------
+
+#: SD 1.5's VAE (the same 8x AutoencoderKL as the tiny one, at full width).
+SD15_VAE_CONFIG = dict(
+    sample_size=512,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    scaling_factor=0.18215,
+)
+#: SD 1.5's text encoder: the text half of CLIP ViT-L/14.
+SD15_TEXT_ENCODER_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+
+
+def build_sd15_random_base(path: str | Path, seed: int = 0) -> Path:
+    """An SD-1.5-architecture folder with seeded random weights (about 4 GB), for memory and speed tests.
+
+    Memory and speed depend on the architecture, not on the weight values, so this stands in for the real
+    model where nothing can be downloaded. The tokenizer is the tiny one (its ids fit CLIP's vocabulary).
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .data import caption_words
+
+    with staged_folder(path) as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer", caption_words()))
+        text_config = CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                     pad_token_id=tokenizer.pad_token_id, **SD15_TEXT_ENCODER_CONFIG)
+        parts = {
+            "vae": _seeded(seed, lambda: AutoencoderKL(**SD15_VAE_CONFIG)),
+            "text_encoder": _seeded(seed + 1, lambda: CLIPTextModel(text_config)),
+            "unet": _seeded(seed + 2, lambda: UNet2DConditionModel(**SD15_UNET_CONFIG)),
+        }
+        for name, model in parts.items():
+            model.save_pretrained(folder / name)
+        PNDMScheduler(**SD_SCHEDULER_CONFIG).save_pretrained(folder / "scheduler")
+        (folder / "model_index.json").write_text(json.dumps({
+            "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+            "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+            "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+    return Path(path)

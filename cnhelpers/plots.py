@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 
 
@@ -15,7 +17,7 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
             axes[line][col].imshow(row[column])
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
-        axes[0][col].set_title(row[title_column], fontsize=8, wrap=True)
+        axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
     for line, column in enumerate(columns):
         axes[line][0].set_ylabel(column, fontsize=9)
     fig.tight_layout()
@@ -92,3 +94,191 @@ class LiveLossPlot:
         self.ax.grid(alpha=0.3)
         self.fig.tight_layout()
         self.handle.update(self.fig)
+
+# --------------------------------------------------------------------------------------------------
+# Notebook 01: transforms, batches, canny conditioning
+# --------------------------------------------------------------------------------------------------
+
+def _bare(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def show_transform_steps(image, resolution: int):
+    """What the geometric transforms do to one picture: the original, resized (short side), center-cropped."""
+    from torchvision import transforms
+
+    resized = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR)(image)
+    cropped = transforms.CenterCrop(resolution)(resized)
+    steps = [("original", image), (f"Resize({resolution})", resized), (f"CenterCrop({resolution})", cropped)]
+    widths = [step.size[0] for _, step in steps]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3), gridspec_kw={"width_ratios": widths})
+    for ax, (title, step) in zip(axes, steps):
+        ax.imshow(step)
+        ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)
+        _bare(ax)
+    fig.tight_layout()
+    return fig
+
+
+def show_value_ranges(pixel_values, conditioning_pixel_values):
+    """Histograms of a target tensor (in [-1, 1]) and a conditioning tensor (in [0, 1])."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 2.6), sharey=False)
+    for ax, values, title, colour in ((axes[0], pixel_values, "pixel_values (image)", "tab:blue"),
+                                      (axes[1], conditioning_pixel_values, "conditioning_pixel_values", "tab:orange")):
+        ax.hist(values.flatten().numpy(), bins=50, range=(-1.05, 1.05), color=colour)
+        ax.set_title(f"{title}: [{float(values.min()):.2f}, {float(values.max()):.2f}]", fontsize=9)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("value")
+    axes[0].set_ylabel("pixels (log)")
+    fig.tight_layout()
+    return fig
+
+
+def to_picture(tensor, normalised: bool):
+    """A (3, H, W) tensor as an (H, W, 3) array in [0, 1] for imshow; ``normalised`` means it is in [-1, 1]."""
+    values = (tensor / 2 + 0.5) if normalised else tensor
+    return values.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def show_batch(batch: dict, tokenizer, n: int | None = None):
+    """A training batch as pictures: conditioning images above targets, each titled with its decoded prompt."""
+    n = min(n or len(batch["pixel_values"]), len(batch["pixel_values"]))
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
+    for col in range(n):
+        prompt = tokenizer.decode(batch["input_ids"][col], skip_special_tokens=True) or "(empty prompt)"
+        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False))
+        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True))
+        axes[0][col].set_title(textwrap.fill(prompt, 30), fontsize=8)
+        _bare(axes[0][col])
+        _bare(axes[1][col])
+    axes[0][0].set_ylabel("conditioning_pixel_values", fontsize=8)
+    axes[1][0].set_ylabel("pixel_values", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
+    """One picture and its canny edges for several ``(low, high)`` threshold pairs."""
+    from .data import canny_conditioning
+
+    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (low, high) in zip(axes[1:], thresholds):
+        ax.imshow(canny_conditioning(image, low, high))
+        ax.set_title(f"canny low={low}, high={high}", fontsize=9)
+    for ax in axes:
+        _bare(ax)
+    fig.tight_layout()
+    return fig
+
+
+def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200):
+    """Two sliders for canny's thresholds and the edges they give, redrawn as you move them.
+
+    Headless (no widget front end), the first drawing still renders, with the default thresholds.
+    """
+    import ipywidgets as widgets
+
+    from .data import canny_conditioning
+
+    def draw(low_threshold, high_threshold):
+        if low_threshold > high_threshold:
+            print(f"low ({low_threshold}) is above high ({high_threshold}): move one slider")
+            return
+        fig, axes = plt.subplots(1, 2, figsize=(5.5, 2.9))
+        axes[0].imshow(image)
+        axes[0].set_title("image", fontsize=9)
+        axes[1].imshow(canny_conditioning(image, low_threshold, high_threshold))
+        axes[1].set_title(f"canny low={low_threshold}, high={high_threshold}", fontsize=9)
+        for ax in axes:
+            _bare(ax)
+        plt.show()
+
+    slider = dict(min=0, max=800, step=10, continuous_update=False)
+    return widgets.interactive(draw, low_threshold=widgets.IntSlider(value=low_threshold, **slider),
+                               high_threshold=widgets.IntSlider(value=high_threshold, **slider))
+
+
+# --------------------------------------------------------------------------------------------------
+# Notebook 02: a ControlNet from the UNet
+# --------------------------------------------------------------------------------------------------
+
+#: Colours of the parameter kinds of :func:`cnhelpers.models.parameter_groups`.
+KIND_COLOURS = {"copied": "tab:blue", "changed": "tab:purple", "new_zero": "tab:red", "new": "tab:orange",
+                "new_unknown": "tab:orange", "unet_only": "lightgray"}
+
+
+def show_parameter_groups(rows, title: str = ""):
+    """Horizontal bars: parameters per module, coloured by copied / new zero / new random / UNet only."""
+    from matplotlib.patches import Patch
+
+    from .models import PARAMETER_KINDS
+
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    labels = [module for module, _, _ in rows]
+    ax.barh(range(len(rows)), [count for _, _, count in rows], color=[KIND_COLOURS[k] for _, k, _ in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    kinds = list(dict.fromkeys(kind for _, kind, _ in rows))
+    ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=PARAMETER_KINDS[k]) for k in kinds], fontsize=8,
+              loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_conditioning_embedding(controlnet, conditioning):
+    """The conditioning image and the output of each convolution of the ControlNet's conditioning
+    embedding (mean over channels), with its size: how 64 px becomes the latents' 8 x 8."""
+    import torch
+
+    embedding = controlnet.controlnet_cond_embedding
+    convs = [(name, module) for name, module in embedding.named_children() if isinstance(module, torch.nn.Conv2d)]
+    convs += [(f"blocks.{i}", m) for i, m in enumerate(embedding.blocks)]
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: outputs.__setitem__(name, out.detach()))
+             for name, m in convs]
+    try:
+        with torch.no_grad():
+            embedding(conditioning[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    order = ["conv_in"] + [f"blocks.{i}" for i in range(len(embedding.blocks))] + ["conv_out"]
+    fig, axes = plt.subplots(1, len(order) + 1, figsize=(1.9 * (len(order) + 1), 2.5))
+    axes[0].imshow(to_picture(conditioning[0], normalised=False))
+    axes[0].set_title(f"condition\n{conditioning.shape[-1]} px", fontsize=8)
+    for ax, name in zip(axes[1:], order):
+        out = outputs[name][0]
+        ax.imshow(out.abs().mean(0).numpy(), cmap="magma", vmin=0)
+        note = " (all 0)" if not out.any() else ""
+        ax.set_title(f"{name}\n{out.shape[0]} ch, {out.shape[-1]} x {out.shape[-2]}{note}", fontsize=8)
+    for ax in axes:
+        _bare(ax)
+    fig.tight_layout()
+    return fig
+
+
+def show_gradient_flow(history: list[dict]):
+    """Which parameter groups got a gradient at each training step (coloured) and which did not (grey)."""
+    import numpy as np
+
+    from .models import GRADIENT_GROUPS
+
+    groups = list(GRADIENT_GROUPS)
+    norms = np.array([[record[g] for g in groups] for record in history])
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(history) + 1.6))
+    ax.imshow(norms > 0, cmap="Greens", vmin=-0.3, vmax=1.3, aspect="auto")
+    for step, row in enumerate(norms):
+        for col, value in enumerate(row):
+            ax.text(col, step, f"{value:.1e}" if value else "0", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(groups)), [g.replace(" (", "\n(").replace(": ", ":\n") for g in groups], fontsize=8)
+    ax.set_yticks(range(len(history)), [f"step {r['step']}" for r in history], fontsize=9)
+    ax.set_title("gradient norm reaching each part of the ControlNet", fontsize=10)
+    fig.tight_layout()
+    return fig
