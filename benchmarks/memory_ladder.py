@@ -115,12 +115,12 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     use_xformers = xformers_available()
     wanted = {int(n) for n in args.rungs.split(",")}
-    rows = []
+    rows, skipped = [], set()  # a skipped rung's flags are left out of the rungs above it
     for rung in (r for r in LADDER if r.number in wanted):
         row = {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb, "peak_gb": None,
                "s_per_step": None, "skipped": missing_requirements(rung)}
         if row["skipped"] is None:
-            flags = common | rung_flags(rung.number, use_xformers) | {
+            flags = common | rung_flags(rung.number, use_xformers, skipped) | {
                 "output_dir": str(work / f"run-{rung.number}")}
             ds_config = None
             if "deepspeed" in rung.needs:
@@ -133,6 +133,10 @@ def main(argv=None) -> int:
             else:
                 row["peak_gb"] = result["peak_bytes"] / 1e9
                 row["s_per_step"] = result["s_per_step"]
+        if row["skipped"] is not None:
+            skipped.add(rung.number)
+        elif skipped & set(range(1, rung.number)):
+            row["name"] += f" (without rung {', '.join(map(str, sorted(skipped)))})"
         rows.append(row)
         print(format_row(row), flush=True)
 

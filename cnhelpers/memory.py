@@ -79,10 +79,12 @@ LADDER = (
 )
 
 
-def rung_flags(number: int, use_xformers: bool = False) -> dict:
-    """The training flags of a rung: its own and those of every rung below it."""
+def rung_flags(number: int, use_xformers: bool = False, skipped=()) -> dict:
+    """The training flags of a rung: its own and those of every rung below it but the ``skipped`` ones."""
     flags: dict = {}
     for rung in LADDER[:number]:
+        if rung.number in skipped and rung.number != number:
+            continue
         flags.update(rung.flags)
         for dropped in rung.drops:
             flags.pop(dropped, None)

@@ -109,6 +109,7 @@ def test_ladder_rungs_add_up_and_offload_drops_8bit_adam():
     assert rung_flags(6)["cache"] == "always" and rung_flags(6)["mixed_precision"] == "fp16"
     assert "use_8bit_adam" not in rung_flags(7)
     assert rung_flags(4, use_xformers=True)["enable_xformers_memory_efficient_attention"]
+    assert "mixed_precision" not in rung_flags(6, skipped={5})
 
 
 def test_recommend_rung_picks_the_first_that_fits():
@@ -138,5 +139,6 @@ def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatc
     assert all(rows[n]["peak_gb"] > 0 and rows[n]["s_per_step"] > 0 for n in (1, 3, 6))
     if not torch.cuda.is_available():
         assert rows[5]["peak_gb"] is None and "needs a CUDA GPU" in rows[5]["skipped"]
+        assert rows[6]["name"].endswith("(without rung 5)")
     table = (tmp_path / "ladder.md").read_text()
     assert "| 1 | fp32 AdamW |" in table and "38 GB" in table
