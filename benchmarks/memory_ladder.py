@@ -60,7 +60,7 @@ def child(args) -> int:
     return 0
 
 
-def run_child(flags: dict, steps: int, deepspeed_config: Path | None, threads: int) -> dict:
+def run_child(flags: dict, steps: int, deepspeed_config: Path | None, threads: int, timeout: int = 600) -> dict:
     """Start a child for one rung (under ``accelerate launch`` for DeepSpeed) and read its result."""
     script = [str(Path(__file__).resolve()), "--child", "--steps", str(steps), "--flags", json.dumps(flags)]
     if deepspeed_config is None:
@@ -69,7 +69,12 @@ def run_child(flags: dict, steps: int, deepspeed_config: Path | None, threads: i
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(deepspeed_config), *script]
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = process.communicate()
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return {"error": f"timed out after {timeout} s"}
     if process.returncode != 0:
         return {"error": (stderr.strip().splitlines() or ["failed"])[-1][:300]}
     line = next(l for l in stdout.splitlines() if l.startswith(RESULT_TAG))
@@ -86,6 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput-batch", type=int, default=0,
                         help="also measure samples/s at this batch size in bf16 with SDPA")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per child")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per rung")
     parser.add_argument("--work", type=Path, default=None, help="folder for the models and data (kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown here")
@@ -115,7 +121,8 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     use_xformers = xformers_available()
     wanted = {int(n) for n in args.rungs.split(",")}
-    rows, skipped = [], set()  # a skipped rung's flags are left out of the rungs above it
+    # a rung that cannot run here leaves its flags out of the rungs above it, asked for or not
+    rows, skipped = [], {r.number for r in LADDER if missing_requirements(r)}
     for rung in (r for r in LADDER if r.number in wanted):
         row = {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb, "peak_gb": None,
                "s_per_step": None, "skipped": missing_requirements(rung)}
@@ -127,7 +134,7 @@ def main(argv=None) -> int:
                 ds_config = write_deepspeed_config(work / "deepspeed.yaml",
                                                    gradient_accumulation_steps=flags.get("gradient_accumulation_steps", 1),
                                                    mixed_precision=flags.get("mixed_precision", "fp16"))
-            result = run_child(flags, args.steps, ds_config, args.threads)
+            result = run_child(flags, args.steps, ds_config, args.threads, args.timeout)
             if "error" in result:
                 row["skipped"] = f"failed: {result['error']}"
             else:
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
     if args.throughput_batch:
         flags = common | {"train_batch_size": args.throughput_batch, "cache": "always", "set_grads_to_none": True,
                           "mixed_precision": "bf16", "output_dir": str(work / "run-throughput")}
-        result = run_child(flags, args.steps, None, args.threads)
+        result = run_child(flags, args.steps, None, args.threads, args.timeout)
         throughput = ({"error": result["error"]} if "error" in result else
                       {"batch": args.throughput_batch, "samples_per_s": args.throughput_batch / result["s_per_step"],
                        "peak_gb": result["peak_bytes"] / 1e9})

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU checks of the memory ladder, as one script for a lent GPU machine (see benchmarks/README.md):
+# the SD 1.5 architecture at 512 px, batch 1, every rung, and samples/s at batch 8 in bf16 with SDPA.
+# Wheels the machine lacks (diffusers, datasets, bitsandbytes, deepspeed, ...) are carried in .whl/.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/ladder-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+python3 - <<'PY' | tee -a "$OUT/device.txt"
+import importlib
+for name in ("torch", "diffusers", "transformers", "accelerate", "datasets", "bitsandbytes", "deepspeed", "xformers"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as error:
+        print(name, "unavailable:", type(error).__name__, str(error)[:120])
+PY
+timeout "${LADDER_TIMEOUT:-480}" python3 benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --steps "${STEPS:-5}" \
+  --rungs "${RUNGS:-1,2,3,4,5,6,7}" --throughput-batch 8 --threads 8 --timeout "${RUNG_TIMEOUT:-240}" --work /tmp/ladder \
+  --json "$OUT/sd15-ladder.json" --markdown "$OUT/sd15-ladder.md" 2>&1 | grep -v "it/s\]\|s/it\]" | tee "$OUT/ladder.log"
