@@ -22,5 +22,5 @@ for name in ("torch", "diffusers", "transformers", "accelerate", "datasets", "bi
         print(name, "unavailable:", type(error).__name__, str(error)[:120])
 PY
 timeout "${LADDER_TIMEOUT:-480}" python3 benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --steps "${STEPS:-5}" \
-  --rungs "${RUNGS:-1,2,3,4,5,6,7}" --throughput-batch 8 --threads 8 --timeout "${RUNG_TIMEOUT:-240}" --work /tmp/ladder \
+  --rungs "${RUNGS:-1,2,3,4,5,6,7}" --throughput-batch "${THROUGHPUT_BATCH:-8}" --threads 8 --timeout "${RUNG_TIMEOUT:-240}" --work /tmp/ladder \
   --json "$OUT/sd15-ladder.json" --markdown "$OUT/sd15-ladder.md" 2>&1 | grep -v "it/s\]\|s/it\]" | tee "$OUT/ladder.log"

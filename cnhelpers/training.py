@@ -489,6 +489,9 @@ def train(args, callback=None) -> TrainResult:
     configure_attention(args, unet, controlnet)
     if args.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
+        # The loss reaches the ControlNet *through* the frozen UNet, whose activations are kept for the
+        # backward pass too: checkpoint them as well (same gradients, recomputed instead of stored).
+        unet.enable_gradient_checkpointing()
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     if accelerator.unwrap_model(controlnet).dtype != torch.float32:
