@@ -14,7 +14,7 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
     for col in range(n):
         row = dataset[col]
         for line, column in enumerate(columns):
-            axes[line][col].imshow(row[column])
+            axes[line][col].imshow(row[column], interpolation="nearest")
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
         axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
@@ -43,7 +43,7 @@ def show_transform_steps(image, resolution: int):
     widths = [step.size[0] for _, step in steps]
     fig, axes = plt.subplots(1, 3, figsize=(9, 3), gridspec_kw={"width_ratios": widths})
     for ax, (title, step) in zip(axes, steps):
-        ax.imshow(step)
+        ax.imshow(step, interpolation="nearest")
         ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)
         _bare(ax)
     fig.tight_layout()
@@ -77,8 +77,8 @@ def show_batch(batch: dict, tokenizer, n: int | None = None):
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
     for col in range(n):
         prompt = tokenizer.decode(batch["input_ids"][col], skip_special_tokens=True) or "(empty prompt)"
-        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False))
-        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True))
+        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False), interpolation="nearest")
+        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True), interpolation="nearest")
         axes[0][col].set_title(textwrap.fill(prompt, 30), fontsize=8)
         _bare(axes[0][col])
         _bare(axes[1][col])
@@ -93,10 +93,10 @@ def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     from .data import canny_conditioning
 
     fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
-    axes[0].imshow(image)
+    axes[0].imshow(image, interpolation="nearest")
     axes[0].set_title("image", fontsize=9)
     for ax, (low, high) in zip(axes[1:], thresholds):
-        ax.imshow(canny_conditioning(image, low, high))
+        ax.imshow(canny_conditioning(image, low, high), interpolation="nearest")
         ax.set_title(f"canny low={low}, high={high}", fontsize=9)
     for ax in axes:
         _bare(ax)
@@ -196,7 +196,7 @@ def show_conditioning_embedding(controlnet, conditioning):
             hook.remove()
     order = ["conv_in"] + [f"blocks.{i}" for i in range(len(embedding.blocks))] + ["conv_out"]
     fig, axes = plt.subplots(1, len(order) + 1, figsize=(1.9 * (len(order) + 1), 2.5))
-    axes[0].imshow(to_picture(conditioning[0], normalised=False))
+    axes[0].imshow(to_picture(conditioning[0], normalised=False), interpolation="nearest")
     axes[0].set_title(f"condition\n{conditioning.shape[-1]} px", fontsize=8)
     for ax, name in zip(axes[1:], order):
         out = outputs[name][0]
