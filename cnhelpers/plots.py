@@ -14,7 +14,7 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
     for col in range(n):
         row = dataset[col]
         for line, column in enumerate(columns):
-            axes[line][col].imshow(row[column])
+            axes[line][col].imshow(row[column], interpolation="nearest")
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
         axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
@@ -114,7 +114,7 @@ def show_transform_steps(image, resolution: int):
     widths = [step.size[0] for _, step in steps]
     fig, axes = plt.subplots(1, 3, figsize=(9, 3), gridspec_kw={"width_ratios": widths})
     for ax, (title, step) in zip(axes, steps):
-        ax.imshow(step)
+        ax.imshow(step, interpolation="nearest")
         ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)
         _bare(ax)
     fig.tight_layout()
@@ -148,8 +148,8 @@ def show_batch(batch: dict, tokenizer, n: int | None = None):
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
     for col in range(n):
         prompt = tokenizer.decode(batch["input_ids"][col], skip_special_tokens=True) or "(empty prompt)"
-        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False))
-        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True))
+        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False), interpolation="nearest")
+        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True), interpolation="nearest")
         axes[0][col].set_title(textwrap.fill(prompt, 30), fontsize=8)
         _bare(axes[0][col])
         _bare(axes[1][col])
@@ -164,10 +164,10 @@ def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     from .data import canny_conditioning
 
     fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
-    axes[0].imshow(image)
+    axes[0].imshow(image, interpolation="nearest")
     axes[0].set_title("image", fontsize=9)
     for ax, (low, high) in zip(axes[1:], thresholds):
-        ax.imshow(canny_conditioning(image, low, high))
+        ax.imshow(canny_conditioning(image, low, high), interpolation="nearest")
         ax.set_title(f"canny low={low}, high={high}", fontsize=9)
     for ax in axes:
         _bare(ax)
@@ -175,31 +175,46 @@ def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     return fig
 
 
-def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200):
-    """Two sliders for canny's thresholds and the edges they give, redrawn as you move them.
+def _png_bytes(image, width: int) -> bytes:
+    import io
 
-    Headless (no widget front end), the first drawing still renders, with the default thresholds.
+    from PIL import Image
+
+    scaled = image.resize((width, round(image.height * width / image.width)), Image.NEAREST)
+    buffer = io.BytesIO()
+    scaled.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200, width: int = 256):
+    """Two sliders for canny's thresholds beside the image and the edges they give, redrawn as you move them.
+
+    Built from ``Image`` widgets updated by the sliders, not from ``interact``: ``interact`` draws into an
+    ``Output`` widget, which can stall headless runs (nbclient issue #312). Headless, the static copy of
+    the notebook shows the widget's text form; the pictures need a live kernel.
     """
     import ipywidgets as widgets
 
     from .data import canny_conditioning
 
-    def draw(low_threshold, high_threshold):
-        if low_threshold > high_threshold:
-            print(f"low ({low_threshold}) is above high ({high_threshold}): move one slider")
-            return
-        fig, axes = plt.subplots(1, 2, figsize=(5.5, 2.9))
-        axes[0].imshow(image)
-        axes[0].set_title("image", fontsize=9)
-        axes[1].imshow(canny_conditioning(image, low_threshold, high_threshold))
-        axes[1].set_title(f"canny low={low_threshold}, high={high_threshold}", fontsize=9)
-        for ax in axes:
-            _bare(ax)
-        plt.show()
-
     slider = dict(min=0, max=800, step=10, continuous_update=False)
-    return widgets.interactive(draw, low_threshold=widgets.IntSlider(value=low_threshold, **slider),
-                               high_threshold=widgets.IntSlider(value=high_threshold, **slider))
+    low = widgets.IntSlider(value=low_threshold, description="low", **slider)
+    high = widgets.IntSlider(value=high_threshold, description="high", **slider)
+    original = widgets.Image(value=_png_bytes(image, width), format="png")
+    edges = widgets.Image(format="png")
+    message = widgets.Label()
+
+    def redraw(_change=None):
+        if low.value > high.value:
+            message.value = f"low ({low.value}) is above high ({high.value}): move one slider"
+            return
+        message.value = f"canny low={low.value}, high={high.value}"
+        edges.value = _png_bytes(canny_conditioning(image, low.value, high.value), width)
+
+    low.observe(redraw, names="value")
+    high.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([low, high]), message, widgets.HBox([original, edges])])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,7 +249,8 @@ def show_parameter_groups(rows, title: str = ""):
 
 def show_conditioning_embedding(controlnet, conditioning):
     """The conditioning image and the output of each convolution of the ControlNet's conditioning
-    embedding (mean over channels), with its size: how 64 px becomes the latents' 8 x 8."""
+    embedding (how strongly each place responds, over all channels), with its size: how a 64 px condition
+    becomes the latents' 8 x 8."""
     import torch
 
     embedding = controlnet.controlnet_cond_embedding
@@ -251,11 +267,15 @@ def show_conditioning_embedding(controlnet, conditioning):
             hook.remove()
     order = ["conv_in"] + [f"blocks.{i}" for i in range(len(embedding.blocks))] + ["conv_out"]
     fig, axes = plt.subplots(1, len(order) + 1, figsize=(1.9 * (len(order) + 1), 2.5))
-    axes[0].imshow(to_picture(conditioning[0], normalised=False))
+    axes[0].imshow(to_picture(conditioning[0], normalised=False), interpolation="nearest")
     axes[0].set_title(f"condition\n{conditioning.shape[-1]} px", fontsize=8)
     for ax, name in zip(axes[1:], order):
         out = outputs[name][0]
-        ax.imshow(out.abs().mean(0).numpy(), cmap="magma", vmin=0)
+        # Each channel's deviation from its own mean, averaged: shows where the features respond.
+        response = (out - out.mean(dim=(1, 2), keepdim=True)).abs().mean(0)
+        # Zero padding makes the border light up in random layers; scale colours to the interior.
+        interior = response[1:-1, 1:-1] if response.shape[-1] > 4 else response
+        ax.imshow(response.numpy(), cmap="magma", vmin=float(interior.min()), vmax=float(interior.max()) or None)
         note = " (all 0)" if not out.any() else ""
         ax.set_title(f"{name}\n{out.shape[0]} ch, {out.shape[-1]} x {out.shape[-2]}{note}", fontsize=8)
     for ax in axes:
@@ -272,12 +292,12 @@ def show_gradient_flow(history: list[dict]):
 
     groups = list(GRADIENT_GROUPS)
     norms = np.array([[record[g] for g in groups] for record in history])
-    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(history) + 1.6))
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(history) + 1.9))
     ax.imshow(norms > 0, cmap="Greens", vmin=-0.3, vmax=1.3, aspect="auto")
     for step, row in enumerate(norms):
         for col, value in enumerate(row):
             ax.text(col, step, f"{value:.1e}" if value else "0", ha="center", va="center", fontsize=9)
-    ax.set_xticks(range(len(groups)), [g.replace(" (", "\n(").replace(": ", ":\n") for g in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [textwrap.fill(g, 24) for g in groups], fontsize=8)
     ax.set_yticks(range(len(history)), [f"step {r['step']}" for r in history], fontsize=9)
     ax.set_title("gradient norm reaching each part of the ControlNet", fontsize=10)
     fig.tight_layout()

@@ -275,3 +275,17 @@ def test_transform_check_accepts_the_right_answer_and_explains_wrong_ones(capsys
     assert not check_transform_answer((3, 512, 768), (-1, 1), (-1, 1))
     out = capsys.readouterr().out
     assert "✅ Correct" in out and "scales the SHORT side" in out and "has no Normalize" in out
+
+
+def test_canny_widget_redraws_the_edges_when_a_slider_moves():
+    from cnhelpers.plots import canny_threshold_widget
+
+    image, _ = draw_scene(0, 0, 64)
+    widget = canny_threshold_widget(image, 100, 200)
+    (low, high), message, (_, edges) = widget.children[0].children, widget.children[1], widget.children[2].children
+    before = edges.value
+    assert before and message.value == "canny low=100, high=200"
+    low.value = 30
+    assert edges.value != before and message.value == "canny low=30, high=200"
+    low.value = 300
+    assert "above high" in message.value
