@@ -52,3 +52,12 @@ def test_upstream_broadcast_fails_when_the_width_differs_from_the_batch():
     prediction, target, weights = _batch(4, 8)
     with pytest.raises((TypeError, ValueError), match="[Ii]ncompatible shapes"):
         jnp.mean((jnp.asarray(target) - prediction) ** 2 * weights)
+
+
+def test_the_exercise_check_accepts_per_sample_weighting_and_rejects_the_upstream_broadcast(capsys):
+    from cnhelpers.checks import check_min_snr_loss
+
+    assert check_min_snr_loss(lambda p, t, w: jnp.mean(per_sample_mse(p, t) * w))
+    assert check_min_snr_loss(lambda p, t, w: jnp.mean((p - t) ** 2 * w[:, None, None, None]))
+    assert not check_min_snr_loss(lambda p, t, w: jnp.mean((t - p) ** 2 * w))
+    assert "Not yet" in capsys.readouterr().out
