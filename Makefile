@@ -5,15 +5,23 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 KERNEL := cn-course
+# Notebook 05 (Flax/JAX) has its own pinned environment and kernel: diffusers <= 0.39, transformers 4.
+VENV_FLAX := .venv-flax
+BIN_FLAX := $(CURDIR)/$(VENV_FLAX)/bin
+STAMP_FLAX := $(VENV_FLAX)/.installed
+KERNEL_FLAX := cn-flax
+FLAX_NOTEBOOK := notebooks/05_flax_tpu.ipynb
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup course test test-python test-notebooks outputs lab clean help
+.PHONY: setup setup-flax course test test-python test-notebooks test-flax outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
+	@echo "make setup-flax  create .venv-flax (notebook 05's Flax stack) and the '$(KERNEL_FLAX)' Jupyter kernel"
 	@echo "make course   run every notebook headless into build/course/ (the main job)"
 	@echo "make test     pytest for cnhelpers, then nbval over every notebook (what CI runs)"
+	@echo "make test-flax  tests_flax, then nbval over notebook 05 in the '$(KERNEL_FLAX)' kernel (part of make test)"
 	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
 	@echo "make lab      open JupyterLab on notebooks/"
 
@@ -27,19 +35,34 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "ControlNet course (.venv)" >/dev/null
 	touch $(STAMP)
 
+setup-flax: $(STAMP_FLAX)
+
+$(STAMP_FLAX): requirements-flax.txt pyproject.toml
+	test -x $(BIN_FLAX)/python || $(PYTHON) -m venv $(VENV_FLAX)
+	$(BIN_FLAX)/python -m pip install -q --upgrade pip
+	$(BIN_FLAX)/python -m pip install -q -r requirements-flax.txt
+	$(BIN_FLAX)/python -m pip install -q --no-deps -e .
+	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
+	touch $(STAMP_FLAX)
+
 course: setup
 	$(BIN)/python -m cnhelpers.course --out build/course
 
 outputs: setup
 	$(BIN)/python -m cnhelpers.course --in-place
 
-test: test-python test-notebooks
+test: test-python test-notebooks test-flax
 
 test-python: setup
 	$(BIN)/python -m pytest tests
 
 test-notebooks: setup
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
+
+# The Flax notebook runs in its own kernel (cn-flax, the .venv-flax Python), not in the current one.
+test-flax: setup-flax
+	$(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
+	$(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(FLAX_NOTEBOOK)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -88,3 +88,36 @@ def check_conditioning_size(downsampling, conditioning_side, conditioning_embedd
         "which is why it must shrink exactly as much as the VAE.",
         "; ".join(hints) + ".",
     )
+
+# --------------------------------------------------------------------------------------------------
+# Notebook 05 (Flax on TPUs)
+# --------------------------------------------------------------------------------------------------
+
+def check_min_snr_loss(loss_fn) -> bool:
+    """Exercise (notebook 05): ``loss_fn(prediction, target, weights)`` weights each sample's error once.
+
+    ``prediction`` and ``target`` are (B, C, H, W), ``weights`` is (B,); the answer must equal the mean
+    over samples of ``weights[i] * mean((prediction[i] - target[i]) ** 2)``. It is tried where the
+    latent width equals the batch (where a plain ``(B, C, H, W) * (B,)`` broadcast runs but weights
+    columns instead of samples) and where it does not (where that broadcast fails).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    for batch, width in ((8, 8), (4, 8), (2, 64)):
+        prediction = rng.standard_normal((batch, 4, 8, width)).astype(np.float32)
+        target = rng.standard_normal((batch, 4, 8, width)).astype(np.float32)
+        weights = rng.uniform(0.05, 1.0, batch).astype(np.float32)
+        expected = float(np.mean(weights * ((prediction - target) ** 2).mean(axis=(1, 2, 3))))
+        try:
+            got = float(np.asarray(loss_fn(prediction, target, weights)))
+        except Exception as error:
+            return verdict(False, "", f"With a batch of {batch} and latents {width} wide your function raised "
+                           f"{type(error).__name__}: {error}. Reduce each sample's error to one number before "
+                           "weighting it, or give the weights shape (B, 1, 1, 1).")
+        if not np.isclose(got, expected, rtol=1e-4, atol=1e-6):
+            return verdict(False, "", f"With a batch of {batch} and latents {width} wide you get {got:.5f}, but "
+                           f"weighting each sample gives {expected:.5f}. A (B, C, H, W) * (B,) product lines the "
+                           "weights up with the last axis (width), not with the samples.")
+    return verdict(True, "Each sample's mean error is weighted by its own Min-SNR weight, for any batch size "
+                   "and latent size.", "")
