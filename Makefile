@@ -45,10 +45,10 @@ $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
 
-course: setup
+course: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --out build/course
 
-outputs: setup
+outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --in-place
 
 test: test-python test-notebooks test-flax
