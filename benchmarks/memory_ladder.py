@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         if row["skipped"] is not None:
             skipped.add(rung.number)
         elif skipped & set(range(1, rung.number)):
-            row["name"] += f" (without rung {', '.join(map(str, sorted(skipped)))})"
+            row["name"] += f" (without rung {', '.join(str(n) for n in sorted(skipped) if n < rung.number)})"
         rows.append(row)
         print(format_row(row), flush=True)
 

@@ -36,6 +36,8 @@ def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamm
         f"The weight at t={timestep} is {expected:.4f}.",
         f"You answered {float(answer):.4f}. Compute SNR(t) = ᾱ_t / (1 - ᾱ_t) from "
         "noise_scheduler.alphas_cumprod[t], then min(SNR, γ) / SNR for epsilon (or / (SNR + 1) for v-prediction).",
+    )
+
 
 # --- 01_dataset_transforms ---------------------------------------------------------------------------
 
@@ -121,3 +123,18 @@ def check_min_snr_loss(loss_fn) -> bool:
                            "weights up with the last axis (width), not with the samples.")
     return verdict(True, "Each sample's mean error is weighted by its own Min-SNR weight, for any batch size "
                    "and latent size.", "")
+
+
+# --- notebook 04: memory tricks -------------------------------------------------------------------
+
+
+def check_optimizer_state_gb(fp32_adam_gb: float, adam_8bit_gb: float, controlnet_params: int) -> bool:
+    """Exercise (notebook 04): the ControlNet's AdamW state in GB, with fp32 moments and with 8-bit ones."""
+    expected = (controlnet_params * 8 / 1e9, controlnet_params * 2 / 1e9)
+    close = all(abs(a - e) <= 0.02 * e for a, e in zip((fp32_adam_gb, adam_8bit_gb), expected))
+    return verdict(
+        close,
+        f"AdamW keeps two moments per parameter: {expected[0]:.2f} GB in fp32, {expected[1]:.2f} GB in 8 bits.",
+        f"You answered {fp32_adam_gb:.2f} and {adam_8bit_gb:.2f} GB. AdamW stores two moments per parameter: "
+        "4 bytes each in fp32, 1 byte each in 8-bit AdamW. Multiply by the parameter count, divide by 1e9.",
+    )

@@ -195,3 +195,37 @@ def recommend_rung(results: list[dict], gpu_memory_gb: float, headroom: float = 
         if row.get("peak_gb") is not None and row["peak_gb"] <= gpu_memory_gb * headroom:
             return row
     return None
+
+
+def training_memory_budget(unet_params: int, controlnet_params: int, text_encoder_params: int, vae_params: int, *,
+                           frozen_bytes: int = 4, optimizer_bytes: float = 8, encoders_on_device: bool = True,
+                           grads: bool = True) -> dict[str, float]:
+    """What the weights, gradients and optimizer state of ControlNet training take, in GB (activations aside).
+
+    ``frozen_bytes``: 4 for fp32 frozen models, 2 when mixed precision casts them to fp16/bf16.
+    ``optimizer_bytes``: AdamW keeps two fp32 moments (8 bytes a parameter); 8-bit AdamW two uint8 ones (2).
+    ``encoders_on_device``: False when latents and text embeddings are cached, so VAE and text encoder leave.
+    The ControlNet's own weights and gradients stay fp32 (accelerate keeps fp32 master weights).
+    """
+    gb = 1e9
+    budget = {
+        "frozen UNet": unet_params * frozen_bytes / gb,
+        "VAE + text encoder": (vae_params + text_encoder_params) * frozen_bytes / gb if encoders_on_device else 0.0,
+        "ControlNet weights (fp32)": controlnet_params * 4 / gb,
+        "ControlNet gradients (fp32)": controlnet_params * 4 / gb if grads else 0.0,
+        "optimizer state": controlnet_params * optimizer_bytes / gb,
+    }
+    return budget
+
+
+def load_ladder_results(*paths) -> list[dict]:
+    """Rows of measured ladders (JSON files of benchmarks/memory_ladder.py); a later file's rung replaces an earlier one's."""
+    import json
+    from pathlib import Path
+
+    rows: dict[int, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for row in data["rows"]:
+            rows[row["rung"]] = row | {"source": Path(path).name, "device": data.get("device")}
+    return [rows[n] for n in sorted(rows)]
