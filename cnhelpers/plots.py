@@ -302,3 +302,27 @@ def show_gradient_flow(history: list[dict]):
     ax.set_title("gradient norm reaching each part of the ControlNet", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for ipywidgets.Image), closing the figure."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def min_snr_widget(noise_scheduler, gamma: float = 5.0):
+    """A γ slider above the Min-SNR weight curves it redraws (an Image widget: safe to run headless)."""
+    import ipywidgets as widgets
+
+    slider = widgets.FloatLogSlider(value=gamma, base=10, min=-1, max=2, step=0.05, description="γ")
+    picture = widgets.Image(value=figure_png(plot_min_snr_weights(noise_scheduler, gammas=(gamma,))), format="png")
+
+    def redraw(change):
+        picture.value = figure_png(plot_min_snr_weights(noise_scheduler, gammas=(change["new"],)))
+
+    slider.observe(redraw, names="value")
+    return widgets.VBox([slider, picture])
