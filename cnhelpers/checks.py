@@ -36,6 +36,8 @@ def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamm
         f"The weight at t={timestep} is {expected:.4f}.",
         f"You answered {float(answer):.4f}. Compute SNR(t) = ᾱ_t / (1 - ᾱ_t) from "
         "noise_scheduler.alphas_cumprod[t], then min(SNR, γ) / SNR for epsilon (or / (SNR + 1) for v-prediction).",
+    )
+
 
 # --- 01_dataset_transforms ---------------------------------------------------------------------------
 
@@ -121,3 +123,19 @@ def check_min_snr_loss(loss_fn) -> bool:
                            "weights up with the last axis (width), not with the samples.")
     return verdict(True, "Each sample's mean error is weighted by its own Min-SNR weight, for any batch size "
                    "and latent size.", "")
+
+
+# --- 07_sdxl ------------------------------------------------------------------------------------------
+
+def check_sdxl_added_embedding_width(answer, pooled_dim: int = 1280, addition_time_embed_dim: int = 256) -> bool:
+    """Exercise (notebook 07): the width of the vector SDXL's UNet adds to its timestep embedding
+    (``projection_class_embeddings_input_dim``), for a pooled text embedding of ``pooled_dim`` numbers and
+    ``add_time_ids`` whose six numbers are each embedded into ``addition_time_embed_dim`` (SDXL: 1280, 256)."""
+    expected = pooled_dim + 6 * addition_time_embed_dim
+    return verdict(
+        int(answer) == expected,
+        f"{pooled_dim} (pooled text) + 6 x {addition_time_embed_dim} (original size, crop corner, target size, "
+        f"each number embedded) = {expected}.",
+        f"You answered {answer}. The UNet concatenates the pooled text embedding ({pooled_dim} numbers) with "
+        f"the sinusoidal embedding of each of the 6 add_time_ids ({addition_time_embed_dim} numbers each).",
+    )
