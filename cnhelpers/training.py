@@ -378,9 +378,9 @@ def log_validation(accelerator, args, vae, text_encoder, tokenizer, unet, contro
         condition = Image.open(image_path).convert("RGB").resize((args.resolution, args.resolution))
         with torch.autocast(accelerator.device.type, dtype=weight_dtype,
                             enabled=weight_dtype != torch.float32):
-            images = pipeline([prompt] * args.num_validation_images, [condition] * args.num_validation_images,
-                              height=args.resolution, width=args.resolution, generator=generator,
-                              num_inference_steps=args.num_validation_inference_steps).images
+            n = args.num_validation_images  # image by name: SDXL's pipeline takes prompt_2 second
+            images = pipeline([prompt] * n, image=[condition] * n, height=args.resolution, width=args.resolution,
+                              generator=generator, num_inference_steps=args.num_validation_inference_steps).images
         rows.append({"prompt": prompt, "condition": condition, "images": images})
     controlnet.train(was_training)
     vae.to(encoders_device)

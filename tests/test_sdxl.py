@@ -5,7 +5,7 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionXLPipeline
 
 from cnhelpers.cli import SDXL_FLAGS, build_parser, training_args
-from cnhelpers.data import image_transforms, write_fill_imagefolder
+from cnhelpers.data import fill_example, image_transforms, write_fill_imagefolder
 from cnhelpers.sdxl import (build_tiny_sdxl_base, encode_prompt_sdxl, is_sdxl_unet,
                             make_add_time_ids, sdxl_demo_inputs)
 from cnhelpers.training import train
@@ -106,14 +106,20 @@ def test_interpolation_mode_changes_the_resize_filter():
 
 @pytest.mark.parametrize("cache", ["always", "never"])
 def test_a_few_sdxl_steps_train_and_save_a_loadable_controlnet(sdxl_base, fill_dir, tmp_path, cache):
-    args = training_args(pretrained_model_name_or_path=sdxl_base, train_data_dir=fill_dir, output_dir=tmp_path,
+    outline = tmp_path / "outline.png"
+    fill_example(99, 0, 64)["conditioning_image"].save(outline)
+    validation = dict(validation_prompt=["red circle"], validation_image=[outline], num_validation_images=1,
+                      num_validation_inference_steps=2) if cache == "always" else {}
+    args = training_args(pretrained_model_name_or_path=sdxl_base, train_data_dir=fill_dir, output_dir=tmp_path / "out",
                          resolution=64, train_batch_size=4, learning_rate=1e-3, lr_warmup_steps=0, seed=0,
                          report_to="none", checkpointing_steps=1000, max_train_steps=3, cache=cache,
-                         crops_coords_top_left_h=4, proportion_empty_prompts=0.5)
+                         crops_coords_top_left_h=4, proportion_empty_prompts=0.5, **validation)
     result = train(args)
     assert result.global_step == 3 and result.cached == (cache == "always")
+    if validation:  # through StableDiffusionXLControlNetPipeline
+        assert [v["step"] for v in result.validations] == [3]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
-    controlnet = ControlNetModel.from_pretrained(tmp_path)
+    controlnet = ControlNetModel.from_pretrained(tmp_path / "out")
     assert controlnet.config.addition_embed_type == "text_time"
     assert any(float(p.detach().abs().max()) > 0 for n, p in controlnet.named_parameters()
                if n.startswith("controlnet_down_blocks"))  # the zero convolutions moved
