@@ -423,9 +423,9 @@ Trained with `python -m cnhelpers.train` (same flags as diffusers' train_control
 
 {validation}
 ```python
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from diffusers import ControlNetModel, {pipeline}
 controlnet = ControlNetModel.from_pretrained("{output_dir}")
-pipe = StableDiffusionControlNetPipeline.from_pretrained("{base}", controlnet=controlnet)
+pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
 ```
 """
 
@@ -447,7 +447,9 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
         base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
         steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
         snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
-        validation=grid, output_dir=output_dir))
+        validation=grid, output_dir=output_dir,
+        pipeline="StableDiffusionXLControlNetPipeline" if controlnet.config.addition_embed_type == "text_time"
+        else "StableDiffusionControlNetPipeline"))
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()

@@ -119,6 +119,7 @@ def test_a_few_sdxl_steps_train_and_save_a_loadable_controlnet(sdxl_base, fill_d
     if validation:  # through StableDiffusionXLControlNetPipeline
         assert [v["step"] for v in result.validations] == [3]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    assert "StableDiffusionXLControlNetPipeline.from_pretrained" in (tmp_path / "out" / "README.md").read_text()
     controlnet = ControlNetModel.from_pretrained(tmp_path / "out")
     assert controlnet.config.addition_embed_type == "text_time"
     assert any(float(p.detach().abs().max()) > 0 for n, p in controlnet.named_parameters()
