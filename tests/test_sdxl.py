@@ -124,3 +124,17 @@ def test_a_few_sdxl_steps_train_and_save_a_loadable_controlnet(sdxl_base, fill_d
     assert controlnet.config.addition_embed_type == "text_time"
     assert any(float(p.detach().abs().max()) > 0 for n, p in controlnet.named_parameters()
                if n.startswith("controlnet_down_blocks"))  # the zero convolutions moved
+
+
+def test_a_separate_vae_replaces_the_bases(sdxl_base, fill_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from cnhelpers.models import TINY_VAE_CONFIG
+    from cnhelpers.training import load_models
+
+    other_vae = tmp_path / "fp16-fix-stand-in"
+    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(other_vae)  # SD's scaling factor, unlike the base's VAE
+    args = training_args(pretrained_model_name_or_path=sdxl_base, train_data_dir=fill_dir, output_dir=tmp_path,
+                         pretrained_vae_model_name_or_path=other_vae)
+    vae = load_models(args)[2]
+    assert vae.config.scaling_factor == TINY_VAE_CONFIG["scaling_factor"] != 0.13025
