@@ -138,3 +138,14 @@ def test_a_separate_vae_replaces_the_bases(sdxl_base, fill_dir, tmp_path):
                          pretrained_vae_model_name_or_path=other_vae)
     vae = load_models(args)[2]
     assert vae.config.scaling_factor == TINY_VAE_CONFIG["scaling_factor"] != 0.13025
+
+
+def test_the_exercise_check_accepts_only_the_added_embedding_width(pipe, capsys):
+    from cnhelpers.checks import check_sdxl_added_embedding_width
+
+    config = pipe.unet.config
+    assert check_sdxl_added_embedding_width(config.projection_class_embeddings_input_dim,
+                                            pipe.text_encoder_2.config.projection_dim, config.addition_time_embed_dim)
+    assert check_sdxl_added_embedding_width(2816)
+    assert not check_sdxl_added_embedding_width(1280 + 256)
+    assert "6 add_time_ids" in capsys.readouterr().out
