@@ -138,3 +138,19 @@ def check_optimizer_state_gb(fp32_adam_gb: float, adam_8bit_gb: float, controlne
         f"You answered {fp32_adam_gb:.2f} and {adam_8bit_gb:.2f} GB. AdamW stores two moments per parameter: "
         "4 bytes each in fp32, 1 byte each in 8-bit AdamW. Multiply by the parameter count, divide by 1e9.",
     )
+
+
+# --- 07_sdxl ------------------------------------------------------------------------------------------
+
+def check_sdxl_added_embedding_width(answer, pooled_dim: int = 1280, addition_time_embed_dim: int = 256) -> bool:
+    """Exercise (notebook 07): the width of the vector SDXL's UNet adds to its timestep embedding
+    (``projection_class_embeddings_input_dim``), for a pooled text embedding of ``pooled_dim`` numbers and
+    ``add_time_ids`` whose six numbers are each embedded into ``addition_time_embed_dim`` (SDXL: 1280, 256)."""
+    expected = pooled_dim + 6 * addition_time_embed_dim
+    return verdict(
+        int(answer) == expected,
+        f"{pooled_dim} (pooled text) + 6 x {addition_time_embed_dim} (original size, crop corner, target size, "
+        f"each number embedded) = {expected}.",
+        f"You answered {answer}. The UNet concatenates the pooled text embedding ({pooled_dim} numbers) with "
+        f"the sinusoidal embedding of each of the 6 add_time_ids ({addition_time_embed_dim} numbers each).",
+    )

@@ -2,7 +2,8 @@
 
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
-(Min-SNR weighting), ``--cache`` (the fast path) and ``--num_validation_inference_steps``.
+(Min-SNR weighting), ``--cache`` (the fast path) and ``--num_validation_inference_steps``. The extra flags
+of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ UPSTREAM_FLAGS = (
 )
 """The 52 flags of upstream's train_controlnet.py, in its order."""
 
+SDXL_FLAGS = ("pretrained_vae_model_name_or_path", "crops_coords_top_left_h", "crops_coords_top_left_w",
+              "image_interpolation_mode")
+"""The flags train_controlnet_sdxl.py adds to train_controlnet.py's."""
+
+#: torchvision's InterpolationMode names, lowercased (upstream's choices for --image_interpolation_mode).
+INTERPOLATION_MODES = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser: upstream's flags (same defaults), then the course's additions."""
@@ -56,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--revision", type=str, default=None, help="Revision of the base model on the hub.")
     model.add_argument("--variant", type=str, default=None, help="Weights variant of the base model, e.g. fp16.")
     model.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer, if not the base model's.")
+    model.add_argument("--pretrained_vae_model_name_or_path", type=str, default=None,
+                       help="A VAE to use instead of the base's, e.g. madebyollin/sdxl-vae-fp16-fix (SDXL's own "
+                            "VAE overflows in fp16: black images).")
 
     out = p.add_argument_group("output and checkpoints")
     out.add_argument("--output_dir", type=str, default="controlnet-model")
@@ -79,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Share of prompts replaced by the empty prompt (classifier-free guidance).")
     data.add_argument("--resolution", type=int, default=512, help="Training resolution, a multiple of 8.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--image_interpolation_mode", type=str, default=None, choices=INTERPOLATION_MODES,
+                      help="Resize filter. Default: lanczos for SDXL (train_controlnet_sdxl.py's), bilinear for "
+                           "SD 1.5 (train_controlnet.py's).")
+    data.add_argument("--crops_coords_top_left_h", type=int, default=0,
+                      help="SDXL: the crop's top coordinate given to the UNet (add_time_ids).")
+    data.add_argument("--crops_coords_top_left_w", type=int, default=0,
+                      help="SDXL: the crop's left coordinate given to the UNet (add_time_ids).")
     data.add_argument("--cache", choices=["auto", "always", "never"], default="auto",
                       help="Encode latents and text once (auto: when the cache fits in 4 GiB).")
 
@@ -157,6 +175,8 @@ def check_args(args) -> None:
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed_precision fp16 needs a CUDA GPU and none is available. On a CPU use "
                          "--mixed_precision no (or bf16, which CPUs support).")
+    if min(args.crops_coords_top_left_h, args.crops_coords_top_left_w) < 0:
+        raise ValueError("--crops_coords_top_left_h/w are pixel coordinates of a crop's corner: 0 or more.")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (5.0 is usual), got {args.snr_gamma}.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):

@@ -269,24 +269,35 @@ def check_resolution(resolution: int, vae_scale_factor: int = VAE_SCALE_FACTOR) 
         )
 
 
-def image_transforms(resolution: int):
-    """Target images: resize (bilinear) the short side, center-crop, to a tensor in [-1, 1] (the VAE's range)."""
+def interpolation_mode(name: str = "bilinear"):
+    """torchvision's InterpolationMode called ``name`` (``--image_interpolation_mode``: bilinear, lanczos...)."""
+    from torchvision.transforms import InterpolationMode
+
+    choices = [mode.name.lower() for mode in InterpolationMode]
+    if name.lower() not in choices:
+        raise ValueError(f"Unknown image interpolation mode {name!r}: choose one of {', '.join(choices)}.")
+    return InterpolationMode[name.upper()]
+
+
+def image_transforms(resolution: int, interpolation: str = "bilinear"):
+    """Target images: resize (bilinear unless told) the short side, center-crop, to a tensor in [-1, 1]
+    (the VAE's range)."""
     from torchvision import transforms
 
     return transforms.Compose([
-        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.Resize(resolution, interpolation=interpolation_mode(interpolation)),
         transforms.CenterCrop(resolution),
         transforms.ToTensor(),
         transforms.Normalize([0.5], [0.5]),
     ])
 
 
-def conditioning_image_transforms(resolution: int):
+def conditioning_image_transforms(resolution: int, interpolation: str = "bilinear"):
     """Conditioning images: the same geometry, but kept in [0, 1], the range the ControlNet is fed."""
     from torchvision import transforms
 
     return transforms.Compose([
-        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.Resize(resolution, interpolation=interpolation_mode(interpolation)),
         transforms.CenterCrop(resolution),
         transforms.ToTensor(),
     ])
@@ -355,7 +366,8 @@ def _column_names(dataset) -> list[str]:
 def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str = "image",
                        conditioning_image_column: str = "conditioning_image", caption_column: str = "text",
                        proportion_empty_prompts: float = 0.0, max_train_samples: int | None = None,
-                       seed: int | None = None, shuffle_buffer_size: int = 1000):
+                       seed: int | None = None, shuffle_buffer_size: int = 1000, interpolation: str = "bilinear",
+                       tokenizer_2=None):
     """Turn raw rows into training examples: ``pixel_values``, ``conditioning_pixel_values``, ``input_ids``.
 
     The knobs are upstream train_controlnet.py's, but columns are always picked by name (upstream falls
@@ -365,6 +377,8 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
     ``dataset`` may be a ``datasets.Dataset`` or a streamed ``datasets.IterableDataset``
     (``load_dataset(..., streaming=True)``). ``max_train_samples`` keeps a seeded random subset: for a
     stream, the first ``max_train_samples`` of a shuffle through a buffer of ``shuffle_buffer_size`` rows.
+    ``interpolation`` is the resize filter (upstream's SDXL script: ``--image_interpolation_mode``, lanczos).
+    With ``tokenizer_2`` (SDXL's second tokenizer), examples also get ``input_ids_2`` for the same captions.
     """
     import random
 
@@ -396,19 +410,23 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
     for column in (image_column, conditioning_image_column):
         if isinstance(features.get(column), ImageFeature):
             dataset = dataset.cast_column(column, ImageFeature(decode=False))
-    to_image, to_conditioning = image_transforms(resolution), conditioning_image_transforms(resolution)
+    to_image = image_transforms(resolution, interpolation)
+    to_conditioning = conditioning_image_transforms(resolution, interpolation)
     rng = random.Random(seed)
 
     def preprocess(batch, rows=None):
         rows = batch["row"] if rows is None else rows
-        return {
+        out = {
             "pixel_values": [to_image(_to_rgb(im, r, image_column))
                              for im, r in zip(batch[image_column], rows)],
             "conditioning_pixel_values": [to_conditioning(_to_rgb(im, r, conditioning_image_column))
                                           for im, r in zip(batch[conditioning_image_column], rows)],
-            "input_ids": tokenize_prompts(tokenizer, pick_captions(
-                batch[caption_column], proportion_empty_prompts, True, rng, caption_column)),
         }
+        captions = pick_captions(batch[caption_column], proportion_empty_prompts, True, rng, caption_column)
+        out["input_ids"] = tokenize_prompts(tokenizer, captions)
+        if tokenizer_2 is not None:
+            out["input_ids_2"] = tokenize_prompts(tokenizer_2, captions)
+        return out
 
     if streaming:
         # A stream has no random access: transform lazily with map, numbering rows as they arrive.
@@ -417,14 +435,14 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
 
 
 def collate_fn(examples: list[dict]) -> dict:
-    """Stack examples into a batch: float image tensors (contiguous) and token ids."""
+    """Stack examples into a batch: float image tensors (contiguous) and token ids (SDXL: both tokenizers')."""
     import torch
 
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous().float(),
         "conditioning_pixel_values": torch.stack([e["conditioning_pixel_values"] for e in examples]).contiguous().float(),
         "input_ids": torch.stack([e["input_ids"] for e in examples]),
-    }
+    } | ({"input_ids_2": torch.stack([e["input_ids_2"] for e in examples])} if "input_ids_2" in examples[0] else {})
 
 
 # --------------------------------------------------------------------------------------------------

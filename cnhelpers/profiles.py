@@ -2,6 +2,8 @@
 
 - ``tiny`` (the default): a tiny SD-layout model and generated fill data, built locally; offline, CPU.
 - ``sd15``: Stable Diffusion 1.5 and ``fusing/fill50k`` at 512 px, for a GPU with internet access.
+- ``sdxl``: SDXL base 1.0 and ``fusing/fill50k`` at 1024 px, for a large GPU (notebook 07; on the CPU,
+  notebook 07 uses the tiny SDXL-layout base of :mod:`cnhelpers.sdxl`).
 
 Pick one with the ``CN_PROFILE`` environment variable, or pass a name to :func:`get_profile` (the
 notebooks' parameter cells do).
@@ -55,6 +57,18 @@ PROFILES: dict[str, Profile] = {
         dataset_name="fusing/fill50k",
         resolution=512,
         train_batch_size=4,
+        learning_rate=1e-5,
+        max_train_steps=15000,
+        mixed_precision="fp16",
+        validation_prompt="red circle with blue background",
+    ),
+    "sdxl": Profile(
+        name="sdxl",
+        description="SDXL base 1.0 and fusing/fill50k at 1024 px, for a large GPU (hours)",
+        pretrained_model_name_or_path="stabilityai/stable-diffusion-xl-base-1.0",
+        dataset_name="fusing/fill50k",
+        resolution=1024,
+        train_batch_size=1,
         learning_rate=1e-5,
         max_train_steps=15000,
         mixed_precision="fp16",

@@ -18,6 +18,11 @@ What differs from upstream, and why:
   by (seed, epoch), so resuming from a checkpoint continues exactly where the run was.
 - Checkpoints are written under a temporary name and renamed when complete, and pruned only after the
   new one exists: a crash never leaves a half-written ``checkpoint-N``.
+
+An SDXL base (its UNet has ``addition_embed_type="text_time"``; notebook 07) goes through the same loop, with
+what train_controlnet_sdxl.py adds: a second text encoder (the text is both encoders' penultimate hidden
+states, concatenated), its pooled embedding, and ``add_time_ids`` (original size, crop top-left, target
+size), handed to the ControlNet and the UNet as ``added_cond_kwargs``. See :mod:`cnhelpers.sdxl`.
 """
 
 from __future__ import annotations
@@ -97,7 +102,10 @@ def load_models(args):
         subfolder=None if args.tokenizer_name else "tokenizer", revision=args.revision)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **common)
+    if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole folder, no subfolder
+        vae = AutoencoderKL.from_pretrained(resolve_pretrained(args.pretrained_vae_model_name_or_path))
+    else:
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **common)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **common)
     if args.controlnet_model_name_or_path:
         controlnet = ControlNetModel.from_pretrained(resolve_pretrained(args.controlnet_model_name_or_path))
@@ -181,11 +189,12 @@ CACHE_AUTO_LIMIT_BYTES = 4 * 2**30
 
 @torch.no_grad()
 def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, batch_size=32,
-                disable_progress=False):
+                disable_progress=False, encode_text=None):
     """Encode every example once: VAE posterior (mean, std), uint8 conditioning, text embeddings.
 
     Returns ``(CachedExamples, text_table)``, where ``text_table[i]`` is the embedding of caption ``i``
-    and the last row that of the empty prompt.
+    and the last row that of the empty prompt. ``encode_text(prompts)``, if given, replaces the text
+    encoder and returns a tuple of tensors (SDXL: text and pooled text); ``text_table`` is then a tuple too.
     """
     from tqdm.auto import tqdm
 
@@ -196,9 +205,12 @@ def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, b
     text_table = []
     for start in range(0, len(unique) + 1, 256):
         chunk = (unique + [""])[start:start + 256]
-        ids = tokenize_prompts(tokenizer, chunk).to(device)
-        text_table.append(text_encoder(ids)[0].float().cpu())
-    text_table = torch.cat(text_table)
+        if encode_text is not None:
+            text_table.append(tuple(part.float().cpu() for part in encode_text(chunk)))
+        else:
+            ids = tokenize_prompts(tokenizer, chunk).to(device)
+            text_table.append(text_encoder(ids)[0].float().cpu())
+    text_table = tuple(map(torch.cat, zip(*text_table))) if encode_text is not None else torch.cat(text_table)
 
     loader = torch.utils.data.DataLoader(train_dataset, batch_size=batch_size, collate_fn=collate_fn)
     means, stds, conditioning = [], [], []
@@ -329,23 +341,34 @@ def validation_pairs(args) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def log_validation(accelerator, args, vae, text_encoder, tokenizer, unet, controlnet, noise_scheduler,
-                   weight_dtype, step: int):
-    """Generate ``num_validation_images`` per (prompt, image) with UniPC; log them and save a grid PNG."""
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+                   weight_dtype, step: int, text_encoder_2=None, tokenizer_2=None):
+    """Generate ``num_validation_images`` per (prompt, image) with UniPC; log them and save a grid PNG.
+
+    With ``text_encoder_2`` and ``tokenizer_2`` (an SDXL base) the pipeline is StableDiffusionXLControlNetPipeline.
+    """
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline, \
+        UniPCMultistepScheduler
     from PIL import Image
 
     from .plots import image_grid
 
     controlnet = accelerator.unwrap_model(controlnet)
     encoders_device = vae.device
+    text_encoders = [e for e in (text_encoder, text_encoder_2) if e is not None]
     vae.to(accelerator.device)  # offloaded while training from the cache
-    text_encoder.to(accelerator.device)
+    for encoder in text_encoders:
+        encoder.to(accelerator.device)
     was_training = controlnet.training
     controlnet.eval()
-    pipeline = StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=UniPCMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    scheduler = UniPCMultistepScheduler.from_config(noise_scheduler.config)
+    if text_encoder_2 is not None:
+        pipeline = StableDiffusionXLControlNetPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=unet, controlnet=controlnet, scheduler=scheduler, add_watermarker=False)
+    else:
+        pipeline = StableDiffusionControlNetPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     if args.enable_xformers_memory_efficient_attention:
         pipeline.enable_xformers_memory_efficient_attention()
@@ -355,13 +378,14 @@ def log_validation(accelerator, args, vae, text_encoder, tokenizer, unet, contro
         condition = Image.open(image_path).convert("RGB").resize((args.resolution, args.resolution))
         with torch.autocast(accelerator.device.type, dtype=weight_dtype,
                             enabled=weight_dtype != torch.float32):
-            images = pipeline([prompt] * args.num_validation_images, [condition] * args.num_validation_images,
-                              height=args.resolution, width=args.resolution, generator=generator,
-                              num_inference_steps=args.num_validation_inference_steps).images
+            n = args.num_validation_images  # image by name: SDXL's pipeline takes prompt_2 second
+            images = pipeline([prompt] * n, image=[condition] * n, height=args.resolution, width=args.resolution,
+                              generator=generator, num_inference_steps=args.num_validation_inference_steps).images
         rows.append({"prompt": prompt, "condition": condition, "images": images})
     controlnet.train(was_training)
     vae.to(encoders_device)
-    text_encoder.to(encoders_device)
+    for encoder in text_encoders:
+        encoder.to(encoders_device)
 
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -399,9 +423,9 @@ Trained with `python -m cnhelpers.train` (same flags as diffusers' train_control
 
 {validation}
 ```python
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from diffusers import ControlNetModel, {pipeline}
 controlnet = ControlNetModel.from_pretrained("{output_dir}")
-pipe = StableDiffusionControlNetPipeline.from_pretrained("{base}", controlnet=controlnet)
+pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
 ```
 """
 
@@ -423,7 +447,9 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
         base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
         steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
         snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
-        validation=grid, output_dir=output_dir))
+        validation=grid, output_dir=output_dir,
+        pipeline="StableDiffusionXLControlNetPipeline" if controlnet.config.addition_embed_type == "text_time"
+        else "StableDiffusionControlNetPipeline"))
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
@@ -461,6 +487,8 @@ def train(args, callback=None) -> TrainResult:
     from .cli import check_push_to_hub
     from .data import make_train_dataset
     from .memory import configure_attention, make_optimizer
+    from .sdxl import added_conditions, encode_prompt_sdxl, encode_token_ids_sdxl, is_sdxl_unet, \
+        load_second_text_encoder, make_add_time_ids
 
     output_dir = Path(args.output_dir)
     # Forget the precision settings of an earlier run in this process (a notebook calls train() often);
@@ -485,6 +513,10 @@ def train(args, callback=None) -> TrainResult:
 
     # 1. Models: frozen base parts, trainable ControlNet.
     tokenizer, text_encoder, vae, unet, noise_scheduler, controlnet = load_models(args)
+    # SDXL: a second tokenizer and text encoder (CLIPTextModelWithProjection, for the pooled embedding).
+    sdxl = is_sdxl_unet(unet)
+    tokenizer_2, text_encoder_2 = load_second_text_encoder(args) if sdxl else (None, None)
+    text_encoders = [text_encoder, text_encoder_2] if sdxl else [text_encoder]
     register_controlnet_hooks(accelerator)
     configure_attention(args, unet, controlnet)
     if args.gradient_checkpointing:
@@ -499,32 +531,44 @@ def train(args, callback=None) -> TrainResult:
                          "precision (accelerate keeps fp32 master weights and autocasts the forward pass).")
     # The frozen models only run forward: half precision for them saves memory and time.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in (vae, unet, text_encoder):
+    for frozen in (vae, unet, *text_encoders):
         frozen.to(dtype=weight_dtype)  # cast first: a float32 copy never reaches the GPU
         frozen.to(accelerator.device)
+    if sdxl and weight_dtype == torch.float16 and not args.pretrained_vae_model_name_or_path:
+        # SDXL's own VAE overflows in fp16 (NaN latents, black images): keep it in float32, as upstream
+        # does, unless a VAE fixed for fp16 (--pretrained_vae_model_name_or_path) is given.
+        vae.to(dtype=torch.float32)
 
     # 2. Data: rows -> transformed examples -> (optionally) a cache of latents and text embeddings.
     image_column, conditioning_column, caption_column = column_names(args)
     raw = load_raw_dataset(args)
-    use_cache = _use_cache(args, raw, caption_column, text_encoder)
+    use_cache = _use_cache(args, raw, caption_column, text_encoder, text_width=unet.config.cross_attention_dim)
     train_dataset = make_train_dataset(
         raw, tokenizer, resolution=args.resolution, image_column=image_column,
         conditioning_image_column=conditioning_column, caption_column=caption_column,
         # with the cache, prompts are dropped per step instead (same share, same effect)
         proportion_empty_prompts=0.0 if use_cache else args.proportion_empty_prompts,
-        max_train_samples=args.max_train_samples, seed=seed)
-    text_table = None
+        max_train_samples=args.max_train_samples, seed=seed, tokenizer_2=tokenizer_2,
+        # upstream's defaults: lanczos in train_controlnet_sdxl.py, bilinear in train_controlnet.py
+        interpolation=args.image_interpolation_mode or ("lanczos" if sdxl else "bilinear"))
+    text_table = pooled_table = None
     if use_cache:
         captions = train_dataset.with_format(None)[caption_column]
         train_dataset, text_table = build_cache(
             train_dataset, captions, tokenizer, text_encoder, vae, accelerator.device,
-            disable_progress=not accelerator.is_local_main_process)
-        text_table = text_table.to(accelerator.device, weight_dtype)
+            disable_progress=not accelerator.is_local_main_process,
+            encode_text=(lambda prompts: encode_prompt_sdxl(prompts, [tokenizer, tokenizer_2], text_encoders))
+            if sdxl else None)
+        if sdxl:
+            text_table, pooled_table = (t.to(accelerator.device, weight_dtype) for t in text_table)
+        else:
+            text_table = text_table.to(accelerator.device, weight_dtype)
         collate = None  # default_collate stacks the cached tensors
         # The loop no longer needs the VAE encoder nor the text encoder: free their device memory
         # (validation brings them back for a moment).
         vae.to("cpu")
-        text_encoder.to("cpu")
+        for encoder in text_encoders:
+            encoder.to("cpu")
     else:
         from .data import collate_fn as collate
     sampler = EpochSampler(len(train_dataset), seed)
@@ -569,6 +613,13 @@ def train(args, callback=None) -> TrainResult:
                     disable=not accelerator.is_local_main_process)
     micro_step = global_step * args.gradient_accumulation_steps
     scaling_factor = vae.config.scaling_factor
+    if sdxl:
+        # Size and crop conditioning, the same for every example: each image is resized and center-cropped
+        # to --resolution, so original size = target size; the crop corner is --crops_coords_top_left_h/w
+        # (upstream's SDXL script does the same).
+        size = (args.resolution, args.resolution)
+        add_time_ids = make_add_time_ids(size, (args.crops_coords_top_left_h, args.crops_coords_top_left_w), size,
+                                         dtype=weight_dtype, device=accelerator.device)
 
     # 5. The loop.
     for epoch in range(first_epoch, num_epochs):
@@ -585,7 +636,7 @@ def train(args, callback=None) -> TrainResult:
                     eps = torch.randn(batch["latent_mean"].shape, generator=generator, device=accelerator.device)
                     latents = batch["latent_mean"] + batch["latent_std"] * eps
                 else:
-                    posterior = vae.encode(batch["pixel_values"].to(weight_dtype)).latent_dist
+                    posterior = vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist
                     latents = posterior.sample(generator=generator)
                 latents = (latents * scaling_factor).to(weight_dtype)
 
@@ -601,17 +652,26 @@ def train(args, callback=None) -> TrainResult:
                     drop = torch.rand(caption_index.shape, generator=generator, device=caption_index.device)
                     caption_index[drop < args.proportion_empty_prompts] = len(text_table) - 1
                     encoder_hidden_states = text_table[caption_index]
+                    pooled_text = pooled_table[caption_index] if sdxl else None
                     controlnet_image = batch["conditioning_uint8"].to(weight_dtype) / 255
                 else:
-                    encoder_hidden_states = text_encoder(batch["input_ids"])[0]
+                    if sdxl:
+                        encoder_hidden_states, pooled_text = encode_token_ids_sdxl(
+                            [batch["input_ids"], batch["input_ids_2"]], text_encoders)
+                    else:
+                        encoder_hidden_states = text_encoder(batch["input_ids"])[0]
                     controlnet_image = batch["conditioning_pixel_values"].to(weight_dtype)
+                # SDXL's UNet, and so its ControlNet, also read the pooled text and the size/crop ids.
+                added_cond_kwargs = added_conditions(
+                    pooled_text, add_time_ids.repeat(latents.shape[0], 1)) if sdxl else None
 
                 # The ControlNet reads the condition; its residuals are added inside the frozen UNet.
                 down_block_res_samples, mid_block_res_sample = controlnet(
                     noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states,
-                    controlnet_cond=controlnet_image, return_dict=False)
+                    controlnet_cond=controlnet_image, added_cond_kwargs=added_cond_kwargs, return_dict=False)
                 model_pred = unet(
                     noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states,
+                    added_cond_kwargs=added_cond_kwargs,
                     down_block_additional_residuals=[s.to(weight_dtype) for s in down_block_res_samples],
                     mid_block_additional_residual=mid_block_res_sample.to(weight_dtype)).sample
 
@@ -640,7 +700,7 @@ def train(args, callback=None) -> TrainResult:
                 if args.validation_prompt and global_step % args.validation_steps == 0:
                     result.validations.append(log_validation(
                         accelerator, args, vae, text_encoder, tokenizer, unet, controlnet, noise_scheduler,
-                        weight_dtype, global_step))
+                        weight_dtype, global_step, text_encoder_2, tokenizer_2))
                 if callback is not None:
                     callback(logs)
             if global_step >= max_train_steps:
@@ -655,7 +715,7 @@ def train(args, callback=None) -> TrainResult:
         if args.validation_prompt and (not result.validations or result.validations[-1]["step"] != global_step):
             result.validations.append(log_validation(
                 accelerator, args, vae, text_encoder, tokenizer, unet, controlnet, noise_scheduler,
-                weight_dtype, global_step))
+                weight_dtype, global_step, text_encoder_2, tokenizer_2))
         save_final_controlnet(accelerator.unwrap_model(controlnet), args, global_step, total_batch_size,
                               result.validations[-1] if result.validations else None)
         with open(output_dir / "train_log.jsonl", "w") as log:
@@ -671,7 +731,7 @@ def train(args, callback=None) -> TrainResult:
     return result
 
 
-def _use_cache(args, raw, caption_column, text_encoder) -> bool:
+def _use_cache(args, raw, caption_column, text_encoder, text_width: int | None = None) -> bool:
     """Whether to take the fast path: ``--cache always``, or ``auto`` when the cache fits in memory."""
     if args.cache == "never":
         return False
@@ -685,5 +745,5 @@ def _use_cache(args, raw, caption_column, text_encoder) -> bool:
     if args.cache == "always":
         return True
     n = min(len(raw), args.max_train_samples or len(raw))
-    shape = (77, text_encoder.config.hidden_size)
+    shape = (77, text_width or text_encoder.config.hidden_size)
     return estimated_cache_bytes(n, args.resolution, len(set(captions)), shape) <= CACHE_AUTO_LIMIT_BYTES

@@ -1,0 +1,203 @@
+"""SDXL: a tiny SDXL-layout base, and the extra conditioning SDXL's UNet reads (notebook 07).
+
+What SDXL adds to SD 1.5's conditioning, and what this module computes:
+
+- **Two text encoders.** ``text_encoder`` (CLIPTextModel) and ``text_encoder_2``
+  (CLIPTextModelWithProjection), each with its own tokenizer. The UNet's cross-attention reads the
+  *penultimate* hidden states of both, concatenated on the feature axis: ``(batch, 77, h1 + h2)``.
+- **A pooled text embedding.** ``text_encoder_2``'s projected embedding of the whole prompt,
+  ``(batch, projection_dim)``, added to the timestep embedding.
+- **Size and crop conditioning** (``add_time_ids``): original size, crop top-left corner and target size,
+  six numbers per image, also added to the timestep embedding.
+
+The UNet takes the last two as ``added_cond_kwargs={"text_embeds": pooled, "time_ids": add_time_ids}``, and
+so does a ControlNet made from it with ``ControlNetModel.from_unet``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .models import TINY_VAE_CONFIG, _seeded, write_clip_tokenizer
+from .paths import staged_folder
+
+#: Hidden sizes of the tiny base's two text encoders; the UNet's cross-attention reads both, concatenated.
+TINY_SDXL_TEXT_ENCODER_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                                     projection_dim=32)
+TINY_SDXL_TEXT_ENCODER_2_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+                                       projection_dim=32)
+#: Width of each ``add_time_ids`` number's sinusoidal embedding (SDXL: 256).
+TINY_SDXL_ADDITION_TIME_EMBED_DIM = 8
+
+#: UNet of the tiny SDXL base: SDXL's layout at toy size (no attention in the first block, linear
+#: projections in the transformers, more transformer layers deeper down, "text_time" added embeddings).
+TINY_SDXL_UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2),
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    norm_num_groups=32,
+    cross_attention_dim=TINY_SDXL_TEXT_ENCODER_CONFIG["hidden_size"] + TINY_SDXL_TEXT_ENCODER_2_CONFIG["hidden_size"],
+    addition_embed_type="text_time",
+    addition_time_embed_dim=TINY_SDXL_ADDITION_TIME_EMBED_DIM,
+    # the pooled embedding (projection_dim of text_encoder_2) + 6 time ids, each embedded to 8 numbers
+    projection_class_embeddings_input_dim=TINY_SDXL_TEXT_ENCODER_2_CONFIG["projection_dim"]
+    + 6 * TINY_SDXL_ADDITION_TIME_EMBED_DIM,
+)
+#: SDXL's VAE has another scaling factor, and is marked as overflowing in fp16 (``force_upcast``).
+TINY_SDXL_VAE_CONFIG = dict(TINY_VAE_CONFIG, scaling_factor=0.13025, force_upcast=True)
+#: SDXL's scheduler folder: an EulerDiscreteScheduler with SD's noise schedule.
+SDXL_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
+                             prediction_type="epsilon")
+
+SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def build_tiny_sdxl_base(path: str | Path, seed: int = 0, words: list[str] | None = None) -> Path:
+    """Build the tiny SDXL-layout base with seeded random weights; it loads with
+    ``StableDiffusionXLPipeline.from_pretrained(path)``. Both tokenizers share one vocabulary (SDXL's do too)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from .data import caption_words
+
+    words = words or caption_words()
+    with staged_folder(path) as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "tokenizer", words))
+        ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        pipeline = StableDiffusionXLPipeline(
+            vae=_seeded(seed, lambda: AutoencoderKL(**TINY_SDXL_VAE_CONFIG)),
+            text_encoder=_seeded(seed + 1, lambda: CLIPTextModel(
+                CLIPTextConfig(**ids, **TINY_SDXL_TEXT_ENCODER_CONFIG))),
+            text_encoder_2=_seeded(seed + 2, lambda: CLIPTextModelWithProjection(
+                CLIPTextConfig(**ids, **TINY_SDXL_TEXT_ENCODER_2_CONFIG))),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=_seeded(seed + 3, lambda: UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)),
+            scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+            add_watermarker=False,
+        )
+        pipeline.save_pretrained(folder)
+        for name in ("tokenizer", "tokenizer_2"):  # keep the SD-style vocab.json and merges.txt too
+            write_clip_tokenizer(folder / name, words)
+        (folder / "README.md").write_text(f"# tiny-sdxl (ControlNet course)\n\nAn SDXL-layout model with seeded "
+                                          f"random weights, built by `cnhelpers.sdxl.build_tiny_sdxl_base(path, "
+                                          f"seed={seed})` for notebook 07.\n")
+    return Path(path)
+
+
+def is_complete_sdxl_base(path: str | Path) -> bool:
+    """True when ``path`` holds model_index.json and every SDXL part."""
+    path = Path(path)
+    return (path / "model_index.json").is_file() and all((path / part).is_dir() for part in SDXL_PARTS)
+
+
+def ensure_tiny_sdxl_base(seed: int = 0) -> Path:
+    """The tiny SDXL base's folder under the build folder, built first if it is missing."""
+    from .paths import build_dir
+
+    path = build_dir() / "tiny-sdxl"
+    if not is_complete_sdxl_base(path):
+        build_tiny_sdxl_base(path, seed=seed)
+    return path
+
+
+def is_sdxl_unet(unet) -> bool:
+    """An SDXL UNet adds pooled text and size/crop ids to its timestep embedding (``"text_time"``)."""
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
+def load_second_text_encoder(args):
+    """``tokenizer_2`` and the frozen ``text_encoder_2`` (CLIPTextModelWithProjection) of an SDXL base."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    from .hub import resolve_pretrained
+
+    base = resolve_pretrained(args.pretrained_model_name_or_path)
+    if not (Path(base) / "text_encoder_2").is_dir():
+        raise ValueError(f"{args.pretrained_model_name_or_path} has an SDXL UNet but no text_encoder_2 folder: "
+                         "pass a complete SDXL base (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
+    tokenizer_2 = AutoTokenizer.from_pretrained(base, subfolder="tokenizer_2", revision=args.revision)
+    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+        base, subfolder="text_encoder_2", revision=args.revision, variant=args.variant)
+    text_encoder_2.requires_grad_(False)
+    text_encoder_2.eval()
+    return tokenizer_2, text_encoder_2
+
+
+@torch.no_grad()
+def encode_token_ids_sdxl(token_ids, text_encoders):
+    """SDXL's text conditioning from each tokenizer's ids: ``(prompt_embeds, pooled_prompt_embeds)``.
+
+    ``prompt_embeds`` are each encoder's penultimate hidden states, concatenated on the last axis:
+    ``(batch, 77, h1 + h2)``. ``pooled_prompt_embeds`` is the second encoder's projected embedding,
+    ``(batch, projection_dim)``.
+    """
+    hidden = []
+    for ids, text_encoder in zip(token_ids, text_encoders):
+        output = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
+        hidden.append(output.hidden_states[-2])
+    pooled = output.text_embeds  # the last encoder's: CLIPTextModelWithProjection
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_prompt_sdxl(prompts: list[str], tokenizers, text_encoders):
+    """:func:`encode_token_ids_sdxl` of ``prompts``, tokenized by each encoder's tokenizer."""
+    from .data import tokenize_prompts
+
+    return encode_token_ids_sdxl([tokenize_prompts(t, prompts) for t in tokenizers], text_encoders)
+
+
+def make_add_time_ids(original_size, crops_coords_top_left, target_size, batch_size: int = 1,
+                      dtype=torch.float32, device=None) -> torch.Tensor:
+    """SDXL's size and crop conditioning, ``(batch, 6)``: original (h, w), crop top-left (h, w), target (h, w).
+
+    At training time: the image's size before resizing, where the crop began, and the training size.
+    At inference, (0, 0) and original = target ask for a centred, uncropped-looking image.
+    """
+    ids = list(original_size) + list(crops_coords_top_left) + list(target_size)
+    if len(ids) != 6:
+        raise ValueError(f"add_time_ids needs three (height, width) pairs, got {ids}")
+    return torch.tensor([ids], dtype=dtype, device=device).repeat(batch_size, 1)
+
+
+def added_conditions(pooled_prompt_embeds, add_time_ids) -> dict:
+    """The ``added_cond_kwargs`` an SDXL UNet and its ControlNet take."""
+    return {"text_embeds": pooled_prompt_embeds, "time_ids": add_time_ids}
+
+
+def sdxl_demo_inputs(unet, resolution: int, batch_size: int = 2, seed: int = 0, pooled_dim: int | None = None):
+    """Seeded stand-ins for one SDXL training batch (latents, timesteps, text, pooled text, time ids, image)."""
+    generator = torch.Generator().manual_seed(seed)
+    side = resolution // 8
+    config = unet.config
+    if pooled_dim is None:
+        pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    return {
+        "latents": torch.randn(batch_size, config.in_channels, side, side, generator=generator),
+        "timesteps": torch.randint(0, 1000, (batch_size,), generator=generator),
+        "encoder_hidden_states": torch.randn(batch_size, 77, config.cross_attention_dim, generator=generator),
+        "conditioning": torch.rand(batch_size, 3, resolution, resolution, generator=generator),
+        "added_cond_kwargs": added_conditions(
+            torch.randn(batch_size, pooled_dim, generator=generator),
+            make_add_time_ids((resolution, resolution), (0, 0), (resolution, resolution), batch_size)),
+    }
+
+
+def describe_model_index(path: str | Path) -> dict:
+    """``{part: class name}`` from a pipeline folder's model_index.json (what the folder holds)."""
+    index = json.loads((Path(path) / "model_index.json").read_text())
+    return {k: v[1] for k, v in index.items() if isinstance(v, list) and v[1] is not None}
