@@ -154,3 +154,23 @@ def check_sdxl_added_embedding_width(answer, pooled_dim: int = 1280, addition_ti
         f"You answered {answer}. The UNet concatenates the pooled text embedding ({pooled_dim} numbers) with "
         f"the sinusoidal embedding of each of the 6 add_time_ids ({addition_time_embed_dim} numbers each).",
     )
+
+
+
+# --- notebook 06: inference and control fidelity --------------------------------------------------
+
+
+def check_shifted_disc_iou(answer: float) -> bool:
+    """Exercise (notebook 06): the IoU of two equal discs whose centres are one radius apart."""
+    import math
+
+    # The lens two discs of radius r share, centres d apart: 2r²·acos(d/2r) − (d/2)·√(4r² − d²); here d = r.
+    lens = 2 * math.acos(0.5) - 0.5 * math.sqrt(3)  # in units of r²
+    expected = lens / (2 * math.pi - lens)
+    return verdict(
+        abs(float(answer) - expected) <= 0.01,
+        f"The IoU is {expected:.3f}: a circle of the right size, one radius off, keeps only about a quarter of "
+        "the score. IoU punishes misplacement hard, which is why it measures control.",
+        f"You answered {float(answer):.3f}. Intersection: the lens the two discs share; union: both areas minus "
+        "the lens. With pixel masks, make the discs large (r = 100 px) and shift one by exactly r.",
+    )

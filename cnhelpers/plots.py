@@ -326,3 +326,83 @@ def min_snr_widget(noise_scheduler, gamma: float = 5.0):
 
     slider.observe(redraw, names="value")
     return widgets.VBox([slider, picture])
+
+
+
+def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6, title: str | None = None):
+    """Show rows of PIL images as a labelled grid (pixels kept sharp); rows may differ in length."""
+    columns = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(size * columns, size * len(rows) + 0.3 * bool(title)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row):
+                ax.imshow(row[c], interpolation="nearest")
+            else:
+                ax.axis("off")
+        if row_titles:
+            axes[r][0].set_ylabel(row_titles[r], fontsize=8)
+    for c, name in enumerate(column_titles or []):
+        axes[0][c].set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_masks(image, conditioning_image, prompt: str, size: float = 1.8):
+    """How a fill image is scored: the outline, its filled disc, the image, and its circle-coloured pixels."""
+    from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
+
+    disc = disc_from_outline(conditioning_image)
+    mask = circle_mask(image, *prompt_colours(prompt))
+    scores = score_fill_image(image, conditioning_image, prompt)
+    panels = [(conditioning_image, "outline"), (disc, "disc (filled outline)"), (image, "image"),
+              (mask, "circle-coloured pixels"), (2 * (mask & disc) + (mask ^ disc), "agree (yellow) / differ (teal)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.4))
+    for ax, (picture, name) in zip(axes, panels):
+        if hasattr(picture, "dtype"):
+            picture = picture.astype("uint8")  # matplotlib does not draw boolean arrays
+        ax.imshow(picture, interpolation="nearest", cmap="viridis", vmin=0, vmax=2 if name.startswith("agree") else 1)
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{prompt}: IoU {scores['iou']:.2f}, colour error circle {scores['circle_colour_error']:.2f}, "
+                 f"background {scores['background_colour_error']:.2f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def difference_image(image, reference, gain: float = 8.0):
+    """What changed between two pictures: the per-pixel colour difference, times ``gain``, white on black.
+
+    Useful when the pictures look alike: it shows where, and how much, a setting changed the result.
+    """
+    import numpy as np
+    from PIL import Image
+
+    delta = np.abs(np.asarray(image.convert("RGB"), float) - np.asarray(reference.convert("RGB"), float)).mean(axis=2)
+    return Image.fromarray(np.clip(delta * gain, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def show_with_slider(render, slider):
+    """Show ``slider`` and the figure ``render(value)`` draws; redraw it when the slider moves.
+
+    Like ``ipywidgets.interact``, but without an Output widget: headless runners (nbclient, nbval) then have
+    no widget output to route, which can make them wait forever on the next cell (jupyter/nbclient#312).
+    A stored copy shows the figure for the slider's initial value.
+    """
+    from IPython.display import display
+
+    def draw(value):
+        fig = render(value)
+        plt.close(fig)  # shown through the display handle only
+        return fig
+
+    display(slider)
+    handle = display(draw(slider.value), display_id=True)
+    slider.observe(lambda change: handle.update(draw(change["new"])), names="value")
+    return handle
