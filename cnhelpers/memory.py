@@ -1,6 +1,9 @@
-"""Memory options of the training loop: attention backend and optimizer (notebook 04 adds the rest)."""
+"""Memory options of the training loop (notebook 04): attention backend, optimizer, the memory ladder,
+DeepSpeed ZeRO-2 config, peak-memory measurement and "which flags fit my GPU"."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 
 def xformers_available() -> bool:
@@ -47,9 +50,6 @@ def make_optimizer(args, params):
 # --------------------------------------------------------------------------------------------------
 # The memory ladder (notebook 04, benchmarks/memory_ladder.py)
 # --------------------------------------------------------------------------------------------------
-
-from dataclasses import dataclass, field  # noqa: E402
-
 
 @dataclass(frozen=True)
 class Rung:
