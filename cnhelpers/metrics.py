@@ -144,3 +144,101 @@ def evaluate_control(pipeline, n: int = 16, seed: int = 10_000, *, resolution: i
                   for image, example in zip(images, examples)]
         rows[label] = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour accuracy of the base model alone (no outline to compare with)
+# --------------------------------------------------------------------------------------------------
+
+#: RGB distance from the background colour beyond which a pixel counts as part of the circle.
+CIRCLE_THRESHOLD = 40.0
+
+
+def nearest_palette_colour(rgb) -> str:
+    """Name of the course palette's colour nearest (in RGB) to ``rgb``."""
+    from .data import PALETTE
+
+    rgb = np.asarray(rgb, float)
+    return min(PALETTE, key=lambda name: np.linalg.norm(rgb - np.asarray(PALETTE[name], float)))
+
+
+def measured_fill_colours(image, border: int = 2):
+    """The (circle, background) colours a generated fill image shows, measured without an outline.
+
+    The background is the median colour of a ``border``-pixel frame (the fill circles never touch the
+    edge); the circle is the median of the pixels farther than :data:`CIRCLE_THRESHOLD` from it. The
+    circle colour is None when no pixel is (the image shows no circle).
+    """
+    pixels = _pixels(image)
+    frame = np.concatenate([pixels[:border].reshape(-1, 3), pixels[-border:].reshape(-1, 3),
+                            pixels[:, :border].reshape(-1, 3), pixels[:, -border:].reshape(-1, 3)])
+    background = np.median(frame, axis=0)
+    distance = np.linalg.norm(pixels - background, axis=2)
+    inside = pixels[distance > CIRCLE_THRESHOLD]
+    circle = np.median(inside, axis=0) if len(inside) >= 0.01 * distance.size else None
+    return circle, background
+
+
+def colour_accuracy(images, prompts) -> dict[str, float]:
+    """Share of images whose circle and background colours are nearest to the prompt's palette colours."""
+    circle_hits, background_hits = [], []
+    for image, prompt in zip(images, prompts, strict=True):
+        match = _FILL_PROMPT.match(prompt)
+        if match is None:
+            raise ValueError(f"{prompt!r} is not a fill prompt: expected '<colour> circle with <colour> background'")
+        circle, background = measured_fill_colours(image)
+        circle_hits.append(circle is not None and nearest_palette_colour(circle) == match["circle"].strip().lower())
+        background_hits.append(nearest_palette_colour(background) == match["background"].strip().lower())
+    return {"circle_accuracy": float(np.mean(circle_hits)), "background_accuracy": float(np.mean(background_hits))}
+
+
+# --------------------------------------------------------------------------------------------------
+# IoU while training: score each checkpoint as it is saved (notebook 03's convergence curve)
+# --------------------------------------------------------------------------------------------------
+
+
+class CheckpointIoU:
+    """A training callback: when a step saved ``checkpoint-N``, score its ControlNet on held-out outlines.
+
+    ``train(args, callback=CheckpointIoU(base, args.output_dir))`` fills ``steps`` and ``ious`` (the mean
+    circle IoU of ``n`` held-out outlines, UniPC with ``num_inference_steps``). The pipeline is built once;
+    each checkpoint's weights are loaded into it. Set ``on_score`` to be told of each new score.
+    """
+
+    def __init__(self, base, output_dir, n: int = 8, num_inference_steps: int = 10, seed: int = 10_000,
+                 guidance_scale: float = 7.5, on_score=None):
+        self.base, self.output_dir, self.n = base, output_dir, n
+        self.num_inference_steps, self.seed, self.guidance_scale = num_inference_steps, seed, guidance_scale
+        self.on_score = on_score
+        self.steps: list[int] = []
+        self.ious: list[float] = []
+        self._pipeline = None
+        self._examples = None
+
+    def score(self, controlnet_folder) -> float:
+        """Mean circle IoU of the ControlNet in ``controlnet_folder`` on the held-out outlines."""
+        from diffusers import ControlNetModel
+
+        from .inference import generate, held_out_examples, load_controlnet_pipeline
+
+        controlnet = ControlNetModel.from_pretrained(controlnet_folder)
+        if self._pipeline is None:
+            self._pipeline = load_controlnet_pipeline(self.base, controlnet)
+            resolution = self._pipeline.unet.config.sample_size * self._pipeline.vae_scale_factor
+            self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution)
+        else:
+            self._pipeline.controlnet.load_state_dict(controlnet.state_dict())
+        images = generate(self._pipeline, self._examples, seed=self.seed, guidance_scale=self.guidance_scale,
+                          num_inference_steps=self.num_inference_steps)
+        return float(np.mean([score_fill_image(image, example["conditioning_image"], example["text"])["iou"]
+                              for image, example in zip(images, self._examples)]))
+
+    def __call__(self, logs: dict) -> None:
+        from pathlib import Path
+
+        folder = Path(self.output_dir) / f"checkpoint-{logs['step']}" / "controlnet"
+        if folder.is_dir() and logs["step"] not in self.steps:
+            self.steps.append(logs["step"])
+            self.ious.append(self.score(folder))
+            if self.on_score is not None:
+                self.on_score(self.steps[-1], self.ious[-1])

@@ -17,12 +17,14 @@ import torch
 
 from .paths import staged_folder
 
-#: UNet of the tiny base: two resolutions, cross-attention at both, 32 normalisation groups like SD.
+#: UNet of the tiny base: two resolutions, cross-attention at both, 32 normalisation groups like SD
+#: (diffusers' Flax UNet assumes 32). 64 channels, so each group has two: with one channel per group the
+#: last GroupNorm would be an instance norm, which erases the per-channel means that carry the colours.
 TINY_UNET_CONFIG = dict(
     sample_size=8,
     in_channels=4,
     out_channels=4,
-    block_out_channels=(32, 64),
+    block_out_channels=(64, 64),
     layers_per_block=1,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -40,7 +42,9 @@ TINY_VAE_CONFIG = dict(
     up_block_types=("UpDecoderBlock2D",) * 4,
     layers_per_block=1,
     latent_channels=4,
-    norm_num_groups=32,
+    # 8 groups of 4 channels, as SD's VAE (128 channels / 32 groups): with one channel per group a
+    # GroupNorm is an instance norm, which erases flat colours, and fill images are flat colours.
+    norm_num_groups=8,
     scaling_factor=0.18215,
 )
 #: CLIP text encoder of the tiny base; its hidden size is the UNet's cross_attention_dim.
@@ -204,12 +208,33 @@ def is_complete_base(path: str | Path) -> bool:
         (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
 
 
+#: The pretrained tiny base shipped with the package (``python -m cnhelpers.pretrain_base`` made it).
+PRETRAINED_TINY_BASE = Path(__file__).resolve().parent / "assets" / "tiny-sd"
+
+
 def ensure_tiny_base(seed: int = 0) -> Path:
-    """Return the tiny base's folder under the build folder, building it first if it is missing."""
+    """Return the tiny base's folder under the build folder (``build/tiny-sd``), putting it there first.
+
+    It is a copy of the pretrained base shipped in ``cnhelpers/assets/tiny-sd`` (refreshed when that one
+    changes). Without it (a stripped install), a base with seeded random weights is built instead, with a
+    warning: the course then runs, but every picture is noise.
+    """
+    import shutil
+    import warnings
+
     from .paths import build_dir
 
     path = build_dir() / "tiny-sd"
-    if not is_complete_base(path):
+    if is_complete_base(PRETRAINED_TINY_BASE):
+        card = (PRETRAINED_TINY_BASE / "README.md").read_text()
+        if not is_complete_base(path) or not (path / "README.md").is_file() or \
+                (path / "README.md").read_text() != card:
+            with staged_folder(path) as tmp:
+                shutil.copytree(PRETRAINED_TINY_BASE, tmp, dirs_exist_ok=True)
+    elif not is_complete_base(path):
+        warnings.warn(f"The pretrained tiny base is missing ({PRETRAINED_TINY_BASE}): building one with random "
+                      "weights, so generated pictures will be noise. Reinstall the course, or make it with "
+                      "`python -m cnhelpers.pretrain_base` and copy build/pretrain/tiny-sd there.", stacklevel=2)
         build_tiny_base(path, seed=seed)
     return path
 
@@ -505,7 +530,9 @@ SD15_VAE_CONFIG = dict(
     up_block_types=("UpDecoderBlock2D",) * 4,
     layers_per_block=2,
     latent_channels=4,
-    norm_num_groups=32,
+    # 8 groups of 4 channels, as SD's VAE (128 channels / 32 groups): with one channel per group a
+    # GroupNorm is an instance norm, which erases flat colours, and fill images are flat colours.
+    norm_num_groups=8,
     scaling_factor=0.18215,
 )
 #: SD 1.5's text encoder: the text half of CLIP ViT-L/14.

@@ -95,6 +95,59 @@ class LiveLossPlot:
         self.fig.tight_layout()
         self.handle.update(self.fig)
 
+class LiveLossAndIoUPlot:
+    """A training callback: the loss (left) and the held-out circle IoU of each checkpoint (right), live.
+
+    ``checkpoint_iou`` is a :class:`cnhelpers.metrics.CheckpointIoU`; this plot calls it, then redraws.
+    ``target`` draws a dashed line at that IoU.
+    """
+
+    def __init__(self, total_steps: int, checkpoint_iou, every: int = 10, smoothing: int = 10,
+                 target: float | None = None):
+        from IPython.display import display
+
+        self.total_steps, self.every, self.smoothing, self.target = total_steps, every, smoothing, target
+        self.checkpoint_iou = checkpoint_iou
+        self.steps, self.losses = [], []
+        self.fig, (self.loss_ax, self.iou_ax) = plt.subplots(1, 2, figsize=(10, 3))
+        plt.close(self.fig)
+        self.handle = display(self.fig, display_id=True)
+
+    def __call__(self, logs: dict):
+        self.steps.append(logs["step"])
+        self.losses.append(logs["loss"])
+        scored = len(self.checkpoint_iou.steps)
+        self.checkpoint_iou(logs)
+        if len(self.checkpoint_iou.steps) > scored or logs["step"] % self.every == 0 \
+                or logs["step"] == self.total_steps:
+            self.redraw()
+
+    def redraw(self):
+        import numpy as np
+
+        ax = self.loss_ax
+        ax.clear()
+        ax.plot(self.steps, self.losses, alpha=0.3, label="loss")
+        if len(self.losses) >= self.smoothing:
+            kernel = np.ones(self.smoothing) / self.smoothing
+            ax.plot(self.steps[self.smoothing - 1:], np.convolve(self.losses, kernel, "valid"),
+                    label=f"mean of {self.smoothing}")
+        ax.set(xlim=(0, self.total_steps), xlabel="step", ylabel="loss")
+        ax.legend(loc="upper right")
+        ax.grid(alpha=0.3)
+        ax = self.iou_ax
+        ax.clear()
+        ax.plot(self.checkpoint_iou.steps, self.checkpoint_iou.ious, "o-", color="C2")
+        if self.target is not None:
+            ax.axhline(self.target, ls="--", color="gray", lw=1, label=f"target {self.target}")
+            ax.legend(loc="lower right")
+        ax.set(xlim=(0, self.total_steps), ylim=(0, 1), xlabel="step",
+               ylabel=f"circle IoU ({self.checkpoint_iou.n} held-out)")
+        ax.grid(alpha=0.3)
+        self.fig.tight_layout()
+        self.handle.update(self.fig)
+
+
 # --------------------------------------------------------------------------------------------------
 # Notebook 01: transforms, batches, canny conditioning
 # --------------------------------------------------------------------------------------------------

@@ -747,3 +747,21 @@ def _use_cache(args, raw, caption_column, text_encoder, text_width: int | None =
     n = min(len(raw), args.max_train_samples or len(raw))
     shape = (77, text_width or text_encoder.config.hidden_size)
     return estimated_cache_bytes(n, args.resolution, len(set(captions)), shape) <= CACHE_AUTO_LIMIT_BYTES
+
+
+def course_training_args(profile, base, output_dir, **overrides):
+    """The flags of notebook 03's run for ``profile``: its batch size, learning rate and steps, Min-SNR γ=5,
+    10 % empty prompts. ``overrides`` replace any of them (e.g. validation or checkpoint flags)."""
+    from .cli import training_args
+    from .data import ensure_fill_dataset
+
+    flags = dict(
+        pretrained_model_name_or_path=base, output_dir=output_dir, resolution=profile.resolution,
+        train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate, lr_warmup_steps=0,
+        max_train_steps=profile.max_train_steps, snr_gamma=5.0, proportion_empty_prompts=0.1, seed=0,
+        report_to="none")
+    if profile.dataset_name is None:
+        flags["train_data_dir"] = ensure_fill_dataset(profile.num_generated_examples, profile.resolution)
+    else:
+        flags["dataset_name"] = profile.dataset_name
+    return training_args(**(flags | overrides))

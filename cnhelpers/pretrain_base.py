@@ -1,0 +1,602 @@
+"""Pretrain the tiny base from scratch on generated fill data, so the CPU course shows real control.
+
+The tiny profile's base (:func:`cnhelpers.models.ensure_tiny_base`) is a Stable-Diffusion-layout model.
+With random weights every picture is noise; this recipe trains its three learned parts in stages,
+each of which saves checkpoints atomically and resumes where it stopped:
+
+1. ``vae``: the 8x AutoencoderKL learns to reconstruct fill images (L1 + a tiny KL term, as SD's VAE).
+   Most steps see random 32x32 crops (4x cheaper, the VAE is convolutional), the last ones whole images.
+   Then its ``scaling_factor`` is set so that the scaled latents have unit variance, as SD's 0.18215.
+2. ``latents``: the trained encoder's posterior (mean, std) of every training image, computed once.
+3. ``unet``: the UNet and the CLIP text encoder learn together, the text encoder from scratch: the
+   diffusion loss of SD (epsilon prediction, SD's noise schedule) with Min-SNR-γ weighting, 10 % empty
+   prompts (for classifier-free guidance), and an exponential moving average of the weights (EMA).
+4. ``assemble``: the trained parts, the tokenizer and SD's scheduler as one diffusers folder with a model
+   card that records the recipe, seeds, steps and the evaluation's figures.
+
+    python -m cnhelpers.pretrain_base                  # every stage, resuming what is done
+    python -m cnhelpers.pretrain_base --stage vae      # one stage
+    python -m cnhelpers.pretrain_base evaluate         # the figures of the model card (see evaluate_base)
+
+The data never includes the held-out seed that the evaluations use (:data:`HELD_OUT_SEED`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import PALETTE, draw_circle, sample_circle
+from .paths import build_dir, staged_folder
+
+#: Seed of the pretraining data (the ControlNet trains on seed 0; evaluations use HELD_OUT_SEED).
+PRETRAIN_SEED = 2
+#: Seed of the held-out outlines and prompts every evaluation uses.
+HELD_OUT_SEED = 10_000
+COLOUR_NAMES = list(PALETTE)
+
+
+@dataclass
+class PretrainConfig:
+    """Every knob of the recipe (a plain field each, as a command-line flag of the same name)."""
+
+    resolution: int = 64
+    seed: int = 0
+    # stage 1: VAE
+    vae_steps: int = 2400
+    vae_batch_size: int = 16
+    vae_learning_rate: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    vae_crop: int = 32  # side of the random crops; 0 trains on whole images throughout
+    vae_whole_image_fraction: float = 0.2  # the last steps see whole images
+    # stage 2: latents
+    num_latent_examples: int = 20_000
+    # stage 3: UNet + text encoder
+    unet_steps: int = 6000
+    unet_batch_size: int = 64
+    unet_learning_rate: float = 1e-3
+    text_encoder_learning_rate: float = 1e-3
+    snr_gamma: float = 5.0
+    proportion_empty_prompts: float = 0.1
+    ema_decay: float = 0.999
+    # all stages
+    warmup_steps: int = 100
+    checkpoint_every: int = 200
+    log_every: int = 50
+    eval_examples: int = 64  # held-out images scored at each VAE checkpoint
+    threads: int = 0  # 0: leave torch's default
+
+
+def work_dir() -> Path:
+    """Where the stages keep checkpoints and results: ``build/pretrain``."""
+    return build_dir() / "pretrain"
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def fill_batch(indices, resolution: int, seed: int = PRETRAIN_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] of shape (B, 3, R, R) and (circle, background) colour indices of shape (B, 2)."""
+    images, colours = [], []
+    for index in indices:
+        circle = sample_circle(seed, int(index))
+        image, _ = draw_circle(circle, resolution)
+        images.append(np.asarray(image))
+        colours.append((COLOUR_NAMES.index(circle.colour), COLOUR_NAMES.index(circle.background)))
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pixels, torch.tensor(colours)
+
+
+def random_crops(images: torch.Tensor, size: int, generator: torch.Generator, grid: int = 8) -> torch.Tensor:
+    """One random ``size`` x ``size`` crop per image, its corner on a ``grid``-pixel lattice (the VAE's stride)."""
+    if not size or size >= images.shape[-1]:
+        return images
+    positions = (images.shape[-1] - size) // grid + 1
+    corners = torch.randint(0, positions, (len(images), 2), generator=generator) * grid
+    return torch.stack([image[:, y:y + size, x:x + size] for image, (y, x) in zip(images, corners.tolist())])
+
+
+def caption(colours) -> str:
+    """The fill caption of a (circle, background) pair of colour indices."""
+    return f"{COLOUR_NAMES[int(colours[0])]} circle with {COLOUR_NAMES[int(colours[1])]} background"
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: written under a temporary name and renamed, so a crash never leaves a broken one
+# --------------------------------------------------------------------------------------------------
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Save ``state`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict | None:
+    """The state saved at ``path``, or None when there is none yet."""
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to 10 %."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, mininterval=5, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: the VAE
+# --------------------------------------------------------------------------------------------------
+
+
+def init_base(config: PretrainConfig) -> Path:
+    """The randomly initialised tiny base the stages start from (``build/pretrain/init``)."""
+    from .models import build_tiny_base, is_complete_base
+
+    path = work_dir() / "init"
+    if not is_complete_base(path):
+        build_tiny_base(path, seed=config.seed)
+    return path
+
+
+@torch.no_grad()
+def vae_reconstruction_scores(vae, n: int = 64, resolution: int = 64) -> dict[str, float]:
+    """How well ``vae`` reconstructs held-out fill images: mean absolute error (0..255) and circle IoU."""
+    from .metrics import circle_mask, mask_iou
+
+    indices = range(n)
+    pixels, colours = fill_batch(indices, resolution, seed=HELD_OUT_SEED)
+    reconstruction = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
+    to_uint8 = lambda x: ((x + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    originals, rebuilt = to_uint8(pixels), to_uint8(reconstruction)
+    ious = []
+    for original, image, pair in zip(originals, rebuilt, colours.tolist()):
+        circle_rgb, background_rgb = PALETTE[COLOUR_NAMES[pair[0]]], PALETTE[COLOUR_NAMES[pair[1]]]
+        ious.append(mask_iou(circle_mask(image, circle_rgb, background_rgb),
+                             circle_mask(original, circle_rgb, background_rgb)))
+    return {"mean_abs_error": float(np.abs(originals - rebuilt).mean()), "iou": float(np.mean(ious))}
+
+
+def train_vae(config: PretrainConfig) -> Path:
+    """Stage 1: train the VAE; returns the folder of the trained VAE (``build/pretrain/vae``)."""
+    from diffusers import AutoencoderKL
+
+    final = work_dir() / "vae"
+    if (final / "config.json").is_file():
+        return final
+    vae = AutoencoderKL.from_pretrained(init_base(config), subfolder="vae")
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, config.vae_steps, config.warmup_steps))
+    checkpoint = work_dir() / "vae-checkpoint.pt"
+    state, step = load_state(checkpoint), 0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+    whole_from = int(config.vae_steps * (1 - config.vae_whole_image_fraction))
+    vae.train()
+    bar = _progress(config.vae_steps, step, "VAE")
+    while step < config.vae_steps:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        indices = range(step * config.vae_batch_size, (step + 1) * config.vae_batch_size)
+        pixels, _ = fill_batch(indices, config.resolution)
+        if step < whole_from:
+            pixels = random_crops(pixels, config.vae_crop, generator)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        reconstruction_loss = F.l1_loss(reconstruction, pixels)
+        loss = reconstruction_loss + config.vae_kl_weight * posterior.kl().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            bar.set_postfix(l1=f"{reconstruction_loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.vae_steps:
+            vae.eval()
+            scores = vae_reconstruction_scores(vae, n=config.eval_examples, resolution=config.resolution)
+            vae.train()
+            bar.write(f"VAE step {step}: held-out error {scores['mean_abs_error']:.2f}/255, "
+                      f"circle IoU {scores['iou']:.3f}")
+            save_state(checkpoint, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "step": step, "scores": scores})
+    bar.close()
+    vae.eval()
+    n = min(512, config.num_latent_examples)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, config.resolution, n=n))
+    with staged_folder(final) as tmp:
+        vae.save_pretrained(tmp)
+        (tmp / "scores.json").write_text(json.dumps(vae_reconstruction_scores(
+            vae, n=config.eval_examples, resolution=config.resolution)))
+    return final
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, resolution: int, n: int = 512) -> float:
+    """``1 / std`` of the VAE's latents on training images: SD's ``scaling_factor`` (0.18215 for SD 1.5)."""
+    pixels, _ = fill_batch(range(n), resolution)
+    latents = torch.cat([vae.encode(chunk).latent_dist.sample() for chunk in pixels.split(64)])
+    return float(1.0 / latents.std())
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: latents
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_latents(config: PretrainConfig) -> Path:
+    """Stage 2: the VAE posterior (mean, std) and colour indices of the training images (a .pt file)."""
+    from diffusers import AutoencoderKL
+
+    path = work_dir() / "latents.pt"
+    if path.is_file():
+        return path
+    vae = AutoencoderKL.from_pretrained(work_dir() / "vae").eval()
+    means, stds, colours = [], [], []
+    chunk = 64
+    for start in _progress_range(0, config.num_latent_examples, chunk, "latents"):
+        pixels, pairs = fill_batch(range(start, min(start + chunk, config.num_latent_examples)), config.resolution)
+        posterior = vae.encode(pixels).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+        colours.append(pairs)
+    save_state(path, {"mean": torch.cat(means), "std": torch.cat(stds), "colours": torch.cat(colours),
+                      "scaling_factor": vae.config.scaling_factor})
+    return path
+
+
+def _progress_range(start: int, stop: int, step: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(start, stop, step), desc=desc, mininterval=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 3: the UNet and the text encoder
+# --------------------------------------------------------------------------------------------------
+
+
+def caption_token_table(tokenizer) -> torch.Tensor:
+    """Token ids of every caption, padded to the tokenizer's length: row ``16 * circle + background``,
+    and the empty prompt in the last row."""
+    texts = [caption((c, b)) for c in range(len(COLOUR_NAMES)) for b in range(len(COLOUR_NAMES))] + [""]
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_unet(config: PretrainConfig) -> Path:
+    """Stage 3: train the UNet and the text encoder on the cached latents; returns ``build/pretrain/unet``."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .training import controlnet_loss
+
+    final = work_dir() / "unet"
+    if (final / "unet" / "config.json").is_file():
+        return final
+    init = init_base(config)
+    cache = load_state(encode_latents(config))
+    tokenizer = CLIPTokenizer.from_pretrained(init, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(init, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(init, subfolder="unet")
+    noise_scheduler = DDPMScheduler.from_pretrained(init, subfolder="scheduler")
+    tokens = caption_token_table(tokenizer)
+    empty_prompt = len(tokens) - 1
+    caption_rows = cache["colours"][:, 0] * len(COLOUR_NAMES) + cache["colours"][:, 1]
+    scaling_factor = cache["scaling_factor"]
+
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW([
+        {"params": list(unet.parameters()), "lr": config.unet_learning_rate},
+        {"params": list(text_encoder.parameters()), "lr": config.text_encoder_learning_rate},
+    ], weight_decay=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, config.unet_steps, config.warmup_steps))
+    ema = EMAModel(parameters, decay=config.ema_decay)
+    checkpoint = work_dir() / "unet-checkpoint.pt"
+    state, step = load_state(checkpoint), 0
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+        step = state["step"]
+    unet.train()
+    text_encoder.train()
+    num_examples = len(caption_rows)
+    bar = _progress(config.unet_steps, step, "UNet + text encoder")
+    while step < config.unet_steps:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        batch = torch.randint(0, num_examples, (config.unet_batch_size,), generator=generator)
+        latents = cache["mean"][batch] + cache["std"][batch] * torch.randn(
+            cache["mean"][batch].shape, generator=generator)
+        latents = latents * scaling_factor
+        rows = caption_rows[batch].clone()
+        rows[torch.rand(len(rows), generator=generator) < config.proportion_empty_prompts] = empty_prompt
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        encoder_hidden_states = text_encoder(tokens[rows])[0]
+        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        loss = controlnet_loss(model_pred, noise, timesteps, noise_scheduler, config.snr_gamma)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(parameters)
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.unet_steps:
+            save_state(checkpoint, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "ema": ema.state_dict(), "step": step})
+    bar.close()
+    ema.copy_to(parameters)  # the averaged weights sample better than the last ones
+    with staged_folder(final) as tmp:
+        unet.save_pretrained(tmp / "unet")
+        text_encoder.save_pretrained(tmp / "text_encoder")
+    return final
+
+
+def ema_snapshot(config: PretrainConfig, path: Path | None = None) -> Path:
+    """Write the EMA weights of the UNet stage's latest checkpoint as a base folder (to look at progress)."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+    from transformers import CLIPTextModel
+
+    init = init_base(config)
+    state = load_state(work_dir() / "unet-checkpoint.pt")
+    unet = UNet2DConditionModel.from_pretrained(init, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(init, subfolder="text_encoder")
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = EMAModel(parameters, decay=config.ema_decay)
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(parameters)
+    path = path or work_dir() / f"snapshot-{state['step']}"
+    with staged_folder(path) as tmp:
+        shutil.copytree(init, tmp, dirs_exist_ok=True)
+        shutil.rmtree(tmp / "vae")
+        shutil.copytree(work_dir() / "vae", tmp / "vae")
+        unet.save_pretrained(tmp / "unet")
+        text_encoder.save_pretrained(tmp / "text_encoder")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 4: one diffusers folder with a model card
+# --------------------------------------------------------------------------------------------------
+
+
+def assemble(config: PretrainConfig, path: Path | None = None) -> Path:
+    """Stage 4: the trained VAE, text encoder and UNet, the tokenizer and the scheduler as one base folder."""
+    import shutil
+
+    path = Path(path) if path is not None else work_dir() / "tiny-sd"
+    init, trained = init_base(config), work_dir() / "unet"
+    with staged_folder(path) as tmp:
+        shutil.copytree(init, tmp, dirs_exist_ok=True)
+        for part, source in (("vae", work_dir() / "vae"), ("unet", trained / "unet"),
+                             ("text_encoder", trained / "text_encoder")):
+            shutil.rmtree(tmp / part)
+            shutil.copytree(source, tmp / part)
+        (tmp / "vae" / "scores.json").unlink(missing_ok=True)
+        (tmp / "pretrain_config.json").write_text(json.dumps(asdict(config), indent=2))
+        (tmp / "README.md").write_text(model_card(config, scores=None))
+    return path
+
+
+def model_card(config: PretrainConfig, scores: dict | None) -> str:
+    """The tiny base's README: what it is, the recipe that made it, and its evaluation figures."""
+    recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
+    figures = "Not evaluated yet: run `python -m cnhelpers.pretrain_base evaluate`."
+    if scores:
+        figures = "\n".join(f"- {line}" for line in format_scores(scores))
+    return TRAINED_MODEL_CARD.format(recipe=recipe, figures=figures, seed=PRETRAIN_SEED, held_out=HELD_OUT_SEED)
+
+
+TRAINED_MODEL_CARD = """\
+# tiny-sd (ControlNet course), pretrained
+
+A Stable-Diffusion-1.5-layout model small enough to train and run on a CPU: the base of the course's `tiny`
+profile. It was trained from scratch, offline, on generated fill images (a circle of one of 16 named colours
+on a background of another, caption "{{circle}} circle with {{background}} background"), by
+`python -m cnhelpers.pretrain_base` (see `cnhelpers/pretrain_base.py`).
+
+- `vae/`: AutoencoderKL, 8x downsampling, 4 latent channels, `scaling_factor` measured on its latents
+- `unet/`: UNet2DConditionModel, blocks (64, 64), cross-attention dim 64, 32-group norms, epsilon prediction
+- `text_encoder/`: CLIPTextModel, 2 layers, hidden size 64, trained from scratch with the UNet
+- `tokenizer/`: CLIP BPE tokenizer whose vocabulary holds every word of the fill captions
+- `scheduler/`: PNDMScheduler with SD 1.5's noise schedule
+
+## Recipe
+
+Data: fill images of seed {seed}, generated on the fly (VAE) or encoded once (UNet stage); every evaluation
+uses seed {held_out}, which no training stage sees.
+
+| field | value |
+| --- | --- |
+{recipe}
+
+## Evaluation
+
+{figures}
+
+It only knows fill images and the 16 colours of `cnhelpers.data.PALETTE`; it is a teaching model, not an
+image generator.
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def held_out_prompts(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
+    """``n`` fill captions of the held-out seed."""
+    return [sample_circle(seed, index).text for index in range(n)]
+
+
+def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_inference_steps: int = 20,
+                         guidance_scale: float = 7.5) -> dict[str, float]:
+    """Share of the base's images (no ControlNet) whose circle and background have the prompt's colours."""
+    from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
+
+    from .inference import image_generators
+    from .metrics import colour_accuracy
+
+    pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    prompts = held_out_prompts(n, seed)
+    images = []
+    for start in range(0, n, 16):
+        chunk = prompts[start:start + 16]
+        images += pipeline(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           generator=image_generators(seed + start, len(chunk))).images
+    return colour_accuracy(images, prompts)
+
+
+def format_scores(scores: dict) -> list[str]:
+    """Lines of text for the evaluation figures in ``scores``."""
+    lines = []
+    if "base" in scores:
+        base = scores["base"]
+        lines.append(f"base colour accuracy on {base['n']} held-out prompts: circle {base['circle_accuracy']:.1%}, "
+                     f"background {base['background_accuracy']:.1%}")
+    for key, label in (("controlnet", "ControlNet"), ("short_run", "short ControlNet run")):
+        if key in scores:
+            run = scores[key]
+            line = (f"{label} ({run['source']}): mean circle IoU on {run['n']} held-out outlines "
+                    f"{run['iou_with']:.3f} with it, {run['iou_without']:.3f} without")
+            if "train_seconds" in run:
+                line += f"; trained {run['steps']} steps in {run['train_seconds']:.0f} s"
+            lines.append(line)
+    return lines
+
+
+def controlnet_scores(base, controlnet, n: int = 32) -> dict:
+    """Mean circle IoU of a ControlNet on held-out outlines, with and without it (scale 0)."""
+    from .inference import load_controlnet_pipeline
+    from .metrics import evaluate_control
+
+    table = evaluate_control(load_controlnet_pipeline(base, controlnet), n=n, seed=HELD_OUT_SEED)
+    return {"source": str(controlnet), "n": n, "iou_with": float(table.loc["with ControlNet", "iou"]),
+            "iou_without": float(table.loc["without ControlNet", "iou"]),
+            "table": table.round(4).to_dict(orient="index")}
+
+
+def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -> dict:
+    """The figures of the model card: base colour accuracy, and the IoU of ControlNets trained on it.
+
+    ``controlnet``: a trained ControlNet folder to score. ``short_run``: train a ControlNet first with the
+    tiny profile's settings (notebook 03's budget) into ``build/pretrain/short-run`` and score it too.
+    """
+    from .profiles import get_profile
+    from .training import course_training_args, train
+
+    scores = {"base": {"n": n, **base_colour_accuracy(base, n=n)}}
+    if controlnet is not None:
+        scores["controlnet"] = controlnet_scores(base, controlnet, n=n // 2)
+    if short_run:
+        output_dir = work_dir() / "short-run"
+        profile = get_profile("tiny")
+        start = time.perf_counter()
+        result = train(course_training_args(profile, base, output_dir))
+        seconds = time.perf_counter() - start
+        scores["short_run"] = {**controlnet_scores(base, output_dir, n=n // 2), "steps": result.global_step,
+                               "train_seconds": seconds}
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+STAGES = ("vae", "latents", "unet", "assemble")
+
+
+def parse_config(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
+    """The recipe's config from command-line flags named like its fields, plus ``--stage``."""
+    parser = argparse.ArgumentParser(prog="python -m cnhelpers.pretrain_base", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("all",) + STAGES, default="all")
+    for field in fields(PretrainConfig):
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    namespace = parser.parse_args(argv)
+    config = PretrainConfig(**{f.name: getattr(namespace, f.name) for f in fields(PretrainConfig)})
+    return config, namespace
+
+
+def evaluate_main(argv) -> int:
+    """``python -m cnhelpers.pretrain_base evaluate [--base PATH] [--controlnet PATH] [--short-run]``."""
+    from .models import ensure_tiny_base
+
+    parser = argparse.ArgumentParser(prog="python -m cnhelpers.pretrain_base evaluate",
+                                     description=evaluate_base.__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=None, help="base folder (default: the tiny profile's)")
+    parser.add_argument("--controlnet", type=Path, default=None, help="a trained ControlNet folder to score")
+    parser.add_argument("--short-run", action="store_true", help="train a ControlNet at notebook 03's budget")
+    parser.add_argument("-n", type=int, default=64, help="held-out prompts (half as many outlines)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    scores = evaluate_base(args.base or ensure_tiny_base(), args.controlnet, args.short_run, args.n)
+    for line in format_scores(scores):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:
+        return evaluate_main(argv[1:])
+    config, namespace = parse_config(argv)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    stages = STAGES if namespace.stage == "all" else (namespace.stage,)
+    runners = {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "assemble": assemble}
+    for stage in stages:
+        start = time.perf_counter()
+        result = runners[stage](config)
+        print(f"stage {stage}: {result} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The tiny base's pretraining recipe: each stage runs, resumes after a crash, and assembles a loadable base."""
+
+import json
+
+import pytest
+import torch
+
+from cnhelpers import pretrain_base
+from cnhelpers.models import PRETRAINED_TINY_BASE, ensure_tiny_base, is_complete_base
+
+SMOKE = ["--vae_steps", "3", "--vae_batch_size", "2", "--num_latent_examples", "8", "--unet_steps", "3",
+         "--unet_batch_size", "4", "--checkpoint_every", "1", "--warmup_steps", "1",
+         "--eval_examples", "4"]
+
+
+@pytest.fixture
+def build(tmp_path, monkeypatch):
+    monkeypatch.setenv("CN_BUILD_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_every_stage_runs_and_assembles_a_loadable_base(build):
+    from diffusers import StableDiffusionPipeline
+
+    assert pretrain_base.main(SMOKE) == 0
+    folder = build / "pretrain" / "tiny-sd"
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    assert pipeline.vae.config.scaling_factor != pytest.approx(0.18215)  # measured on the trained VAE's latents
+    assert json.loads((folder / "pretrain_config.json").read_text())["unet_steps"] == 3
+    assert "| `vae_steps` | 3 |" in (folder / "README.md").read_text()
+
+
+def _vae_weights(build_folder):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(build_folder / "pretrain" / "vae").state_dict()
+
+
+def test_vae_stage_resumes_after_a_crash_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CN_BUILD_DIR", str(tmp_path / "straight"))
+    pretrain_base.main(SMOKE + ["--stage", "vae"])
+
+    monkeypatch.setenv("CN_BUILD_DIR", str(tmp_path / "crashed"))
+    real_fill_batch, calls = pretrain_base.fill_batch, []
+
+    def crash_on_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_fill_batch(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_base, "fill_batch", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_base.main(SMOKE + ["--stage", "vae"])
+    assert not (tmp_path / "crashed" / "pretrain" / "vae").exists()  # no half-finished stage result
+    monkeypatch.setattr(pretrain_base, "fill_batch", real_fill_batch)
+    pretrain_base.main(SMOKE + ["--stage", "vae"])
+
+    straight, resumed = _vae_weights(tmp_path / "straight"), _vae_weights(tmp_path / "crashed")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_random_crops_are_aligned_to_the_vae_stride():
+    images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
+    crops = pretrain_base.random_crops(images, 32, torch.Generator().manual_seed(0))
+    assert crops.shape == (2, 3, 32, 32)
+    for image, crop in zip(images, crops):
+        y, x = divmod(int((crop[0, 0, 0] - image[0, 0, 0]).item()), 64)
+        assert y % 8 == 0 and x % 8 == 0
+        assert torch.equal(image[:, y:y + 32, x:x + 32], crop)
+
+
+def test_caption_token_table_has_every_colour_pair_and_the_empty_prompt(tiny_base):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
+    table = pretrain_base.caption_token_table(tokenizer)
+    colours = len(pretrain_base.COLOUR_NAMES)
+    assert table.shape == (colours * colours + 1, tokenizer.model_max_length)
+    row = 3 * colours + 5
+    expected = tokenizer(pretrain_base.caption((3, 5)), padding="max_length",
+                         max_length=tokenizer.model_max_length).input_ids
+    assert table[row].tolist() == expected
+
+
+def test_the_shipped_tiny_base_is_pretrained_complete_and_under_25_mb(build):
+    assert is_complete_base(PRETRAINED_TINY_BASE)
+    size = sum(f.stat().st_size for f in PRETRAINED_TINY_BASE.rglob("*") if f.is_file())
+    assert size < 25 * 2**20
+    card = (PRETRAINED_TINY_BASE / "README.md").read_text()
+    assert "base colour accuracy" in card and "mean circle IoU" in card  # the evaluation's figures
+    copy = ensure_tiny_base()
+    assert copy == build / "tiny-sd" and (copy / "README.md").read_text() == card
