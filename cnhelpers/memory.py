@@ -217,8 +217,9 @@ LADDER = (
     Rung(4, "+ SDPA/xFormers attention + grads set to None", {"set_grads_to_none": True}, guide_gb=12.0),
     Rung(5, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("cuda",)),
     Rung(6, "+ cached latents and text embeddings", {"cache": "always"}),
-    # No accumulation, no global clipping, bf16 instead of fp16: what the step in backward cannot do.
-    Rung(7, "+ optimizer step in backward, bf16, no accumulation", {"optimizer_in_backward": True, "max_grad_norm": 0},
+    # The step in backward cannot accumulate, clip by the global norm, nor use fp16's loss scaler: rung 7
+    # turns accumulation and clipping off, and rung_flags makes rung 5's fp16 bf16 for it.
+    Rung(7, "+ optimizer step in backward, no accumulation", {"optimizer_in_backward": True, "max_grad_norm": 0},
          needs=("bf16",), drops=("gradient_accumulation_steps",)),
     Rung(8, "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", {"gradient_accumulation_steps": 4}, guide_gb=8.0,
          needs=("cuda", "deepspeed"), drops=("use_8bit_adam", "optimizer_in_backward", "max_grad_norm")),
