@@ -3,8 +3,8 @@
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps`` and
-``--optimizer_in_backward`` (notebook 04). The extra flags
-of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
+``--optimizer_in_backward`` (notebook 04). The extra flags of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`)
+are accepted too; they matter for an SDXL base (notebook 07).
 """
 
 from __future__ import annotations
