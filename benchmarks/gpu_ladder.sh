@@ -2,6 +2,8 @@
 # The GPU checks of the memory ladder, as one script for a lent GPU machine (see benchmarks/README.md):
 # the SD 1.5 architecture at 512 px, batch 1, every rung, and samples/s at batch 8 in bf16 with SDPA.
 # Wheels the machine lacks (diffusers, datasets, bitsandbytes, deepspeed, ...) are carried in .whl/.
+# Only some rungs, e.g. the optimizer step in backward (7) beside rung 6 measured in the same session:
+#   RUNGS=6,7 THROUGHPUT_BATCH=0 bash benchmarks/gpu_ladder.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/ladder-out}
@@ -22,5 +24,5 @@ for name in ("torch", "diffusers", "transformers", "accelerate", "datasets", "bi
         print(name, "unavailable:", type(error).__name__, str(error)[:120])
 PY
 timeout "${LADDER_TIMEOUT:-480}" python3 benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --steps "${STEPS:-5}" \
-  --rungs "${RUNGS:-1,2,3,4,5,6,7}" --throughput-batch "${THROUGHPUT_BATCH:-8}" --threads 8 --timeout "${RUNG_TIMEOUT:-240}" --work /tmp/ladder \
+  --rungs "${RUNGS:-1,2,3,4,5,6,7,8}" --throughput-batch "${THROUGHPUT_BATCH:-8}" --threads 8 --timeout "${RUNG_TIMEOUT:-240}" --work /tmp/ladder \
   --json "$OUT/sd15-ladder.json" --markdown "$OUT/sd15-ladder.md" 2>&1 | grep -v "it/s\]\|s/it\]" | tee "$OUT/ladder.log"

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 512 (sd15)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=6, help="training steps per rung (timed from step 1)")
-    parser.add_argument("--rungs", default="1,2,3,4,5,6,7", help="which rungs, e.g. 1,3,6")
+    parser.add_argument("--rungs", default=None, help="which rungs, e.g. 1,3,6 (default: all)")
     parser.add_argument("--throughput-batch", type=int, default=0,
                         help="also measure samples/s at this batch size in bf16 with SDPA")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per child")
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
               "lr_warmup_steps": 0, "seed": 0, "report_to": "none", "checkpointing_steps": 10**6}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     use_xformers = xformers_available()
-    wanted = {int(n) for n in args.rungs.split(",")}
+    wanted = {int(n) for n in args.rungs.split(",")} if args.rungs else {r.number for r in LADDER}
     # a rung that cannot run here leaves its flags out of the rungs above it, asked for or not
     rows, skipped = [], {r.number for r in LADDER if missing_requirements(r)}
     for rung in (r for r in LADDER if r.number in wanted):

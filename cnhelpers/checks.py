@@ -174,3 +174,20 @@ def check_shifted_disc_iou(answer: float) -> bool:
         f"You answered {float(answer):.3f}. Intersection: the lens the two discs share; union: both areas minus "
         "the lens. With pixel masks, make the discs large (r = 100 px) and shift one by exactly r.",
     )
+
+
+# --- notebook 04: the optimizer step in backward --------------------------------------------------
+
+
+def check_live_gradients_mb(usual_mb: float, in_backward_mb: float, parameter_numels: list[int]) -> bool:
+    """Exercise (notebook 04): the most fp32 gradient MB alive at once, with the usual step and with the step
+    in backward, for parameters of ``parameter_numels`` values each."""
+    expected = (sum(parameter_numels) * 4 / 1e6, max(parameter_numels) * 4 / 1e6)
+    close = all(abs(a - e) <= 0.01 * e for a, e in zip((usual_mb, in_backward_mb), expected))
+    return verdict(
+        close,
+        f"The usual step holds every gradient at the end of backward: {expected[0]:.1f} MB. The step in backward "
+        f"frees each one as soon as it is used, so at most the largest is alive: {expected[1]:.1f} MB.",
+        f"You answered {usual_mb:.1f} and {in_backward_mb:.1f} MB. An fp32 gradient takes 4 bytes a value: the "
+        "usual step keeps them all (sum the sizes); the step in backward one at a time (the largest).",
+    )

@@ -2,8 +2,9 @@
 
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
-(Min-SNR weighting), ``--cache`` (the fast path) and ``--num_validation_inference_steps``. The extra flags
-of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
+(Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps`` and
+``--optimizer_in_backward`` (notebook 04). The extra flags of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`)
+are accepted too; they matter for an SDXL base (notebook 07).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
     optim.add_argument("--adam_epsilon", type=float, default=1e-08)
-    optim.add_argument("--max_grad_norm", default=1.0, type=float)
+    optim.add_argument("--max_grad_norm", default=1.0, type=float,
+                       help="Clip gradients to this global norm; 0 turns clipping off.")
 
     memory = p.add_argument_group("memory and speed")
     memory.add_argument("--gradient_checkpointing", action="store_true")
@@ -132,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Default: the accelerate config's value.")
     memory.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
     memory.add_argument("--set_grads_to_none", action="store_true")
+    memory.add_argument("--optimizer_in_backward", action="store_true",
+                        help="Update each parameter inside backward as soon as its gradient exists, then free "
+                             "the gradient: saves the whole gradient buffer. Needs --max_grad_norm 0, "
+                             "--gradient_accumulation_steps 1, bf16 or no mixed precision, one process.")
 
     hub = p.add_argument_group("hub and logging")
     hub.add_argument("--push_to_hub", action="store_true")

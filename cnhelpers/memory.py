@@ -1,9 +1,12 @@
-"""Memory options of the training loop (notebook 04): attention backend, optimizer, the memory ladder,
-DeepSpeed ZeRO-2 config, peak-memory measurement and "which flags fit my GPU"."""
+"""Memory options of the training loop (notebook 04): attention backend, optimizer (and the optimizer step
+fused into the backward pass), the memory ladder, DeepSpeed ZeRO-2 config, peak-memory measurement and
+"which flags fit my GPU"."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 
 
 def xformers_available() -> bool:
@@ -32,9 +35,18 @@ def configure_attention(args, *models) -> str:
 
 
 def make_optimizer(args, params):
-    """AdamW, or bitsandbytes' 8-bit AdamW with ``--use_8bit_adam`` (its state is stored as uint8)."""
-    import torch
+    """AdamW, or bitsandbytes' 8-bit AdamW with ``--use_8bit_adam`` (its state is stored as uint8).
 
+    With ``--optimizer_in_backward``, one such optimizer per parameter, stepped inside the backward pass
+    (:class:`OptimizerInBackward`).
+    """
+    if getattr(args, "optimizer_in_backward", False):
+        return OptimizerInBackward(params, lambda one_parameter: make_one_optimizer(args, one_parameter))
+    return make_one_optimizer(args, params)
+
+
+def make_one_optimizer(args, params):
+    """The optimizer of ``--use_8bit_adam`` / ``--adam_*`` for ``params`` (all of them, or a single one)."""
     if args.use_8bit_adam:
         try:
             import bitsandbytes as bnb
@@ -45,6 +57,137 @@ def make_optimizer(args, params):
     # fused: one kernel for all parameters instead of a Python loop over them (same arithmetic)
     return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                              weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=True)
+
+
+class OptimizerInBackward(torch.optim.Optimizer):
+    """The optimizer step fused into the backward pass: at most one gradient is alive at a time.
+
+    PyTorch's recipe: one optimizer per parameter (``make_one([param])``), and a hook
+    (``register_post_accumulate_grad_hook``) that, as soon as backward has written a parameter's gradient,
+    steps that parameter's optimizer and frees the gradient. So the whole fp32 gradient buffer (as large as
+    the trained model) never exists at once. What it costs: no gradient accumulation (each backward updates
+    the weights), no clipping by the global gradient norm (it needs every gradient before the first update),
+    no fp16 loss scaler (it must see every gradient to decide to skip a step), one process only (DDP averages
+    gradients after the hook has fired). :func:`check_optimizer_in_backward` refuses those.
+
+    To the training loop, the LR scheduler and ``accelerator.save_state`` it is one optimizer: its
+    ``param_groups`` are the per-parameter optimizers' groups (the same dicts, so the scheduler's learning
+    rate reaches every one of them), and ``state_dict()`` holds all their states, one group per parameter.
+    ``step()`` does no arithmetic (backward did it): it closes the step, and is called after backward as usual.
+    """
+
+    def __init__(self, params, make_one):
+        parameters = [p for p in params if p.requires_grad]
+        self.optimizers = [make_one([p]) for p in parameters]
+        super().__init__([optimizer.param_groups[0] for optimizer in self.optimizers], {})
+        self._index = {p: i for i, p in enumerate(parameters)}
+        self._stepped: set[int] = set()
+        self.hooks = [p.register_post_accumulate_grad_hook(self._step_parameter) for p in parameters]
+
+    @torch.no_grad()
+    def _step_parameter(self, param):
+        i = self._index[param]
+        if i in self._stepped:
+            raise RuntimeError(
+                f"Parameter {i} of {len(self.optimizers)} received a second gradient before optimizer.step() "
+                "closed the step: with the optimizer step in backward each parameter is updated once per "
+                "backward pass, so gradients cannot be accumulated over several backward passes. Call "
+                "optimizer.step() after each backward, or drop --optimizer_in_backward.")
+        self._stepped.add(i)
+        self.optimizers[i].step()
+        self.optimizers[i].zero_grad(set_to_none=True)
+
+    def step(self, closure=None):
+        """Close the step: the parameters were updated during backward, as their gradients arrived."""
+        self._stepped.clear()
+        return None if closure is None else closure()
+
+    def remove_hooks(self):
+        """Detach from the parameters (their gradients then stay, as with a usual optimizer)."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    def state_dict(self) -> dict:
+        """Every per-parameter optimizer's state, as one optimizer with one group per parameter."""
+        state, groups = {}, []
+        for i, optimizer in enumerate(self.optimizers):
+            own = optimizer.state_dict()
+            if 0 in own["state"]:
+                state[i] = own["state"][0]
+            groups.append(own["param_groups"][0] | {"params": [i]})
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.optimizers):
+            raise ValueError(f"This optimizer state is for {len(groups)} parameter groups, but the optimizer "
+                             f"in backward has {len(self.optimizers)} parameters: resume with the flags "
+                             "(--optimizer_in_backward or not) of the run that saved it.")
+        for i, optimizer in enumerate(self.optimizers):
+            own_state = {0: state_dict["state"][i]} if i in state_dict["state"] else {}
+            optimizer.load_state_dict({"state": own_state, "param_groups": [groups[i] | {"params": [0]}]})
+        # load_state_dict gives each optimizer new group dicts: share them again with the scheduler
+        self.param_groups = [optimizer.param_groups[0] for optimizer in self.optimizers]
+
+
+def check_optimizer_in_backward(args, accelerator) -> None:
+    """Refuse ``--optimizer_in_backward`` with what it cannot do, naming the fix (no-op without the flag)."""
+    from accelerate.utils import DistributedType
+
+    if not getattr(args, "optimizer_in_backward", False):
+        return
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("--optimizer_in_backward does not combine with DeepSpeed: ZeRO owns the gradients and "
+                         "the optimizer step (it partitions and offloads them). Use one or the other: drop "
+                         "--optimizer_in_backward, or launch without the DeepSpeed config.")
+    if accelerator.num_processes > 1:
+        raise ValueError(
+            f"--optimizer_in_backward runs on one process only, and {accelerator.num_processes} were started: each "
+            "gradient must be averaged over the processes (DDP's all-reduce) before the update, but the hook "
+            "updates the parameter before that. Launch one process, or drop --optimizer_in_backward.")
+    if accelerator.gradient_accumulation_steps > 1:
+        raise ValueError(
+            f"--optimizer_in_backward cannot accumulate gradients (--gradient_accumulation_steps "
+            f"{accelerator.gradient_accumulation_steps}): each backward pass updates the weights and frees the "
+            "gradients. Use --gradient_accumulation_steps 1 (and a larger --train_batch_size if it fits), or "
+            "drop --optimizer_in_backward.")
+    if args.max_grad_norm:
+        raise ValueError(
+            f"--optimizer_in_backward cannot clip gradients by their global norm (--max_grad_norm "
+            f"{args.max_grad_norm:g}): the norm needs every gradient, and each parameter is updated before the "
+            "next gradient exists. Pass --max_grad_norm 0 (no clipping), or drop --optimizer_in_backward.")
+    if accelerator.mixed_precision == "fp16":
+        raise ValueError(
+            "--optimizer_in_backward does not work with --mixed_precision fp16: fp16's loss scaler must see every "
+            "gradient to decide whether to skip the step (one inf skips it all), and by then the parameters are "
+            "updated. Use --mixed_precision bf16 (no loss scaler; Ampere and newer GPUs, and CPUs) or no.")
+
+
+class LiveGradientBytes:
+    """Measures the bytes of gradients alive, each time backward writes one of ``params``' gradients.
+
+    ``timeline`` has one entry per gradient written (the live total just after it arrived); ``peak_bytes`` is
+    their maximum. Create it *before* an :class:`OptimizerInBackward` over the same parameters: hooks run in
+    the order they were registered, so this one sees each gradient before the optimizer frees it.
+    """
+
+    def __init__(self, params):
+        self.params = [p for p in params if p.requires_grad]
+        self.timeline: list[int] = []
+        self.hooks = [p.register_post_accumulate_grad_hook(self._record) for p in self.params]
+
+    def _record(self, param):
+        self.timeline.append(sum(p.grad.nbytes for p in self.params if p.grad is not None))
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.timeline, default=0)
+
+    def remove(self):
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,9 +203,9 @@ class Rung:
     flags: dict = field(default_factory=dict)
     #: The diffusers ControlNet guide's figure (GB, SD 1.5 at 512 px), where it gives one.
     guide_gb: float | None = None
-    #: What the rung needs to run: "cuda" (fp16 autocast) or "deepspeed".
+    #: What the rung needs to run: "cuda" (fp16 autocast), "deepspeed", or "bf16" (where a GPU is used).
     needs: tuple = ()
-    #: Flags this rung removes from the ones before it.
+    #: Flags this rung removes from the ones before it (they go back to their defaults).
     drops: tuple = ()
 
 
@@ -74,8 +217,12 @@ LADDER = (
     Rung(4, "+ SDPA/xFormers attention + grads set to None", {"set_grads_to_none": True}, guide_gb=12.0),
     Rung(5, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("cuda",)),
     Rung(6, "+ cached latents and text embeddings", {"cache": "always"}),
-    Rung(7, "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", {}, guide_gb=8.0, needs=("cuda", "deepspeed"),
-         drops=("use_8bit_adam",)),
+    # The step in backward cannot accumulate, clip by the global norm, nor use fp16's loss scaler: rung 7
+    # turns accumulation and clipping off, and rung_flags makes rung 5's fp16 bf16 for it.
+    Rung(7, "+ optimizer step in backward, no accumulation", {"optimizer_in_backward": True, "max_grad_norm": 0},
+         needs=("bf16",), drops=("gradient_accumulation_steps",)),
+    Rung(8, "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", {"gradient_accumulation_steps": 4}, guide_gb=8.0,
+         needs=("cuda", "deepspeed"), drops=("use_8bit_adam", "optimizer_in_backward", "max_grad_norm")),
 )
 
 
@@ -88,6 +235,8 @@ def rung_flags(number: int, use_xformers: bool = False, skipped=()) -> dict:
         flags.update(rung.flags)
         for dropped in rung.drops:
             flags.pop(dropped, None)
+    if flags.get("optimizer_in_backward") and flags.get("mixed_precision") == "fp16":
+        flags["mixed_precision"] = "bf16"  # fp16's loss scaler needs every gradient before the first update
     if number >= 4 and use_xformers:
         flags["enable_xformers_memory_efficient_attention"] = True
     return flags
@@ -97,10 +246,10 @@ def missing_requirements(rung: Rung) -> str | None:
     """Why a rung cannot run on this machine (a sentence), or None when it can."""
     import importlib.util
 
-    import torch
-
     if "cuda" in rung.needs and not torch.cuda.is_available():
         return "needs a CUDA GPU (fp16 autocast and DeepSpeed's offload run on GPUs)"
+    if "bf16" in rung.needs and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "needs bf16 on this GPU (Ampere or newer): fp16's loss scaler does not combine with the step in backward"
     if "deepspeed" in rung.needs and importlib.util.find_spec("deepspeed") is None:
         return "DeepSpeed is not installed (`pip install deepspeed`)"
     return None
@@ -159,22 +308,16 @@ class PeakMemory:
     """
 
     def __init__(self):
-        import torch
-
         self.cuda = torch.cuda.is_available()
         self.peak_bytes = 0
 
     def start(self):
-        import torch
-
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
 
     def stop(self) -> int:
         import resource
-
-        import torch
 
         if self.cuda:
             torch.cuda.synchronize()
@@ -205,6 +348,7 @@ def training_memory_budget(unet_params: int, controlnet_params: int, text_encode
     ``frozen_bytes``: 4 for fp32 frozen models, 2 when mixed precision casts them to fp16/bf16.
     ``optimizer_bytes``: AdamW keeps two fp32 moments (8 bytes a parameter); 8-bit AdamW two uint8 ones (2).
     ``encoders_on_device``: False when latents and text embeddings are cached, so VAE and text encoder leave.
+    ``grads``: False with the optimizer step in backward (one parameter's gradient at a time, counted as 0).
     The ControlNet's own weights and gradients stay fp32 (accelerate keeps fp32 master weights).
     """
     gb = 1e9
@@ -219,7 +363,12 @@ def training_memory_budget(unet_params: int, controlnet_params: int, text_encode
 
 
 def load_ladder_results(*paths) -> list[dict]:
-    """Rows of measured ladders (JSON files of benchmarks/memory_ladder.py); a later file's rung replaces an earlier one's."""
+    """Rows of measured ladders (JSON files of benchmarks/memory_ladder.py); a later file's rung replaces an earlier one's.
+
+    Rows are matched to today's :data:`LADDER` by name, so files measured before the ladder gained a rung
+    still land on the right rung. A rung that no file measured comes as a row with ``peak_gb`` None and
+    ``skipped`` saying so (never a number).
+    """
     import json
     from pathlib import Path
 
@@ -227,5 +376,10 @@ def load_ladder_results(*paths) -> list[dict]:
     for path in paths:
         data = json.loads(Path(path).read_text())
         for row in data["rows"]:
-            rows[row["rung"]] = row | {"source": Path(path).name, "device": data.get("device")}
+            number = next((rung.number for rung in LADDER if row["name"].startswith(rung.name)), row["rung"])
+            rows[number] = row | {"rung": number, "source": Path(path).name, "device": data.get("device")}
+    for rung in LADDER:
+        rows.setdefault(rung.number, {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb,
+                                      "peak_gb": None, "s_per_step": None, "skipped": "not measured yet",
+                                      "source": None, "device": None})
     return [rows[n] for n in sorted(rows)]

@@ -486,7 +486,7 @@ def train(args, callback=None) -> TrainResult:
 
     from .cli import check_push_to_hub
     from .data import make_train_dataset
-    from .memory import configure_attention, make_optimizer
+    from .memory import check_optimizer_in_backward, configure_attention, make_optimizer
     from .sdxl import added_conditions, encode_prompt_sdxl, encode_token_ids_sdxl, is_sdxl_unet, \
         load_second_text_encoder, make_add_time_ids
 
@@ -507,6 +507,7 @@ def train(args, callback=None) -> TrainResult:
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m cnhelpers.train ...`.")
     if args.push_to_hub:
         check_push_to_hub(args)
+    check_optimizer_in_backward(args, accelerator)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
     torch.manual_seed(seed)  # model initialisation (none here: from_unet copies) and library internals
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -678,8 +679,8 @@ def train(args, callback=None) -> TrainResult:
                 target = diffusion_target(noise_scheduler, latents, noise, timesteps)
                 loss = controlnet_loss(model_pred, target, timesteps, noise_scheduler, args.snr_gamma)
 
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
+                accelerator.backward(loss)  # --optimizer_in_backward: updates the weights in here
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(controlnet.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()

@@ -9,11 +9,13 @@ import pytest
 import torch
 import yaml
 
+from diffusers import ControlNetModel, UNet2DConditionModel
+
 import cnhelpers.training as training
 from cnhelpers.cli import training_args
 from cnhelpers.data import write_fill_imagefolder
-from cnhelpers.memory import (LADDER, deepspeed_accelerate_config, make_optimizer, recommend_rung, rung_flags,
-                              write_deepspeed_config)
+from cnhelpers.memory import (LADDER, LiveGradientBytes, check_optimizer_in_backward, deepspeed_accelerate_config,
+                              load_ladder_results, make_optimizer, recommend_rung, rung_flags, write_deepspeed_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,14 +104,33 @@ def test_deepspeed_yaml_has_the_guides_keys(tmp_path):
 
 
 def test_ladder_rungs_add_up_and_offload_drops_8bit_adam():
-    assert [r.number for r in LADDER] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.number for r in LADDER] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert rung_flags(1) == {"cache": "never"}
     assert rung_flags(4) == {"cache": "never", "gradient_accumulation_steps": 4, "gradient_checkpointing": True,
                              "use_8bit_adam": True, "set_grads_to_none": True}
     assert rung_flags(6)["cache"] == "always" and rung_flags(6)["mixed_precision"] == "fp16"
-    assert "use_8bit_adam" not in rung_flags(7)
+    assert "use_8bit_adam" not in rung_flags(8)
     assert rung_flags(4, use_xformers=True)["enable_xformers_memory_efficient_attention"]
     assert "mixed_precision" not in rung_flags(6, skipped={5})
+
+
+def test_the_step_in_backward_rung_drops_what_it_cannot_do_and_offload_gets_it_back():
+    assert rung_flags(7) == {"cache": "always", "gradient_checkpointing": True, "use_8bit_adam": True,
+                             "set_grads_to_none": True, "mixed_precision": "bf16", "optimizer_in_backward": True,
+                             "max_grad_norm": 0}
+    assert "mixed_precision" not in rung_flags(7, skipped={5})  # on a CPU: fp32, like rung 6 there
+    assert rung_flags(8) == {k: v for k, v in rung_flags(6).items() if k != "use_8bit_adam"}
+
+
+def test_old_ladder_files_land_on_todays_rungs_and_unmeasured_rungs_stay_empty(tmp_path):
+    old = {"device": "GPU", "rows": [{"rung": 6, "name": "+ cached latents and text embeddings", "peak_gb": 6.4},
+                                     {"rung": 7, "name": "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", "peak_gb": 3.8}]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    rows = {row["rung"]: row for row in load_ladder_results(path)}
+    assert rows[8]["peak_gb"] == 3.8 and rows[6]["peak_gb"] == 6.4
+    assert rows[7]["peak_gb"] is None and rows[7]["skipped"] == "not measured yet"
+    assert recommend_rung(list(rows.values()), 8)["rung"] == 6
 
 
 def test_recommend_rung_picks_the_first_that_fits():
@@ -127,18 +148,130 @@ def test_missing_xformers_is_a_clear_error(tiny_base, fill_dir, tmp_path):
         run(tiny_base, fill_dir, tmp_path, enable_xformers_memory_efficient_attention=True)
 
 
+# --- The optimizer step in backward -----------------------------------------------------------------
+
+def optimizer_args(**flags):
+    return training_args(**({"pretrained_model_name_or_path": "x", "train_data_dir": "d", "learning_rate": 1e-2,
+                             "max_grad_norm": 0} | flags))
+
+
+def test_step_in_backward_trains_the_same_weights_as_the_usual_step(tiny_base, fill_dir, tmp_path):
+    # A warmup-then-cosine schedule: the first step has lr 0, so an optimizer the scheduler missed would differ.
+    common = dict(max_train_steps=3, learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=1, max_grad_norm=0)
+    run(tiny_base, fill_dir, tmp_path / "usual", **common)
+    run(tiny_base, fill_dir, tmp_path / "fused", optimizer_in_backward=True, **common)
+    usual = ControlNetModel.from_pretrained(tmp_path / "usual" / "run").state_dict()
+    fused = ControlNetModel.from_pretrained(tmp_path / "fused" / "run").state_dict()
+    initial = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")).state_dict()
+    assert not all(torch.equal(usual[k], initial[k]) for k in usual)  # it trained
+    assert all(torch.allclose(usual[k], fused[k], rtol=1e-5, atol=1e-7) for k in usual)
+
+
+def test_step_in_backward_keeps_at_most_one_gradient_alive():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    sizes = [p.nbytes for p in model.parameters()]
+    usual_live = LiveGradientBytes(model.parameters())
+    model(torch.randn(4, 32)).square().mean().backward()
+    assert usual_live.peak_bytes == sum(sizes)  # every gradient alive at the end of backward
+    usual_live.remove()
+    model.zero_grad(set_to_none=True)
+
+    live = LiveGradientBytes(model.parameters())  # before the optimizer: its hooks see each gradient first
+    optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True), model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(4, 32)).square().mean().backward()
+    assert len(live.timeline) == len(sizes) and live.peak_bytes == max(sizes)
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # updated inside backward
+    optimizer.step()
+
+
+def test_step_in_backward_with_8bit_adam_keeps_uint8_state_per_parameter():
+    layer = torch.nn.Linear(128, 128)  # bitsandbytes keeps tensors under 4096 values in 32 bits
+    optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True, use_8bit_adam=True), layer.parameters())
+    layer(torch.randn(4, 128)).sum().backward()
+    optimizer.step()
+    weight_optimizer = optimizer.optimizers[0]
+    assert type(weight_optimizer).__name__ == "AdamW8bit" and weight_optimizer.param_groups[0]["params"] == [layer.weight]
+    assert weight_optimizer.state[layer.weight]["state1"].dtype == torch.uint8
+    assert layer.weight.grad is None
+
+
+def test_a_second_backward_before_the_step_is_an_error():
+    layer = torch.nn.Linear(4, 4)
+    optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True), layer.parameters())
+    layer(torch.randn(2, 4)).sum().backward()
+    with pytest.raises(RuntimeError, match="cannot be accumulated over several backward passes"):
+        layer(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    layer(torch.randn(2, 4)).sum().backward()  # a new step: fine
+
+
+def fake_accelerator(**overrides):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    return SimpleNamespace(**({"distributed_type": DistributedType.NO, "num_processes": 1,
+                               "gradient_accumulation_steps": 1, "mixed_precision": "no"} | overrides))
+
+
+@pytest.mark.parametrize("flags, accelerator, message", [
+    ({"max_grad_norm": 1.0}, {}, "Pass --max_grad_norm 0"),
+    ({"gradient_accumulation_steps": 4}, {"gradient_accumulation_steps": 4}, "Use --gradient_accumulation_steps 1"),
+    ({}, {"mixed_precision": "fp16"}, "Use --mixed_precision bf16"),
+    ({}, {"num_processes": 2}, "Launch one process"),
+    ({}, {"distributed_type": "DEEPSPEED", "num_processes": 2}, "does not combine with DeepSpeed"),
+])
+def test_what_the_step_in_backward_cannot_do_is_a_clear_error(flags, accelerator, message):
+    args = optimizer_args(optimizer_in_backward=True, **flags)
+    with pytest.raises(ValueError, match=message):
+        check_optimizer_in_backward(args, fake_accelerator(**accelerator))
+    check_optimizer_in_backward(optimizer_args(**flags), fake_accelerator(**accelerator))  # without the flag: fine
+
+
+def test_step_in_backward_refuses_clipping_before_loading_anything(tiny_base, fill_dir, tmp_path, captured_models):
+    with pytest.raises(ValueError, match="cannot clip gradients by their global norm"):
+        run(tiny_base, fill_dir, tmp_path, optimizer_in_backward=True)  # --max_grad_norm defaults to 1
+    assert captured_models == {}
+    run(tiny_base, fill_dir, tmp_path, optimizer_in_backward=True, max_grad_norm=0, mixed_precision="bf16")
+
+
+def test_step_in_backward_resumes_exactly(tiny_base, fill_dir, tmp_path):
+    # The per-parameter 8-bit states and the schedule come back from checkpoint-2: the run stops right
+    # after saving it (same --max_train_steps, so the same schedule), then resumes.
+    common = dict(optimizer_in_backward=True, max_grad_norm=0, use_8bit_adam=True, learning_rate=1e-3,
+                  lr_scheduler="cosine", lr_warmup_steps=1, checkpointing_steps=2, max_train_steps=5)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_2(logs):
+        if logs["step"] == 2:
+            raise Stop
+
+    run(tiny_base, fill_dir, tmp_path / "straight", **common)
+    with pytest.raises(Stop):
+        run(tiny_base, fill_dir, tmp_path / "resumed", callback=stop_at_step_2, **common)
+    run(tiny_base, fill_dir, tmp_path / "resumed", resume_from_checkpoint="latest", **common)
+    straight = ControlNetModel.from_pretrained(tmp_path / "straight" / "run").state_dict()
+    resumed = ControlNetModel.from_pretrained(tmp_path / "resumed" / "run").state_dict()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import memory_ladder
 
     out = tmp_path / "ladder.json"
-    memory_ladder.main(["--arch", "tiny", "--rungs", "1,3,5,6", "--steps", "3", "--work", str(tmp_path / "w"),
+    memory_ladder.main(["--arch", "tiny", "--rungs", "1,5,6,7", "--steps", "3", "--work", str(tmp_path / "w"),
                         "--json", str(out), "--markdown", str(tmp_path / "ladder.md")])
     rows = {row["rung"]: row for row in json.loads(out.read_text())["rows"]}
-    assert all(rows[n]["peak_gb"] > 0 and rows[n]["s_per_step"] > 0 for n in (1, 3, 6))
+    assert all(rows[n]["peak_gb"] > 0 and rows[n]["s_per_step"] > 0 for n in (1, 6, 7))
     if not torch.cuda.is_available():
         assert rows[5]["peak_gb"] is None and "needs a CUDA GPU" in rows[5]["skipped"]
-        assert rows[6]["name"].endswith("(without rung 5)")
+        assert rows[6]["name"].endswith("(without rung 5)") and rows[7]["name"].endswith("(without rung 5)")
     table = (tmp_path / "ladder.md").read_text()
     assert "| 1 | fp32 AdamW |" in table and "38 GB" in table
