@@ -57,7 +57,9 @@ def test_parameter_groups_add_up_to_both_models(unet, controlnet):
     in_unet = sum(count for _, kind, count in rows if kind in ("copied", "unet_only"))
     assert in_controlnet == count_parameters(controlnet)
     assert in_unet == count_parameters(unet)
-    assert ("controlnet_cond_embedding.conv_out", "new_zero", 73_760) in rows
+    # the zero conv that ends the conditioning embedding: 3x3 from its last 256 channels to the UNet's first
+    channels = unet.config.block_out_channels[0]
+    assert ("controlnet_cond_embedding.conv_out", "new_zero", 256 * channels * 9 + channels) in rows
 
 
 def test_sd15_counts_on_the_meta_device_without_weights():
