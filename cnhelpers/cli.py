@@ -2,7 +2,8 @@
 
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
-(Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps`` and
+(Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
+``--validation_guidance_scale`` and
 ``--optimizer_in_backward`` (notebook 04). The extra flags of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`)
 are accepted too; they matter for an SDXL base (notebook 07).
 """
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     validation.add_argument("--num_validation_images", type=int, default=4, help="Images per (prompt, image).")
     validation.add_argument("--validation_steps", type=int, default=100)
     validation.add_argument("--num_validation_inference_steps", type=int, default=20)
+    validation.add_argument("--validation_guidance_scale", type=float, default=7.5,
+                            help="Classifier-free guidance of the validation images (the pipeline's default "
+                                 "7.5, as upstream; the tiny base looks right at 3).")
     return p
 
 

@@ -470,13 +470,14 @@ def held_out_prompts(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
 
 
 def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_inference_steps: int = 20,
-                         guidance_scale: float = 7.5) -> dict[str, float]:
+                         guidance_scale: float | None = None) -> dict[str, float]:
     """Share of the base's images (no ControlNet) whose circle and background have the prompt's colours."""
     from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
 
     from .inference import image_generators
     from .metrics import colour_accuracy
 
+    guidance_scale = guidance_scale or _tiny_guidance_scale()
     pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -489,13 +490,19 @@ def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_infer
     return colour_accuracy(images, prompts)
 
 
+def _tiny_guidance_scale() -> float:
+    from .profiles import get_profile
+
+    return get_profile("tiny").guidance_scale
+
+
 def format_scores(scores: dict) -> list[str]:
     """Lines of text for the evaluation figures in ``scores``."""
     lines = []
     if "base" in scores:
         base = scores["base"]
-        lines.append(f"base colour accuracy on {base['n']} held-out prompts: circle {base['circle_accuracy']:.1%}, "
-                     f"background {base['background_accuracy']:.1%}")
+        lines.append(f"base colour accuracy on {base['n']} held-out prompts (guidance {base['guidance_scale']}): "
+                     f"circle {base['circle_accuracy']:.1%}, background {base['background_accuracy']:.1%}")
     for key, label in (("controlnet", "ControlNet"), ("short_run", "short ControlNet run")):
         if key in scores:
             run = scores[key]
@@ -507,13 +514,15 @@ def format_scores(scores: dict) -> list[str]:
     return lines
 
 
-def controlnet_scores(base, controlnet, n: int = 32) -> dict:
+def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | None = None) -> dict:
     """Mean circle IoU of a ControlNet on held-out outlines, with and without it (scale 0)."""
     from .inference import load_controlnet_pipeline
     from .metrics import evaluate_control
 
-    table = evaluate_control(load_controlnet_pipeline(base, controlnet), n=n, seed=HELD_OUT_SEED)
-    return {"source": str(controlnet), "n": n, "iou_with": float(table.loc["with ControlNet", "iou"]),
+    guidance_scale = guidance_scale or _tiny_guidance_scale()
+    table = evaluate_control(load_controlnet_pipeline(base, controlnet), n=n, seed=HELD_OUT_SEED,
+                             guidance_scale=guidance_scale)
+    return {"source": str(controlnet), "n": n, "guidance_scale": guidance_scale, "iou_with": float(table.loc["with ControlNet", "iou"]),
             "iou_without": float(table.loc["without ControlNet", "iou"]),
             "table": table.round(4).to_dict(orient="index")}
 
@@ -527,7 +536,9 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
     from .profiles import get_profile
     from .training import course_training_args, train
 
-    scores = {"base": {"n": n, **base_colour_accuracy(base, n=n)}}
+    guidance_scale = _tiny_guidance_scale()
+    scores = {"base": {"n": n, "guidance_scale": guidance_scale,
+                       **base_colour_accuracy(base, n=n, guidance_scale=guidance_scale)}}
     if controlnet is not None:
         scores["controlnet"] = controlnet_scores(base, controlnet, n=n // 2)
     if short_run:

@@ -380,7 +380,8 @@ def log_validation(accelerator, args, vae, text_encoder, tokenizer, unet, contro
                             enabled=weight_dtype != torch.float32):
             n = args.num_validation_images  # image by name: SDXL's pipeline takes prompt_2 second
             images = pipeline([prompt] * n, image=[condition] * n, height=args.resolution, width=args.resolution,
-                              generator=generator, num_inference_steps=args.num_validation_inference_steps).images
+                              generator=generator, num_inference_steps=args.num_validation_inference_steps,
+                              guidance_scale=args.validation_guidance_scale).images
         rows.append({"prompt": prompt, "condition": condition, "images": images})
     controlnet.train(was_training)
     vae.to(encoders_device)
@@ -751,8 +752,8 @@ def _use_cache(args, raw, caption_column, text_encoder, text_width: int | None =
 
 
 def course_training_args(profile, base, output_dir, **overrides):
-    """The flags of notebook 03's run for ``profile``: its batch size, learning rate and steps, Min-SNR γ=5,
-    10 % empty prompts. ``overrides`` replace any of them (e.g. validation or checkpoint flags)."""
+    """The flags of notebook 03's run for ``profile``: its batch size, learning rate, steps and guidance scale
+    (for validation images), Min-SNR γ=5, 10 % empty prompts. ``overrides`` replace any of them (e.g. validation or checkpoint flags)."""
     from .cli import training_args
     from .data import ensure_fill_dataset
 
@@ -760,7 +761,7 @@ def course_training_args(profile, base, output_dir, **overrides):
         pretrained_model_name_or_path=base, output_dir=output_dir, resolution=profile.resolution,
         train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate, lr_warmup_steps=0,
         max_train_steps=profile.max_train_steps, snr_gamma=5.0, proportion_empty_prompts=0.1, seed=0,
-        report_to="none")
+        validation_guidance_scale=profile.guidance_scale, report_to="none")
     if profile.dataset_name is None:
         flags["train_data_dir"] = ensure_fill_dataset(profile.num_generated_examples, profile.resolution)
     else:
