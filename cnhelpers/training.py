@@ -188,9 +188,12 @@ CACHE_AUTO_LIMIT_BYTES = 4 * 2**30
 
 
 @torch.no_grad()
-def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, batch_size=32,
+def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, batch_size=4,
                 disable_progress=False, encode_text=None):
     """Encode every example once: VAE posterior (mean, std), uint8 conditioning, text embeddings.
+
+    ``train`` passes the training batch size as ``batch_size``: the VAE then never sees a larger batch than
+    upstream's per-step encoding would, so caching does not raise the run's peak memory.
 
     Returns ``(CachedExamples, text_table)``, where ``text_table[i]`` is the embedding of caption ``i``
     and the last row that of the empty prompt. ``encode_text(prompts)``, if given, replaces the text
@@ -556,6 +559,7 @@ def train(args, callback=None) -> TrainResult:
         captions = train_dataset.with_format(None)[caption_column]
         train_dataset, text_table = build_cache(
             train_dataset, captions, tokenizer, text_encoder, vae, accelerator.device,
+            batch_size=args.train_batch_size,
             disable_progress=not accelerator.is_local_main_process,
             encode_text=(lambda prompts: encode_prompt_sdxl(prompts, [tokenizer, tokenizer_2], text_encoders))
             if sdxl else None)
