@@ -206,8 +206,8 @@ def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, b
     unique = sorted(set(captions))
     index_of = {caption: i for i, caption in enumerate(unique)}
     text_table = []
-    for start in range(0, len(unique) + 1, 256):
-        chunk = (unique + [""])[start:start + 256]
+    for start in range(0, len(unique) + 1, batch_size):
+        chunk = (unique + [""])[start:start + batch_size]
         if encode_text is not None:
             text_table.append(tuple(part.float().cpu() for part in encode_text(chunk)))
         else:
