@@ -14,6 +14,10 @@ What differs from upstream, and why:
   are computed once and a latent is *sampled* from them every step (upstream samples ``latent_dist``
   every step too, so the training signal is the same); text embeddings are computed once for every
   caption and for the empty prompt; conditioning images are kept as tensors, so a step does no PIL work.
+  The cache is encoded in batches of the training batch size, so building it needs no more memory than
+  an uncached step.
+- On a CPU the conditioning embedding runs in the channels-last memory layout (faster oneDNN convolutions
+  at its few channels and full resolution; the same arithmetic).
 - Every random draw of a step comes from a generator seeded by (seed, process, step), and the data order
   by (seed, epoch), so resuming from a checkpoint continues exactly where the run was.
 - Checkpoints are written under a temporary name and renamed when complete, and pruned only after the
