@@ -196,8 +196,8 @@ def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, b
                 disable_progress=False, encode_text=None):
     """Encode every example once: VAE posterior (mean, std), uint8 conditioning, text embeddings.
 
-    ``train`` passes the training batch size as ``batch_size``: the VAE then never sees a larger batch than
-    upstream's per-step encoding would, so caching does not raise the run's peak memory.
+    ``train`` passes the training batch size as ``batch_size``: the encoders then never see a larger batch
+    than an uncached step would, so caching costs no more memory than the cache itself.
 
     Returns ``(CachedExamples, text_table)``, where ``text_table[i]`` is the embedding of caption ``i``
     and the last row that of the empty prompt. ``encode_text(prompts)``, if given, replaces the text
