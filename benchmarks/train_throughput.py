@@ -5,6 +5,8 @@
 Both run as child processes on the tiny model and generated fill data (64 px, batch 4), on one thread.
 Start-up (imports, loading, caching) is excluded by timing two step counts and taking the difference;
 the runs alternate between the two scripts. Prints s/step for each, their ratio, and each one's peak RSS.
+CPU seconds per step (user + system, from the kernel) are printed too: on a shared machine they vary
+much less than wall time.
 Without ``--upstream`` only the course's loop is timed. Keep upstream's script outside the repository.
 """
 
@@ -20,8 +22,9 @@ import time
 from pathlib import Path
 
 
-def run_once(script: list[str], flags: list[str], steps: int, output_dir: Path, threads: int) -> tuple[float, int]:
-    """Run a training script to ``steps`` steps; return (wall seconds, peak RSS in bytes) of that process."""
+def run_once(script: list[str], flags: list[str], steps: int, output_dir: Path,
+             threads: int) -> tuple[float, float, int]:
+    """Run a training script to ``steps`` steps; return (wall seconds, CPU seconds, peak RSS in bytes)."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     command = [sys.executable, *script, *flags, "--max_train_steps", str(steps), "--output_dir", str(output_dir)]
@@ -33,7 +36,7 @@ def run_once(script: list[str], flags: list[str], steps: int, output_dir: Path, 
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(script)} failed ({process.returncode}):\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss * 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def main(argv=None) -> int:
@@ -59,32 +62,38 @@ def main(argv=None) -> int:
         scripts["upstream"] = [str(args.upstream)]
 
     short, long = args.steps
-    per_step: dict[str, list[float]] = {name: [] for name in scripts}
+    per_step: dict[str, list[float]] = {name: [] for name in scripts}  # wall seconds per step
+    cpu_per_step: dict[str, list[float]] = {name: [] for name in scripts}  # CPU seconds per step
     peak: dict[str, int] = {name: 0 for name in scripts}
     total: dict[str, list[float]] = {name: [] for name in scripts}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for name, script in scripts.items():  # alternate the scripts within each repeat
-                times = {}
+                wall, cpu = {}, {}
                 for steps in (short, long):
-                    seconds, rss = run_once(script, flags, steps, Path(tmp) / f"{name}-{repeat}-{steps}", args.threads)
-                    times[steps] = seconds
+                    wall[steps], cpu[steps], rss = run_once(
+                        script, flags, steps, Path(tmp) / f"{name}-{repeat}-{steps}", args.threads)
                     peak[name] = max(peak[name], rss)
-                per_step[name].append((times[long] - times[short]) / (long - short))
-                total[name].append(times[long])
-                print(f"repeat {repeat + 1}: {name:<8} {per_step[name][-1]:.4f} s/step "
-                      f"({short} steps {times[short]:.1f} s, {long} steps {times[long]:.1f} s)", flush=True)
+                per_step[name].append((wall[long] - wall[short]) / (long - short))
+                cpu_per_step[name].append((cpu[long] - cpu[short]) / (long - short))
+                total[name].append(wall[long])
+                print(f"repeat {repeat + 1}: {name:<8} {per_step[name][-1]:.4f} s/step, "
+                      f"{cpu_per_step[name][-1]:.4f} CPU s/step ({short} steps {wall[short]:.1f} s, "
+                      f"{long} steps {wall[long]:.1f} s)", flush=True)
 
     print(f"\n{args.threads} thread(s), 64 px, batch 4, steps {short} vs {long}, {args.repeats} repeats (median)")
-    print(f"{'script':<10} {'s/step':>8} {'steps/s':>8} {'run of ' + str(long) + ' steps':>16} {'peak RSS':>10}")
+    print(f"{'script':<10} {'s/step':>8} {'steps/s':>8} {'CPU s/step':>11} {'run of ' + str(long) + ' steps':>16} "
+          f"{'peak RSS':>10}")
     for name in scripts:
         step = statistics.median(per_step[name])
-        print(f"{name:<10} {step:>8.4f} {1 / step:>8.2f} {statistics.median(total[name]):>14.1f} s "
-              f"{peak[name] / 2**30:>8.2f} GiB")
+        print(f"{name:<10} {step:>8.4f} {1 / step:>8.2f} {statistics.median(cpu_per_step[name]):>11.4f} "
+              f"{statistics.median(total[name]):>14.1f} s {peak[name] / 2**30:>8.2f} GiB")
     if "upstream" in scripts:
         ratio = statistics.median(per_step["upstream"]) / statistics.median(per_step["course"])
+        cpu_ratio = statistics.median(cpu_per_step["upstream"]) / statistics.median(cpu_per_step["course"])
         rss_ratio = peak["course"] / peak["upstream"]
-        print(f"\ncourse / upstream: {ratio:.2f}x the steps per second, {rss_ratio:.2f}x the peak RSS")
+        print(f"\ncourse / upstream: {ratio:.2f}x the steps per second ({cpu_ratio:.2f}x per CPU second), "
+              f"{rss_ratio:.2f}x the peak RSS")
     return 0
 
 

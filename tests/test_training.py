@@ -279,3 +279,18 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
                            "--train_data_dir", "d", "--resolution", "100"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: resolution=100 is not a positive multiple of 8")
+
+
+def test_optimizer_state_takes_its_parameters_memory_layout_after_loading():
+    from cnhelpers.training import match_state_layout
+
+    param = torch.nn.Parameter(torch.randn(8, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    optimizer = torch.optim.AdamW([param], fused=True)
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    saved = optimizer.state[param]["exp_avg"].contiguous()  # as a run in the default layout would save it
+    optimizer.state[param]["exp_avg"] = saved.clone()
+    match_state_layout(optimizer)
+    restored = optimizer.state[param]["exp_avg"]
+    assert restored.stride() == param.stride()
+    assert torch.equal(restored, saved)
