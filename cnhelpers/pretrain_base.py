@@ -130,6 +130,15 @@ def load_state(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
 
+def restore(state: dict | None, **objects) -> int:
+    """Load each object's ``state_dict`` from ``state`` under its keyword; return the step reached (0: none)."""
+    if state is None:
+        return 0
+    for key, obj in objects.items():
+        obj.load_state_dict(state[key])
+    return state["step"]
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to 10 %."""
     if step < warmup:
@@ -189,12 +198,7 @@ def train_vae(config: PretrainConfig) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, config.vae_steps, config.warmup_steps))
     checkpoint = work_dir() / "vae-checkpoint.pt"
-    state, step = load_state(checkpoint), 0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+    step = restore(load_state(checkpoint), model=vae, optimizer=optimizer, scheduler=scheduler)
     whole_from = int(config.vae_steps * (1 - config.vae_whole_image_fraction))
     vae.train()
     bar = _progress(config.vae_steps, step, "VAE")
@@ -321,14 +325,8 @@ def train_unet(config: PretrainConfig) -> Path:
         optimizer, lambda step: warmup_cosine(step, config.unet_steps, config.warmup_steps))
     ema = EMAModel(parameters, decay=config.ema_decay)
     checkpoint = work_dir() / "unet-checkpoint.pt"
-    state, step = load_state(checkpoint), 0
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])
-        step = state["step"]
+    step = restore(load_state(checkpoint), unet=unet, text_encoder=text_encoder, optimizer=optimizer,
+                   scheduler=scheduler, ema=ema)
     unet.train()
     text_encoder.train()
     num_examples = len(caption_rows)
