@@ -649,7 +649,7 @@ def train(args, callback=None) -> TrainResult:
     total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     result = TrainResult(str(output_dir), global_step, cached=text_table is not None,
                          is_main_process=accelerator.is_main_process)
-    progress = tqdm(total=max_train_steps, initial=global_step, desc="Steps",
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="Steps", mininterval=2,
                     disable=not accelerator.is_local_main_process)
     micro_step = global_step * args.gradient_accumulation_steps
     if sdxl:
@@ -732,7 +732,9 @@ def train(args, callback=None) -> TrainResult:
                     "epoch": epoch}
             result.history.append(logs)
             progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            # refresh=False: shown at the bar's next redraw. Redrawing every step would flood a notebook's
+            # output channel (thousands of messages in a few minutes) and can stall a headless runner.
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
             accelerator.log({"loss": logs["loss"], "lr": logs["lr"]}, step=global_step)
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
