@@ -87,13 +87,13 @@ def main(argv=None) -> int:
     for name in scripts:
         step = statistics.median(per_step[name])
         print(f"{name:<10} {step:>8.4f} {1 / step:>8.2f} {statistics.median(cpu_per_step[name]):>11.4f} "
-              f"{statistics.median(total[name]):>14.1f} s {peak[name] / 2**30:>8.2f} GiB")
+              f"{statistics.median(total[name]):>14.1f} s {peak[name] / 2**30:>8.3f} GiB")
     if "upstream" in scripts:
         ratio = statistics.median(per_step["upstream"]) / statistics.median(per_step["course"])
         cpu_ratio = statistics.median(cpu_per_step["upstream"]) / statistics.median(cpu_per_step["course"])
         rss_ratio = peak["course"] / peak["upstream"]
         print(f"\ncourse / upstream: {ratio:.2f}x the steps per second ({cpu_ratio:.2f}x per CPU second), "
-              f"{rss_ratio:.2f}x the peak RSS")
+              f"{rss_ratio:.3f}x the peak RSS")
     return 0
 
 
