@@ -79,21 +79,23 @@ class LiveLossPlot:
             self.redraw()
 
     def redraw(self):
-        import numpy as np
-
-        self.ax.clear()
-        self.ax.plot(self.steps, self.losses, alpha=0.3, label="loss")
-        if len(self.losses) >= self.smoothing:
-            kernel = np.ones(self.smoothing) / self.smoothing
-            self.ax.plot(self.steps[self.smoothing - 1:], np.convolve(self.losses, kernel, "valid"),
-                         label=f"mean of {self.smoothing}")
-        self.ax.set_xlim(0, self.total_steps)
-        self.ax.set_xlabel("step")
-        self.ax.set_ylabel("loss")
-        self.ax.legend(loc="upper right")
-        self.ax.grid(alpha=0.3)
+        draw_loss(self.ax, self.steps, self.losses, self.total_steps, self.smoothing)
         self.fig.tight_layout()
         self.handle.update(self.fig)
+
+
+def draw_loss(ax, steps, losses, total_steps: int, smoothing: int = 10):
+    """The loss per step (faint) and its running mean over ``smoothing`` steps, on ``ax``."""
+    import numpy as np
+
+    ax.clear()
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    if len(losses) >= smoothing:
+        kernel = np.ones(smoothing) / smoothing
+        ax.plot(steps[smoothing - 1:], np.convolve(losses, kernel, "valid"), label=f"mean of {smoothing}")
+    ax.set(xlim=(0, total_steps), xlabel="step", ylabel="loss")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
 
 class LiveLossAndIoUPlot:
     """A training callback: the loss (left) and the held-out circle IoU of each checkpoint (right), live.
@@ -123,18 +125,7 @@ class LiveLossAndIoUPlot:
             self.redraw()
 
     def redraw(self):
-        import numpy as np
-
-        ax = self.loss_ax
-        ax.clear()
-        ax.plot(self.steps, self.losses, alpha=0.3, label="loss")
-        if len(self.losses) >= self.smoothing:
-            kernel = np.ones(self.smoothing) / self.smoothing
-            ax.plot(self.steps[self.smoothing - 1:], np.convolve(self.losses, kernel, "valid"),
-                    label=f"mean of {self.smoothing}")
-        ax.set(xlim=(0, self.total_steps), xlabel="step", ylabel="loss")
-        ax.legend(loc="upper right")
-        ax.grid(alpha=0.3)
+        draw_loss(self.loss_ax, self.steps, self.losses, self.total_steps, self.smoothing)
         ax = self.iou_ax
         ax.clear()
         ax.plot(self.checkpoint_iou.steps, self.checkpoint_iou.ious, "o-", color="C2")
