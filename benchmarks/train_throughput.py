@@ -42,7 +42,8 @@ def run_once(script: list[str], flags: list[str], steps: int, output_dir: Path,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=Path, default=None, help="path of diffusers' train_controlnet.py")
-    parser.add_argument("--steps", type=int, nargs=2, default=(20, 120), help="the two step counts")
+    parser.add_argument("--steps", type=int, nargs=2, default=(20, 320),
+                        help="the two step counts (a long second run keeps the slope steady)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--examples", type=int, default=512, help="size of the generated data set")
