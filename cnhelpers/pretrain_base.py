@@ -36,12 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import PALETTE, draw_circle, sample_circle
+from .inference import HELD_OUT_SEED  # the held-out outlines and prompts every evaluation uses
 from .paths import build_dir, staged_folder
 
 #: Seed of the pretraining data (the ControlNet trains on seed 0; evaluations use HELD_OUT_SEED).
 PRETRAIN_SEED = 2
-#: Seed of the held-out outlines and prompts every evaluation uses.
-HELD_OUT_SEED = 10_000
 COLOUR_NAMES = list(PALETTE)
 
 
@@ -264,21 +263,18 @@ def encode_latents(config: PretrainConfig) -> Path:
     vae = AutoencoderKL.from_pretrained(work_dir() / "vae").eval()
     means, stds, colours = [], [], []
     chunk = 64
-    for start in _progress_range(0, config.num_latent_examples, chunk, "latents"):
+    bar = _progress(config.num_latent_examples, 0, "latents")
+    for start in range(0, config.num_latent_examples, chunk):
         pixels, pairs = fill_batch(range(start, min(start + chunk, config.num_latent_examples)), config.resolution)
         posterior = vae.encode(pixels).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
         colours.append(pairs)
+        bar.update(len(pairs))
+    bar.close()
     save_state(path, {"mean": torch.cat(means), "std": torch.cat(stds), "colours": torch.cat(colours),
                       "scaling_factor": vae.config.scaling_factor})
     return path
-
-
-def _progress_range(start: int, stop: int, step: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(range(start, stop, step), desc=desc, mininterval=5)
 
 
 # --------------------------------------------------------------------------------------------------
