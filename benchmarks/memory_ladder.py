@@ -2,17 +2,24 @@
 
     python benchmarks/memory_ladder.py --arch tiny --resolution 64 --batch 1
     python benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --throughput-batch 8   # on a GPU
+    python benchmarks/memory_ladder.py --arch sd15 --steps 2 --count-tensors --half bf16 --rungs 6,7   # on a CPU
 
 The models are built from configs with random weights (memory and speed depend on the architecture, not
 on the weight values), so the SD 1.5 architecture needs no download: UNet ~860M, ControlNet ~361M, the
 CLIP ViT-L/14 text encoder, SD's VAE. Each rung runs a few steps of the course's own training loop
 (``cnhelpers.training.train``) in a fresh child process, with the flags of ``cnhelpers.memory.LADDER``.
 A rung this machine cannot run is printed as skipped, with the reason.
+
+Peak memory is CUDA's ``max_memory_allocated`` on a GPU, else the child's peak RSS; with ``--count-tensors``
+it is the peak of live tensor bytes counted op by op (``cnhelpers.memory.LiveTensorBytes``), on any device:
+on a CPU, the tensors a GPU would hold, split into weights, gradients, optimizer state and activations.
+``--half bf16`` runs the fp16 rungs in bf16 (the same bytes; CPUs autocast bf16 only).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -39,30 +46,40 @@ def child(args) -> int:
     import torch
 
     from cnhelpers.cli import training_args
-    from cnhelpers.memory import PeakMemory
+    from cnhelpers.memory import LiveTensorBytes, PeakMemory
     from cnhelpers.training import train
 
     flags = json.loads(args.flags)
     peak, marks = PeakMemory(), {}
+    count = LiveTensorBytes() if args.count_tensors else contextlib.nullcontext()
 
     def measure(logs):
         if logs["step"] == 1:  # the optimizer state exists now; time and measure from here
             peak.start()
+            if args.count_tensors:
+                count.reset_peak()
             marks["start"] = time.perf_counter()
         if logs["step"] == args.steps:
             peak.stop()
+            if args.count_tensors:
+                marks["counted"] = count.peak_bytes, dict(count.peak_breakdown)
             marks["end"] = time.perf_counter()
 
-    train(training_args(**flags), callback=measure)
+    with count:
+        train(training_args(**flags), callback=measure)
     result = {"peak_bytes": peak.peak_bytes, "cuda": torch.cuda.is_available(),
               "s_per_step": (marks["end"] - marks["start"]) / (args.steps - 1)}
+    if args.count_tensors:
+        result["peak_bytes"], result["breakdown_bytes"] = marks["counted"]
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
 
 
-def run_child(flags: dict, steps: int, deepspeed_config: Path | None, threads: int, timeout: int = 600) -> dict:
+def run_child(flags: dict, steps: int, deepspeed_config: Path | None, threads: int, timeout: int = 600,
+              count_tensors: bool = False) -> dict:
     """Start a child for one rung (under ``accelerate launch`` for DeepSpeed) and read its result."""
     script = [str(Path(__file__).resolve()), "--child", "--steps", str(steps), "--flags", json.dumps(flags)]
+    script += ["--count-tensors"] if count_tensors else []
     if deepspeed_config is None:
         command = [sys.executable, *script]
     else:
@@ -92,6 +109,10 @@ def main(argv=None) -> int:
                         help="also measure samples/s at this batch size in bf16 with SDPA")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per child")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per rung")
+    parser.add_argument("--count-tensors", action="store_true",
+                        help="peak = live tensor bytes counted op by op (any device), with a breakdown")
+    parser.add_argument("--half", choices=["fp16", "bf16"], default="fp16",
+                        help="the half precision of the mixed-precision rungs (bf16 runs on CPUs too)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the models and data (kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table as Markdown here")
@@ -122,24 +143,27 @@ def main(argv=None) -> int:
     use_xformers = xformers_available()
     wanted = {int(n) for n in args.rungs.split(",")} if args.rungs else {r.number for r in LADDER}
     # a rung that cannot run here leaves its flags out of the rungs above it, asked for or not
-    rows, skipped = [], {r.number for r in LADDER if missing_requirements(r)}
+    rows, skipped = [], {r.number for r in LADDER if missing_requirements(r, args.half)}
     for rung in (r for r in LADDER if r.number in wanted):
         row = {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb, "peak_gb": None,
-               "s_per_step": None, "skipped": missing_requirements(rung)}
+               "s_per_step": None, "skipped": missing_requirements(rung, args.half)}
         if row["skipped"] is None:
-            flags = common | rung_flags(rung.number, use_xformers, skipped) | {
+            flags = common | rung_flags(rung.number, use_xformers, skipped, args.half) | {
                 "output_dir": str(work / f"run-{rung.number}")}
             ds_config = None
             if "deepspeed" in rung.needs:
                 ds_config = write_deepspeed_config(work / "deepspeed.yaml",
                                                    gradient_accumulation_steps=flags.get("gradient_accumulation_steps", 1),
                                                    mixed_precision=flags.get("mixed_precision", "fp16"))
-            result = run_child(flags, args.steps, ds_config, args.threads, args.timeout)
+            result = run_child(flags, args.steps, ds_config, args.threads, args.timeout, args.count_tensors)
             if "error" in result:
                 row["skipped"] = f"failed: {result['error']}"
             else:
                 row["peak_gb"] = result["peak_bytes"] / 1e9
                 row["s_per_step"] = result["s_per_step"]
+                row["mixed_precision"] = flags.get("mixed_precision", "no")
+                if "breakdown_bytes" in result:
+                    row["breakdown_gb"] = {k: v / 1e9 for k, v in result["breakdown_bytes"].items()}
         if row["skipped"] is not None:
             skipped.add(rung.number)
         elif skipped & set(range(1, rung.number)):
@@ -151,20 +175,23 @@ def main(argv=None) -> int:
     if args.throughput_batch:
         flags = common | {"train_batch_size": args.throughput_batch, "cache": "always", "set_grads_to_none": True,
                           "mixed_precision": "bf16", "output_dir": str(work / "run-throughput")}
-        result = run_child(flags, args.steps, None, args.threads, args.timeout)
+        result = run_child(flags, args.steps, None, args.threads, args.timeout, args.count_tensors)
         throughput = ({"error": result["error"]} if "error" in result else
                       {"batch": args.throughput_batch, "samples_per_s": args.throughput_batch / result["s_per_step"],
                        "peak_gb": result["peak_bytes"] / 1e9})
 
+    measure = ("live tensor bytes counted op by op (LiveTensorBytes) over the timed steps" if args.count_tensors else
+               "CUDA max_memory_allocated over the timed steps" if torch.cuda.is_available() else
+               "peak RSS of the child process")
     header = (f"Memory ladder, {args.arch} architecture, {resolution} px, batch {args.batch}, {args.steps} steps per "
               f"rung, on {device}, {date.today().isoformat()}; attention: "
-              f"{'xFormers' if use_xformers else 'PyTorch SDPA'} from rung 4; peak = "
-              f"{'CUDA max_memory_allocated over the timed steps' if torch.cuda.is_available() else 'peak RSS of the child process'}")
+              f"{'xFormers' if use_xformers else 'PyTorch SDPA'} from rung 4; "
+              f"{'fp16 rungs run in bf16; ' if args.half == 'bf16' else ''}peak = {measure}")
     table = markdown_table(rows, throughput, header)
     print("\n" + table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": header, "device": device, "arch": args.arch,
+        args.json.write_text(json.dumps({"header": header, "device": device, "measure": measure, "arch": args.arch,
                                          "resolution": resolution, "batch": args.batch, "rows": rows,
                                          "throughput": throughput}, indent=2))
     if args.markdown:
@@ -188,6 +215,13 @@ def markdown_table(rows: list[dict], throughput: dict | None, header: str) -> st
             lines.append(f"| {row['rung']} | {row['name']} | skipped: {row['skipped']} | — | {guide} |")
         else:
             lines.append(f"| {row['rung']} | {row['name']} | {row['peak_gb']:.2f} GB | {row['s_per_step']:.3f} | {guide} |")
+    counted = [row for row in rows if row.get("breakdown_gb")]
+    if counted:
+        categories = list(counted[0]["breakdown_gb"])
+        lines += ["", "What the counted peak is made of (GB):", "",
+                  "| rung | " + " | ".join(categories) + " |", "|" + " --- |" * (len(categories) + 1)]
+        lines += [f"| {row['rung']} | " + " | ".join(f"{row['breakdown_gb'][c]:.2f}" for c in categories) + " |"
+                  for row in counted]
     if throughput is not None:
         if "error" in throughput:
             lines += ["", f"Throughput run failed: {throughput['error']}"]

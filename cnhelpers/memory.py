@@ -190,6 +190,125 @@ class LiveGradientBytes:
         self.hooks = []
 
 
+#: CUDA's caching allocator hands out blocks in multiples of 512 bytes; max_memory_allocated counts blocks.
+CUDA_BLOCK_BYTES = 512
+
+
+class LiveTensorBytes:
+    """Counts the bytes of tensors alive, op by op, on any device: what a GPU's ``max_memory_allocated`` counts.
+
+    Inside ``with LiveTensorBytes() as count:``, every tensor an operation creates is counted until it is freed
+    (each storage once, rounded up to CUDA's 512-byte blocks), and so are the weights of every module that runs
+    a forward pass (loading from safetensors creates them without an operation). ``peak_bytes`` is the peak
+    since entering, or since :meth:`reset_peak`; ``peak_breakdown`` splits that moment into weights, gradients,
+    optimizer state, and activations and temporaries. So a CPU run of a training step tells how much a GPU
+    would need for its tensors. Not counted: memory that is not a tensor (a GPU's kernel workspaces, the CUDA
+    context, the allocator's cache), and tensors made outside the block and never met by a module's forward.
+    """
+
+    CATEGORIES = ("weights", "gradients", "optimizer state", "activations and temporaries")
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        count = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                result = func(*args, **(kwargs or {}))
+                count._register_tree(result)
+                return result
+
+        self._mode = _Mode()
+        self._storages = {}  # id(storage) -> [bytes, category]
+        self._refs = {}  # id(storage) -> weakref to it, whose callback uncounts it when the storage is freed
+        self._hooked_params = set()
+        self._handles = []
+        self.current = dict.fromkeys(self.CATEGORIES, 0)
+        self.peak_bytes = 0
+        self.peak_breakdown = dict(self.current)
+
+    @property
+    def current_bytes(self) -> int:
+        return sum(self.current.values())
+
+    def reset_peak(self):
+        """Start a new peak from what is alive now (e.g. once the first training step has made the optimizer state)."""
+        self.peak_bytes, self.peak_breakdown = self.current_bytes, dict(self.current)
+
+    def __enter__(self):
+        from torch.nn.modules.module import register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handles = [register_module_forward_pre_hook(self._module_pre_forward),
+                         register_optimizer_step_post_hook(self._optimizer_stepped)]
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return False
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+
+    def _register_tree(self, tree, category=None):
+        from torch.utils._pytree import tree_leaves
+
+        for leaf in tree_leaves(tree):
+            if isinstance(leaf, torch.Tensor):
+                self._register(leaf, category)
+
+    def _register(self, tensor, category=None):
+        """Count ``tensor``'s storage if it is new; give it ``category`` if one is named."""
+        import weakref
+
+        if tensor.device.type == "meta":
+            return
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. a tensor subclass without a storage of its own
+            return
+        key = id(storage)
+        entry = self._storages.get(key)
+        if entry is None:
+            nbytes = -(-storage.nbytes() // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
+            entry = self._storages[key] = [nbytes, category or "activations and temporaries"]
+            self._refs[key] = weakref.ref(storage, lambda _, key=key: self._forget(key))
+            self.current[entry[1]] += nbytes
+        elif category is not None and entry[1] != category and entry[1] != "weights":
+            self.current[entry[1]] -= entry[0]
+            self.current[category] += entry[0]
+            entry[1] = category
+        if self.current_bytes > self.peak_bytes:
+            self.peak_bytes, self.peak_breakdown = self.current_bytes, dict(self.current)
+
+    def _forget(self, key):
+        self._refs.pop(key, None)
+        entry = self._storages.pop(key, None)
+        if entry is not None:
+            self.current[entry[1]] -= entry[0]
+
+    def _module_pre_forward(self, module, inputs):
+        for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            self._register(tensor, "weights")
+        for param in module.parameters(recurse=False):
+            if param.requires_grad and id(param) not in self._hooked_params:
+                self._hooked_params.add(id(param))
+                self._handles.append(param.register_post_accumulate_grad_hook(self._gradient_written))
+
+    def _gradient_written(self, param):
+        # Runs after hooks registered earlier: with the step in backward the gradient is already gone.
+        if param.grad is not None:
+            self._register(param.grad, "gradients")
+
+    def _optimizer_stepped(self, optimizer, args, kwargs):
+        # What the step keeps is the state; what it made and freed on the way were temporaries.
+        self._register_tree(list(optimizer.state.values()), "optimizer state")
+
+
 # --------------------------------------------------------------------------------------------------
 # The memory ladder (notebook 04, benchmarks/memory_ladder.py)
 # --------------------------------------------------------------------------------------------------
@@ -203,7 +322,8 @@ class Rung:
     flags: dict = field(default_factory=dict)
     #: The diffusers ControlNet guide's figure (GB, SD 1.5 at 512 px), where it gives one.
     guide_gb: float | None = None
-    #: What the rung needs to run: "cuda" (fp16 autocast), "deepspeed", or "bf16" (where a GPU is used).
+    #: What the rung needs to run: "fp16" (its autocast runs on CUDA GPUs only), "cuda", "deepspeed", or
+    #: "bf16" (where a GPU is used).
     needs: tuple = ()
     #: Flags this rung removes from the ones before it (they go back to their defaults).
     drops: tuple = ()
@@ -215,7 +335,7 @@ LADDER = (
     Rung(3, "+ gradient checkpointing + 8-bit AdamW", {"gradient_checkpointing": True, "use_8bit_adam": True},
          guide_gb=16.0),
     Rung(4, "+ SDPA/xFormers attention + grads set to None", {"set_grads_to_none": True}, guide_gb=12.0),
-    Rung(5, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("cuda",)),
+    Rung(5, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("fp16",)),
     Rung(6, "+ cached latents and text embeddings", {"cache": "always"}),
     # The step in backward cannot accumulate, clip by the global norm, nor use fp16's loss scaler: rung 7
     # turns accumulation and clipping off, and rung_flags makes rung 5's fp16 bf16 for it.
@@ -226,8 +346,12 @@ LADDER = (
 )
 
 
-def rung_flags(number: int, use_xformers: bool = False, skipped=()) -> dict:
-    """The training flags of a rung: its own and those of every rung below it but the ``skipped`` ones."""
+def rung_flags(number: int, use_xformers: bool = False, skipped=(), half: str = "fp16") -> dict:
+    """The training flags of a rung: its own and those of every rung below it but the ``skipped`` ones.
+
+    ``half="bf16"`` runs the fp16 rungs in bf16 instead: the same 2 bytes a value, and it runs on a CPU
+    (accelerate autocasts fp16 on GPUs only), so a CPU can count what those rungs keep in memory.
+    """
     flags: dict = {}
     for rung in LADDER[:number]:
         if rung.number in skipped and rung.number != number:
@@ -235,6 +359,8 @@ def rung_flags(number: int, use_xformers: bool = False, skipped=()) -> dict:
         flags.update(rung.flags)
         for dropped in rung.drops:
             flags.pop(dropped, None)
+    if half == "bf16" and flags.get("mixed_precision") == "fp16":
+        flags["mixed_precision"] = "bf16"
     if flags.get("optimizer_in_backward") and flags.get("mixed_precision") == "fp16":
         flags["mixed_precision"] = "bf16"  # fp16's loss scaler needs every gradient before the first update
     if number >= 4 and use_xformers:
@@ -242,14 +368,17 @@ def rung_flags(number: int, use_xformers: bool = False, skipped=()) -> dict:
     return flags
 
 
-def missing_requirements(rung: Rung) -> str | None:
-    """Why a rung cannot run on this machine (a sentence), or None when it can."""
+def missing_requirements(rung: Rung, half: str = "fp16") -> str | None:
+    """Why a rung cannot run on this machine (a sentence), or None when it can (``half`` as in :func:`rung_flags`)."""
     import importlib.util
 
-    if "cuda" in rung.needs and not torch.cuda.is_available():
+    needs = {"bf16" if need == "fp16" and half == "bf16" else need for need in rung.needs}
+    if needs & {"cuda", "fp16"} and not torch.cuda.is_available():
         return "needs a CUDA GPU (fp16 autocast and DeepSpeed's offload run on GPUs)"
-    if "bf16" in rung.needs and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return "needs bf16 on this GPU (Ampere or newer): fp16's loss scaler does not combine with the step in backward"
+    if "bf16" in needs and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        why = "fp16's loss scaler does not combine with the step in backward" if rung.flags.get(
+            "optimizer_in_backward") else "or run it in fp16"
+        return f"needs bf16 on this GPU (Ampere or newer): {why}"
     if "deepspeed" in rung.needs and importlib.util.find_spec("deepspeed") is None:
         return "DeepSpeed is not installed (`pip install deepspeed`)"
     return None

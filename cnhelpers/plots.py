@@ -450,3 +450,27 @@ def show_with_slider(render, slider):
     handle = display(draw(slider.value), display_id=True)
     slider.observe(lambda change: handle.update(draw(change["new"])), names="value")
     return handle
+
+
+def show_memory_breakdown(rows: list[dict], title: str = "", unit: str = "GB", ax=None):
+    """Stacked bars of what each rung's peak is made of (rows of a ladder counted with ``--count-tensors``).
+
+    Each row needs ``rung``, ``name`` and ``breakdown_gb`` (weights, gradients, optimizer state, activations
+    and temporaries, in GB); ``unit`` is "GB" or "MB". Rows without a breakdown are left out.
+    """
+    scale = {"GB": 1.0, "MB": 1e3}[unit]
+    rows = [row for row in rows if row.get("breakdown_gb")]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+    labels = [f"{row['rung']}. {row['name']}" for row in rows]
+    left = [0.0] * len(rows)
+    for category in rows[0]["breakdown_gb"]:
+        widths = [row["breakdown_gb"][category] * scale for row in rows]
+        ax.barh(labels, widths, left=left, label=category)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set_xlabel(f"peak tensor memory, {unit}")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.figure.tight_layout()
+    return ax

@@ -606,8 +606,8 @@ def train(args, callback=None) -> TrainResult:
         vae.to("cpu")
         for encoder in text_encoders:
             encoder.to("cpu")
-        if not args.validation_prompt:
-            vae = text_encoder = text_encoder_2 = text_encoders = None
+        if not args.validation_prompt:  # (the loop variables hold the last encoder too)
+            vae = text_encoder = text_encoder_2 = text_encoders = encoder = frozen = None
     else:
         from .data import collate_fn as collate
     sampler = EpochSampler(len(train_dataset), seed)

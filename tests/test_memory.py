@@ -14,8 +14,9 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 import cnhelpers.training as training
 from cnhelpers.cli import training_args
 from cnhelpers.data import write_fill_imagefolder
-from cnhelpers.memory import (LADDER, LiveGradientBytes, check_optimizer_in_backward, deepspeed_accelerate_config,
-                              load_ladder_results, make_optimizer, recommend_rung, rung_flags, write_deepspeed_config)
+from cnhelpers.memory import (LADDER, LiveGradientBytes, LiveTensorBytes, check_optimizer_in_backward,
+                              deepspeed_accelerate_config, load_ladder_results, make_optimizer, missing_requirements,
+                              recommend_rung, rung_flags, write_deepspeed_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,6 +123,16 @@ def test_the_step_in_backward_rung_drops_what_it_cannot_do_and_offload_gets_it_b
     assert rung_flags(8) == {k: v for k, v in rung_flags(6).items() if k != "use_8bit_adam"}
 
 
+def test_half_bf16_runs_the_fp16_rungs_in_bf16_and_lets_a_cpu_run_them():
+    assert rung_flags(5, half="bf16")["mixed_precision"] == "bf16"
+    assert rung_flags(6, half="bf16") == rung_flags(6) | {"mixed_precision": "bf16"}
+    assert rung_flags(7, half="bf16") == rung_flags(7)
+    if not torch.cuda.is_available():
+        assert "needs a CUDA GPU" in missing_requirements(LADDER[4])
+        assert missing_requirements(LADDER[4], half="bf16") is None
+        assert "needs a CUDA GPU" in missing_requirements(LADDER[7], half="bf16")  # DeepSpeed's offload
+
+
 def test_old_ladder_files_land_on_todays_rungs_and_unmeasured_rungs_stay_empty(tmp_path):
     old = {"device": "GPU", "rows": [{"rung": 6, "name": "+ cached latents and text embeddings", "peak_gb": 6.4},
                                      {"rung": 7, "name": "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", "peak_gb": 3.8}]}
@@ -185,6 +196,58 @@ def test_step_in_backward_keeps_at_most_one_gradient_alive():
     assert all(p.grad is None for p in model.parameters())
     assert not any(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # updated inside backward
     optimizer.step()
+
+
+def test_live_tensor_bytes_counts_each_storage_until_it_is_freed_in_cuda_blocks():
+    with LiveTensorBytes() as count:
+        start = count.current_bytes
+        a = torch.zeros(1000)  # 4000 bytes: 8 blocks of 512
+        view = a[:10]  # shares a's storage: not counted again
+        one_byte = torch.zeros(1, dtype=torch.uint8)  # a whole block
+        assert count.current_bytes - start == 4096 + 512
+        b = torch.ones(2000)  # 8000 bytes -> 8192
+        del a, view
+        assert count.current_bytes - start == 512 + 8192  # a's storage was freed with its last view
+        del b, one_byte
+        assert count.current_bytes == start
+    assert count.peak_bytes - start == 4096 + 512 + 8192
+
+
+def test_live_tensor_bytes_splits_a_training_step_into_weights_gradients_and_optimizer_state():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256))  # made outside
+    weights = sum(-(-p.nbytes // 512) * 512 for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.randn(8, 256)
+    with LiveTensorBytes() as count:
+        for step in range(3):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step == 0:
+                count.reset_peak()  # from here on the optimizer state exists
+    assert count.current["weights"] == weights and count.current["gradients"] == 0
+    assert count.current["optimizer state"] >= 2 * weights  # AdamW's two moments (and its step counters)
+    assert count.peak_breakdown["gradients"] == weights  # at the peak, every gradient was alive
+    assert count.peak_bytes == sum(count.peak_breakdown.values())
+
+
+def test_live_tensor_bytes_sees_the_step_in_backward_free_the_gradient_buffer():
+    def peak(optimizer_in_backward):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])
+        optimizer = make_optimizer(optimizer_args(optimizer_in_backward=optimizer_in_backward), model.parameters())
+        with LiveTensorBytes() as count:
+            for step in range(2):
+                model(torch.randn(2, 256)).square().mean().backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if step == 0:
+                    count.reset_peak()
+        return count.peak_bytes, sum(p.nbytes for p in model.parameters())
+
+    (usual, gradients), (in_backward, _) = peak(False), peak(True)
+    assert usual - in_backward >= 0.8 * gradients  # all but about one layer's gradient
 
 
 def test_step_in_backward_with_8bit_adam_keeps_uint8_state_per_parameter():
@@ -275,3 +338,38 @@ def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatc
         assert rows[6]["name"].endswith("(without rung 5)") and rows[7]["name"].endswith("(without rung 5)")
     table = (tmp_path / "ladder.md").read_text()
     assert "| 1 | fp32 AdamW |" in table and "38 GB" in table
+
+
+def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import memory_ladder
+
+    out = tmp_path / "ladder.json"
+    memory_ladder.main(["--arch", "tiny", "--rungs", "5,6,7", "--steps", "2", "--count-tensors", "--half", "bf16",
+                        "--work", str(tmp_path / "w"), "--json", str(out), "--markdown", str(tmp_path / "ladder.md")])
+    ladder = json.loads(out.read_text())
+    rows = {row["rung"]: row for row in ladder["rows"]}
+    assert "counted op by op" in ladder["measure"]
+    assert all(rows[n]["mixed_precision"] == "bf16" and rows[n]["peak_gb"] > 0 for n in (5, 6, 7))
+    for row in rows.values():
+        assert sum(row["breakdown_gb"].values()) == pytest.approx(row["peak_gb"])
+    assert rows[6]["breakdown_gb"]["gradients"] > 0 and rows[7]["breakdown_gb"]["gradients"] == 0
+    assert "What the counted peak is made of" in (tmp_path / "ladder.md").read_text()
+
+
+def test_memory_breakdown_bars_stack_up_to_each_rungs_peak():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cnhelpers.plots import show_memory_breakdown
+
+    rows = [{"rung": 6, "name": "six", "breakdown_gb": {"weights": 3.0, "gradients": 1.5, "activations": 1.0}},
+            {"rung": 7, "name": "seven", "breakdown_gb": {"weights": 3.0, "gradients": 0.0, "activations": 1.25}},
+            {"rung": 8, "name": "not counted"}]
+    ax = show_memory_breakdown(rows, unit="MB")
+    right_edges = {}
+    for bar in ax.patches:
+        y = round(bar.get_y(), 3)
+        right_edges[y] = max(right_edges.get(y, 0), bar.get_x() + bar.get_width())
+    assert sorted(right_edges.values()) == [4250.0, 5500.0]  # MB; the row without a breakdown is left out
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["weights", "gradients", "activations"]
