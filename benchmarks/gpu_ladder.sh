@@ -4,6 +4,8 @@
 # Wheels the machine lacks (diffusers, datasets, bitsandbytes, deepspeed, ...) are carried in .whl/.
 # Only some rungs, e.g. the optimizer step in backward (7) beside rung 6 measured in the same session:
 #   RUNGS=6,7 THROUGHPUT_BATCH=0 bash benchmarks/gpu_ladder.sh
+# COUNT_TENSORS=1 also counts live tensors op by op (LiveTensorBytes) and keeps max_memory_allocated beside the
+# count in the JSON (device_peak_gb): the check of the CPU-counted ladder (its s/step then includes the counting).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/ladder-out}
@@ -25,4 +27,4 @@ for name in ("torch", "diffusers", "transformers", "accelerate", "datasets", "bi
 PY
 timeout "${LADDER_TIMEOUT:-480}" python3 benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --steps "${STEPS:-5}" \
   --rungs "${RUNGS:-1,2,3,4,5,6,7,8}" --throughput-batch "${THROUGHPUT_BATCH:-8}" --threads 8 --timeout "${RUNG_TIMEOUT:-240}" --work /tmp/ladder \
-  --json "$OUT/sd15-ladder.json" --markdown "$OUT/sd15-ladder.md" 2>&1 | grep -v "it/s\]\|s/it\]" | tee "$OUT/ladder.log"
+  ${COUNT_TENSORS:+--count-tensors} --json "$OUT/sd15-ladder.json" --markdown "$OUT/sd15-ladder.md" 2>&1 | grep -v "it/s\]\|s/it\]" | tee "$OUT/ladder.log"

@@ -69,7 +69,8 @@ def child(args) -> int:
         train(training_args(**flags), callback=measure)
     result = {"peak_bytes": peak.peak_bytes, "cuda": torch.cuda.is_available(),
               "s_per_step": (marks["end"] - marks["start"]) / (args.steps - 1)}
-    if args.count_tensors:
+    if args.count_tensors:  # the device's own figure stays beside the count (on a GPU: a check of the count)
+        result["device_peak_bytes"] = result["peak_bytes"]
         result["peak_bytes"], result["breakdown_bytes"] = marks["counted"]
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
@@ -164,6 +165,7 @@ def main(argv=None) -> int:
                 row["mixed_precision"] = flags.get("mixed_precision", "no")
                 if "breakdown_bytes" in result:
                     row["breakdown_gb"] = {k: v / 1e9 for k, v in result["breakdown_bytes"].items()}
+                    row["device_peak_gb"] = result["device_peak_bytes"] / 1e9
         if row["skipped"] is not None:
             skipped.add(rung.number)
         elif skipped & set(range(1, rung.number)):
@@ -203,24 +205,27 @@ def main(argv=None) -> int:
 def format_row(row: dict) -> str:
     if row["peak_gb"] is None:
         return f"rung {row['rung']}: {row['name']}: skipped ({row['skipped']})"
-    return f"rung {row['rung']}: {row['name']}: {row['peak_gb']:.2f} GB, {row['s_per_step']:.3f} s/step"
+    peak = f"{row['peak_gb']:.2f} GB" if row["peak_gb"] >= 1 else f"{row['peak_gb'] * 1e3:.2f} MB"
+    return f"rung {row['rung']}: {row['name']}: {peak}, {row['s_per_step']:.3f} s/step"
 
 
 def markdown_table(rows: list[dict], throughput: dict | None, header: str) -> str:
-    """The ladder as a Markdown table, the guide's figure beside each measured one."""
+    """The ladder as a Markdown table, the guide's figure beside each measured one (in MB when all peaks are < 1 GB)."""
+    unit, scale = ("GB", 1) if any((row["peak_gb"] or 0) >= 1 for row in rows) else ("MB", 1e3)
     lines = [header, "", "| rung | what | peak memory | s/step | the guide says |", "| --- | --- | --- | --- | --- |"]
     for row in rows:
         guide = f"{row['guide_gb']:g} GB" if row["guide_gb"] else "—"
         if row["peak_gb"] is None:
             lines.append(f"| {row['rung']} | {row['name']} | skipped: {row['skipped']} | — | {guide} |")
         else:
-            lines.append(f"| {row['rung']} | {row['name']} | {row['peak_gb']:.2f} GB | {row['s_per_step']:.3f} | {guide} |")
+            lines.append(f"| {row['rung']} | {row['name']} | {row['peak_gb'] * scale:.2f} {unit} | "
+                         f"{row['s_per_step']:.3f} | {guide} |")
     counted = [row for row in rows if row.get("breakdown_gb")]
     if counted:
         categories = list(counted[0]["breakdown_gb"])
-        lines += ["", "What the counted peak is made of (GB):", "",
+        lines += ["", f"What the counted peak is made of ({unit}):", "",
                   "| rung | " + " | ".join(categories) + " |", "|" + " --- |" * (len(categories) + 1)]
-        lines += [f"| {row['rung']} | " + " | ".join(f"{row['breakdown_gb'][c]:.2f}" for c in categories) + " |"
+        lines += [f"| {row['rung']} | " + " | ".join(f"{row['breakdown_gb'][c] * scale:.2f}" for c in categories) + " |"
                   for row in counted]
     if throughput is not None:
         if "error" in throughput:

@@ -353,6 +353,7 @@ def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path,
     assert all(rows[n]["mixed_precision"] == "bf16" and rows[n]["peak_gb"] > 0 for n in (5, 6, 7))
     for row in rows.values():
         assert sum(row["breakdown_gb"].values()) == pytest.approx(row["peak_gb"])
+        assert row["device_peak_gb"] > row["peak_gb"]  # here the process's peak RSS: Python and libraries too
     assert rows[6]["breakdown_gb"]["gradients"] > 0 and rows[7]["breakdown_gb"]["gradients"] == 0
     assert "What the counted peak is made of" in (tmp_path / "ladder.md").read_text()
 
