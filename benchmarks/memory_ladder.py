@@ -51,7 +51,8 @@ def child(args) -> int:
 
     flags = json.loads(args.flags)
     peak, marks = PeakMemory(), {}
-    count = LiveTensorBytes() if args.count_tensors else contextlib.nullcontext()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where train() puts the models
+    count = LiveTensorBytes(device) if args.count_tensors else contextlib.nullcontext()
 
     def measure(logs):
         if logs["step"] == 1:  # the optimizer state exists now; time and measure from here

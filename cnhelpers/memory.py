@@ -197,18 +197,18 @@ CUDA_BLOCK_BYTES = 512
 class LiveTensorBytes:
     """Counts the bytes of tensors alive, op by op, on any device: what a GPU's ``max_memory_allocated`` counts.
 
-    Inside ``with LiveTensorBytes() as count:``, every tensor an operation creates is counted until it is freed
-    (each storage once, rounded up to CUDA's 512-byte blocks), and so are the weights of every module that runs
-    a forward pass (loading from safetensors creates them without an operation). ``peak_bytes`` is the peak
-    since entering, or since :meth:`reset_peak`; ``peak_breakdown`` splits that moment into weights, gradients,
-    optimizer state, and activations and temporaries. So a CPU run of a training step tells how much a GPU
-    would need for its tensors. Not counted: memory that is not a tensor (a GPU's kernel workspaces, the CUDA
-    context, the allocator's cache), and tensors made outside the block and never met by a module's forward.
+    Inside ``with LiveTensorBytes() as count:``, every tensor an operation creates on ``device`` (a device type;
+    None: any) is counted until it is freed, each storage once, rounded up to CUDA's 512-byte blocks.
+    ``peak_bytes`` is the peak since entering, or since :meth:`reset_peak`; ``peak_breakdown`` splits that
+    moment into weights (the parameters and buffers of modules), gradients, optimizer state, and activations and
+    temporaries. So a CPU run of a training step tells how much a GPU would need for its tensors. Not counted:
+    memory that is not a tensor (a GPU's kernel workspaces, the CUDA context, the allocator's cache), and tensors
+    made outside the block unless they are a module's weights (met in its forward, or alive at :meth:`reset_peak`).
     """
 
     CATEGORIES = ("weights", "gradients", "optimizer state", "activations and temporaries")
 
-    def __init__(self):
+    def __init__(self, device: str | None = None):
         from torch.utils._python_dispatch import TorchDispatchMode
 
         count = self
@@ -220,6 +220,7 @@ class LiveTensorBytes:
                 return result
 
         self._mode = _Mode()
+        self.device = device
         self._storages = {}  # id(storage) -> [bytes, category]
         self._refs = {}  # id(storage) -> weakref to it, whose callback uncounts it when the storage is freed
         self._hooked_params = set()
@@ -233,7 +234,16 @@ class LiveTensorBytes:
         return sum(self.current.values())
 
     def reset_peak(self):
-        """Start a new peak from what is alive now (e.g. once the first training step has made the optimizer state)."""
+        """Start a new peak from what is alive now (e.g. once the first training step has made the optimizer state).
+
+        Also files the weights of every module alive as weights, the ones no forward pass has met too (SD's VAE
+        decoder, loaded but unused in training, would stay among the temporaries otherwise).
+        """
+        import gc
+
+        for module in [obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)]:
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                self._register(tensor, "weights")
         self.peak_bytes, self.peak_breakdown = self.current_bytes, dict(self.current)
 
     def __enter__(self):
@@ -265,7 +275,7 @@ class LiveTensorBytes:
         """Count ``tensor``'s storage if it is new; give it ``category`` if one is named."""
         import weakref
 
-        if tensor.device.type == "meta":
+        if tensor.device.type == "meta" or (self.device is not None and tensor.device.type != self.device):
             return
         try:
             storage = tensor.untyped_storage()

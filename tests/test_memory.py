@@ -374,3 +374,18 @@ def test_memory_breakdown_bars_stack_up_to_each_rungs_peak():
         right_edges[y] = max(right_edges.get(y, 0), bar.get_x() + bar.get_width())
     assert sorted(right_edges.values()) == [4250.0, 5500.0]  # MB; the row without a breakdown is left out
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["weights", "gradients", "activations"]
+
+
+def test_live_tensor_bytes_files_unused_weights_as_weights_and_ignores_other_devices():
+    with LiveTensorBytes(device="cpu") as count:
+        used, unused = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)  # parameters made by operations
+        used(torch.zeros(1, 64))
+        assert count.current["weights"] == sum(-(-p.nbytes // 512) * 512 for p in used.parameters())
+        count.reset_peak()
+        assert count.current["weights"] == 2 * sum(-(-p.nbytes // 512) * 512 for p in used.parameters())
+        before = count.current_bytes
+        torch.zeros(1000, device="meta")
+        assert count.current_bytes == before
+    with LiveTensorBytes(device="cuda") as on_gpu:
+        torch.zeros(1000)
+    assert on_gpu.peak_bytes == 0
