@@ -210,6 +210,7 @@ class LiveTensorBytes:
 
     def __init__(self, device: str | None = None):
         from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.weak import WeakIdKeyDictionary
 
         count = self
 
@@ -223,7 +224,7 @@ class LiveTensorBytes:
         self.device = device
         self._storages = {}  # id(storage) -> [bytes, category]
         self._refs = {}  # id(storage) -> weakref to it, whose callback uncounts it when the storage is freed
-        self._hooked_params = set()
+        self._hooked_params = WeakIdKeyDictionary()  # parameters whose gradients are filed as gradients
         self._handles = []
         self.current = dict.fromkeys(self.CATEGORIES, 0)
         self.peak_bytes = 0
@@ -305,8 +306,8 @@ class LiveTensorBytes:
         for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
             self._register(tensor, "weights")
         for param in module.parameters(recurse=False):
-            if param.requires_grad and id(param) not in self._hooked_params:
-                self._hooked_params.add(id(param))
+            if param.requires_grad and param not in self._hooked_params:
+                self._hooked_params[param] = True
                 self._handles.append(param.register_post_accumulate_grad_hook(self._gradient_written))
 
     def _gradient_written(self, param):
