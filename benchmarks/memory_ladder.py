@@ -33,12 +33,21 @@ RESULT_TAG = "LADDER-RESULT "
 
 
 def build_base(arch: str, folder: Path) -> Path:
-    """A base model folder of the given architecture, with seeded random weights."""
-    from cnhelpers.models import build_sd15_random_base, build_tiny_base, is_complete_base
+    """A base model folder of the given architecture: the course's tiny base, or SD 1.5's with seeded random weights.
 
+    The tiny one is the course's own (``ensure_tiny_base``: always today's architecture); an SD 1.5 folder
+    left in ``folder`` by an earlier run is reused when its UNet has SD 1.5's config.
+    """
+    from cnhelpers.models import SD15_UNET_CONFIG, build_sd15_random_base, ensure_tiny_base, is_complete_base
+
+    if arch == "tiny":
+        return ensure_tiny_base()
     if is_complete_base(folder):
-        return folder
-    return build_tiny_base(folder) if arch == "tiny" else build_sd15_random_base(folder)
+        saved = json.loads((folder / "unet" / "config.json").read_text())
+        if all(saved.get(key) == (list(value) if isinstance(value, tuple) else value)
+               for key, value in SD15_UNET_CONFIG.items()):
+            return folder
+    return build_sd15_random_base(folder)
 
 
 def child(args) -> int:
