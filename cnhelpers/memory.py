@@ -203,7 +203,7 @@ class LiveTensorBytes:
     moment into weights (the parameters and buffers of modules), gradients, optimizer state, and activations and
     temporaries. So a CPU run of a training step tells how much a GPU would need for its tensors. Not counted:
     memory that is not a tensor (a GPU's kernel workspaces, the CUDA context, the allocator's cache), and tensors
-    made outside the block unless they are a module's weights (met in its forward, or alive at :meth:`reset_peak`).
+    made outside the block unless they are the weights of a module that runs a forward pass inside it.
     """
 
     CATEGORIES = ("weights", "gradients", "optimizer state", "activations and temporaries")
@@ -237,14 +237,15 @@ class LiveTensorBytes:
     def reset_peak(self):
         """Start a new peak from what is alive now (e.g. once the first training step has made the optimizer state).
 
-        Also files the weights of every module alive as weights, the ones no forward pass has met too (SD's VAE
-        decoder, loaded but unused in training, would stay among the temporaries otherwise).
+        Also files as weights what is counted already and belongs to a module, including modules no forward pass
+        has met (SD's VAE decoder, loaded but unused in training, would stay among the temporaries otherwise).
         """
         import gc
 
         for module in [obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)]:
             for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
-                self._register(tensor, "weights")
+                if tensor.device.type != "meta" and id(tensor.untyped_storage()) in self._storages:
+                    self._register(tensor, "weights")
         self.peak_bytes, self.peak_breakdown = self.current_bytes, dict(self.current)
 
     def __enter__(self):

@@ -377,12 +377,15 @@ def test_memory_breakdown_bars_stack_up_to_each_rungs_peak():
 
 
 def test_live_tensor_bytes_files_unused_weights_as_weights_and_ignores_other_devices():
+    outside = torch.nn.Linear(64, 64)  # made before counting, never run: not counted
     with LiveTensorBytes(device="cpu") as count:
         used, unused = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)  # parameters made by operations
         used(torch.zeros(1, 64))
         assert count.current["weights"] == sum(-(-p.nbytes // 512) * 512 for p in used.parameters())
+        total = count.current_bytes
         count.reset_peak()
         assert count.current["weights"] == 2 * sum(-(-p.nbytes // 512) * 512 for p in used.parameters())
+        assert count.current_bytes == total  # filed differently, not counted again
         before = count.current_bytes
         torch.zeros(1000, device="meta")
         assert count.current_bytes == before
