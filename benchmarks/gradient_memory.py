@@ -29,7 +29,7 @@ def build_controlnet(arch: str):
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from cnhelpers.models import SD15_UNET_CONFIG, TINY_UNET_CONFIG
+    from cnhelpers.base_models import SD15_UNET_CONFIG, TINY_UNET_CONFIG
 
     config = SD15_UNET_CONFIG if arch == "sd15" else TINY_UNET_CONFIG
     with torch.device("meta"):  # the UNet only lends its config: never allocated
@@ -42,11 +42,11 @@ def build_controlnet(arch: str):
 def child(args) -> int:
     import resource
 
-    import torch
-
-    from cnhelpers.cli import training_args
-    from cnhelpers.memory import LiveGradientBytes, make_optimizer
-    from cnhelpers.models import controlnet_residuals, demo_inputs
+    from cnhelpers.anatomy import demo_inputs
+    from cnhelpers.config import training_args
+    from cnhelpers.losses import controlnet_residuals
+    from cnhelpers.memory import LiveGradientBytes
+    from cnhelpers.optim import make_optimizer
 
     controlnet, unet_config = build_controlnet(args.arch)
     controlnet.train()

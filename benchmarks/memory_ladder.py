@@ -38,7 +38,7 @@ def build_base(arch: str, folder: Path) -> Path:
     The tiny one is the course's own (``ensure_tiny_base``: always today's architecture); an SD 1.5 folder
     left in ``folder`` by an earlier run is reused when its UNet has SD 1.5's config.
     """
-    from cnhelpers.models import SD15_UNET_CONFIG, build_sd15_random_base, ensure_tiny_base, is_complete_base
+    from cnhelpers.base_models import SD15_UNET_CONFIG, build_sd15_random_base, ensure_tiny_base, is_complete_base
 
     if arch == "tiny":
         return ensure_tiny_base()
@@ -54,7 +54,7 @@ def child(args) -> int:
     """Run one rung in this process and print its measurements as a tagged JSON line."""
     import torch
 
-    from cnhelpers.cli import training_args
+    from cnhelpers.config import training_args
     from cnhelpers.memory import LiveTensorBytes, PeakMemory
     from cnhelpers.training import train
 
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     import torch
 
     from cnhelpers.data import write_fill_imagefolder
-    from cnhelpers.memory import LADDER, missing_requirements, rung_flags, write_deepspeed_config, xformers_available
+    from cnhelpers.memory import LADDER, missing_requirements, rung_flags, write_deepspeed_config
+    from cnhelpers.optim import xformers_available
 
     resolution = args.resolution or (64 if args.arch == "tiny" else 512)
     work = args.work or Path(tempfile.mkdtemp(prefix="ladder-"))

@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=int, default=512, help="size of the generated data set")
     args = parser.parse_args(argv)
 
+    from cnhelpers.base_models import ensure_tiny_base
     from cnhelpers.data import ensure_fill_dataset
-    from cnhelpers.models import ensure_tiny_base
 
     base, data = ensure_tiny_base(), ensure_fill_dataset(args.examples, 64)
     flags = ["--pretrained_model_name_or_path", str(base), "--train_data_dir", str(data), "--resolution", "64",

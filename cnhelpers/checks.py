@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .losses import min_snr_weights
+
 
 def verdict(correct: bool, right: str, wrong: str) -> bool:
     """Print a clear message for a right or a wrong answer, and return whether it was right."""
@@ -27,8 +29,6 @@ def check_latent_shape(answer, resolution: int = 64, latent_channels: int = 4, v
 def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamma: float) -> bool:
     """Exercise (notebook 03): the Min-SNR weight of one timestep, for the scheduler's prediction type."""
     import torch
-
-    from .training import min_snr_weights
 
     expected = float(min_snr_weights(noise_scheduler, torch.tensor([timestep]), snr_gamma)[0])
     return verdict(

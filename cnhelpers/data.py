@@ -10,7 +10,10 @@ Each example has three columns, as in fill50k:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import random
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .paths import staged_folder
+from .hub import HubUnavailableError, download_file, hub_offline, looks_like_hub_id
+from .paths import build_dir, staged_folder
+from .profiles import Profile
 
 #: Named colours of the generated data (name -> RGB). Distinct enough to tell apart at 64 px.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -103,18 +108,13 @@ def fill_example(seed: int, index: int, resolution: int) -> dict:
     return {"image": image, "conditioning_image": conditioning, "text": circle.text}
 
 
-def _check_resolution(resolution: int) -> None:
-    if not isinstance(resolution, int) or resolution < 8:
-        raise ValueError(f"resolution must be an integer of at least 8 pixels, got {resolution!r}")
-
-
 def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int, seed: int = 0) -> Path:
     """Write a generated fill data set as an imagefolder that ``datasets.load_dataset(path)`` reads.
 
     Layout: ``images/NNNNN.png``, ``conditioning_images/NNNNN.png`` and ``metadata.jsonl`` with the keys
     ``file_name``, ``conditioning_image_file_name`` and ``text``.
     """
-    _check_resolution(resolution)
+    check_resolution(resolution)
     with staged_folder(path) as tmp, open(tmp / "metadata.jsonl", "w") as metadata:
         (tmp / "images").mkdir()
         (tmp / "conditioning_images").mkdir()
@@ -138,7 +138,7 @@ def write_fill50k_raw(path: str | Path, num_examples: int, resolution: int, seed
     ``train.jsonl`` rows ``{"text", "image", "conditioning_image"}``, the two image fields being paths
     inside ``images.zip`` and ``conditioning_images.zip``. Used to test :func:`load_fill50k` offline.
     """
-    _check_resolution(resolution)
+    check_resolution(resolution)
     with (
         staged_folder(path) as tmp,
         zipfile.ZipFile(tmp / "images.zip", "w") as images,
@@ -196,8 +196,6 @@ def load_fill50k(source: str | Path = "fusing/fill50k", *, max_samples: int | No
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
-    from . import hub
-    from .paths import build_dir
 
     local = Path(source).expanduser()
     if local.is_dir():
@@ -209,7 +207,7 @@ def load_fill50k(source: str | Path = "fusing/fill50k", *, max_samples: int | No
             )
         files = {name: local / name for name in FILL50K_FILES}
     else:
-        files = {name: hub.download_file(str(source), name, repo_type="dataset") for name in FILL50K_FILES}
+        files = {name: download_file(str(source), name, repo_type="dataset") for name in FILL50K_FILES}
 
     cache = Path(cache_dir) if cache_dir is not None else build_dir() / "fill50k-extracted"
     image_root = _extract_once(files["images.zip"], cache)
@@ -239,11 +237,54 @@ def load_imagefolder(path: str | Path):
     return load_dataset(str(path), split="train")
 
 
+def load_raw_dataset(args):
+    """The raw rows (a ``datasets.Dataset``) named by ``--dataset_name`` or ``--train_data_dir``.
+
+    ``fusing/fill50k`` (and local folders in its raw layout) go through
+    :func:`cnhelpers.data.load_fill50k`, since datasets >= 4 cannot run its loading script.
+    """
+    from datasets import load_dataset, load_from_disk
+
+    if args.train_data_dir is not None:
+        return load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
+    name = args.dataset_name
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if all((local / f).is_file() for f in FILL50K_FILES):
+            return load_fill50k(local)
+        if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
+            loaded = load_from_disk(str(local))
+            return loaded["train"] if hasattr(loaded, "keys") else loaded
+        return load_dataset(str(local), args.dataset_config_name, cache_dir=args.cache_dir, split="train")
+    if name.rstrip("/").lower() == "fusing/fill50k":
+        return load_fill50k(name)
+    if looks_like_hub_id(name) and hub_offline():
+        raise HubUnavailableError(
+            f"--dataset_name {name!r} is a hub id, but HF_HUB_OFFLINE is set. Use a local folder "
+            "(--train_data_dir or --dataset_name PATH), or go online.")
+    try:
+        return load_dataset(name, args.dataset_config_name, cache_dir=args.cache_dir, split="train")
+    except (ConnectionError, OSError) as error:
+        raise HubUnavailableError(f"Cannot load --dataset_name {name!r} from the hub ({error}). Use a local "
+                                  "folder (--train_data_dir or --dataset_name PATH), or go online.") from error
+
+
+def load_train_dataset(profile: Profile, max_samples: int | None = None):
+    """The profile's raw training data as a ``datasets.Dataset`` (image, conditioning_image, text)."""
+    if profile.dataset_name is None:
+        dataset = load_imagefolder(ensure_fill_dataset(profile.num_generated_examples, profile.resolution))
+        return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
+    return load_fill50k(profile.dataset_name, max_samples=max_samples)
+
+
+def fill_dataset_path(num_examples: int, resolution: int, seed: int = 0) -> Path:
+    """Where :func:`ensure_fill_dataset` keeps a generated data set: ``build/fill-{res}px-{n}-seed{seed}``."""
+    return build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}"
+
+
 def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0) -> Path:
     """Generate the tiny profile's data set under the build folder once; return its path."""
-    from .paths import build_dir
-
-    path = build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}"
+    path = fill_dataset_path(num_examples, resolution, seed)
     if not (path / "metadata.jsonl").is_file():
         write_fill_imagefolder(path, num_examples, resolution, seed)
     return path
@@ -311,8 +352,6 @@ def pick_captions(captions, proportion_empty_prompts: float = 0.0, is_train: boo
     prompt, which classifier-free guidance needs); a list of captions gives a random one when training
     and the first otherwise; empty strings stay empty.
     """
-    import random
-
     rng = rng or random
     chosen = []
     for caption in captions:
@@ -338,9 +377,6 @@ def tokenize_prompts(tokenizer, prompts: list[str]):
 
 def _to_rgb(image, row, column):
     """Decode (if needed) and convert an image to RGB; a broken file names its row, column and file."""
-    import io
-    import re
-
     source = ""
     try:
         if isinstance(image, dict):  # an undecoded datasets Image: {"bytes", "path"}
@@ -356,7 +392,7 @@ def _to_rgb(image, row, column):
         ) from error
 
 
-def _column_names(dataset) -> list[str]:
+def dataset_columns(dataset) -> list[str]:
     """Column names of a Dataset or IterableDataset (a stream of unknown features is peeked at once)."""
     if dataset.column_names is not None:
         return list(dataset.column_names)
@@ -380,8 +416,6 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
     ``interpolation`` is the resize filter (upstream's SDXL script: ``--image_interpolation_mode``, lanczos).
     With ``tokenizer_2`` (SDXL's second tokenizer), examples also get ``input_ids_2`` for the same captions.
     """
-    import random
-
     from datasets import Image as ImageFeature
     from datasets import IterableDataset
 
@@ -390,7 +424,7 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
         raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
     if max_train_samples is not None and (not isinstance(max_train_samples, int) or max_train_samples < 1):
         raise ValueError(f"max_train_samples must be a positive integer or None, got {max_train_samples!r}")
-    columns = _column_names(dataset)
+    columns = dataset_columns(dataset)
     for knob, column in (("image_column", image_column), ("conditioning_image_column", conditioning_image_column),
                          ("caption_column", caption_column)):
         if column not in columns:
@@ -464,7 +498,7 @@ def draw_scene(seed: int, index: int, resolution: int = 128) -> tuple[Image.Imag
     Stands in for your own pictures (nothing is downloaded). The sky is a gradient and every pixel gets
     a little seeded noise, like a real photo, so canny's thresholds have something to decide.
     """
-    _check_resolution(resolution)
+    check_resolution(resolution)
     rng = np.random.default_rng([seed, index])
     pick = {part: str(rng.choice(names)) for part, names in SCENE_COLOURS.items()}
     side = resolution
@@ -566,7 +600,7 @@ def write_imagefolder(dataset, path: str | Path, *, image_column: str = "image",
     Same layout as :func:`write_fill_imagefolder`: ``images/``, ``conditioning_images/`` and metadata rows
     ``{"file_name", "conditioning_image_file_name", "text"}``.
     """
-    columns = _column_names(dataset)
+    columns = dataset_columns(dataset)
     for column in (image_column, conditioning_image_column, caption_column):
         if column not in columns:
             raise ValueError(f"{column!r} is not a column of the data set; its columns are: {', '.join(columns)}")

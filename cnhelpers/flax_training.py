@@ -32,6 +32,7 @@ from flax.training import train_state
 from flax.training.common_utils import shard
 from PIL import Image
 
+from .data import pick_captions
 from .paths import build_dir, staged_folder
 
 #: The pmap axis that gradients and metrics are averaged over, and the name of the devices' mesh axis.
@@ -143,8 +144,6 @@ def conditioning_array(image: Image.Image, resolution: int) -> np.ndarray:
 def numpy_batch(rows: list[dict], tokenizer, resolution: int, proportion_empty_prompts: float = 0.0,
                 rng=None) -> dict[str, np.ndarray]:
     """Stack rows (image, conditioning_image, text) into the arrays the Flax train step takes."""
-    from .data import pick_captions
-
     captions = pick_captions([row["text"] for row in rows], proportion_empty_prompts, True, rng)
     input_ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length",
                           truncation=True, return_tensors="np").input_ids

@@ -2,7 +2,8 @@
 
 - :func:`load_controlnet_pipeline`: base model + ControlNet(s) -> ``StableDiffusionControlNetPipeline``
   with the UniPC scheduler, from local folders or hub ids, with clear errors for what is missing.
-- :func:`ensure_controlnet`: the ControlNet notebook 03 saves, or a short training run when it is missing.
+- :func:`ensure_controlnet`: the ControlNet notebook 03 saves, or a short run of the course's recipe when it is
+  missing.
 - :func:`generate`: a batch of images, one seeded generator per image, so each picture is reproducible
   whatever the batch size and whatever else is in the batch.
 - :func:`is_black` and :func:`decode_in_float32`: spotting and fixing the fp16 VAE's black images.
@@ -15,88 +16,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import fill_example
+from .hub import resolve_pretrained
+from .base_models import base_model_path
+from .loading import check_controlnet_fits, is_controlnet_folder, load_controlnet
+from .paths import build_dir
+from .profiles import get_profile
+from .recipes import course_training_args, how_to_make_controlnet
+from .training import train
+
+
 #: Where notebook 03 saves its ControlNet, under the build folder.
 CONTROLNET_DIRNAME = "controlnet-tiny"
+
+
 #: Seed of the held-out outlines: the training data uses seed 0, notebook 03's validation 10_000.
 HELD_OUT_SEED = 10_000
-#: Files that make a folder a ControlNet in diffusers format (the weights in either format).
-CONTROLNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 def default_controlnet_path() -> Path:
     """``build/controlnet-tiny``: where notebook 03 (and :func:`ensure_controlnet`) put the ControlNet."""
-    from .paths import build_dir
 
     return build_dir() / CONTROLNET_DIRNAME
-
-
-def how_to_make_controlnet(path: str | Path) -> str:
-    """The advice printed when no ControlNet is at ``path``: run notebook 03, or the command line."""
-    from .paths import build_dir
-    from .profiles import get_profile
-
-    tiny = get_profile("tiny")
-    data = build_dir() / f"fill-{tiny.resolution}px-{tiny.num_generated_examples}-seed0"
-    return (f"Make it by running notebook 03 (03_training_loop.ipynb), or from a shell:\n"
-            f"  python -m cnhelpers.train --pretrained_model_name_or_path {build_dir() / 'tiny-sd'} "
-            f"--train_data_dir {data} --resolution {tiny.resolution} --train_batch_size {tiny.train_batch_size} "
-            f"--learning_rate {tiny.learning_rate:g} --max_train_steps {tiny.max_train_steps} --snr_gamma 5 "
-            f"--output_dir {path}\n"
-            "(notebook 00 builds the tiny base and the data; cnhelpers.inference.ensure_controlnet() trains a "
-            "short run by itself).")
-
-
-def is_controlnet_folder(path: str | Path) -> bool:
-    """True when ``path`` holds a ControlNet in diffusers format: config.json and its weights."""
-    path = Path(path)
-    return (path / "config.json").is_file() and any((path / name).is_file() for name in CONTROLNET_WEIGHTS)
-
-
-def resolve_controlnet(name_or_path: str | Path) -> Path:
-    """A local folder for a ControlNet: the folder itself, or the hub snapshot of ``owner/name``.
-
-    A missing folder raises FileNotFoundError saying how to make it; an unreachable hub raises
-    :class:`cnhelpers.hub.HubUnavailableError`.
-    """
-    from .hub import HubUnavailableError, looks_like_hub_id, resolve_pretrained
-
-    local = Path(str(name_or_path)).expanduser()
-    if isinstance(name_or_path, str) and looks_like_hub_id(name_or_path):
-        try:
-            return resolve_pretrained(name_or_path)
-        except HubUnavailableError as error:
-            raise HubUnavailableError(f"{error}\nIf you meant a local folder: {local.resolve()} does not exist. "
-                                      + how_to_make_controlnet(local)) from error
-    if not local.exists():
-        raise FileNotFoundError(f"No ControlNet at {local}: the folder does not exist.\n"
-                                + how_to_make_controlnet(local))
-    if not is_controlnet_folder(local):
-        raise FileNotFoundError(
-            f"{local} is not a ControlNet in diffusers format: it needs config.json and "
-            f"{CONTROLNET_WEIGHTS[0]}, and has {sorted(p.name for p in local.iterdir()) or 'nothing'} "
-            "(an unfinished training run saves only at its end; a checkpoint keeps it in checkpoint-N/controlnet).\n"
-            + how_to_make_controlnet(local))
-    return local
-
-
-def load_controlnet(name_or_path, torch_dtype: torch.dtype | None = None):
-    """A ``ControlNetModel`` from a folder or hub id (a ControlNetModel passes through, cast to ``torch_dtype``)."""
-    from diffusers import ControlNetModel
-
-    if isinstance(name_or_path, ControlNetModel):
-        return name_or_path.to(dtype=torch_dtype) if torch_dtype is not None else name_or_path
-    return ControlNetModel.from_pretrained(resolve_controlnet(name_or_path), torch_dtype=torch_dtype)
-
-
-def _check_fits_base(controlnet, unet) -> None:
-    """A ControlNet made from another base (e.g. SD 1.5's on the tiny base) fails deep inside the UNet: say so here."""
-    for key in ("cross_attention_dim", "block_out_channels"):
-        theirs, ours = controlnet.config.get(key), unet.config.get(key)
-        if theirs is not None and tuple(np.atleast_1d(theirs)) != tuple(np.atleast_1d(ours)):
-            raise ValueError(
-                f"This ControlNet does not fit the base model: its {key} is {theirs}, the base UNet's is {ours}. "
-                "A ControlNet only works with the base it was trained from (the tiny base for the tiny profile, "
-                "SD 1.5 for sd15).")
 
 
 def load_controlnet_pipeline(base, controlnet, torch_dtype: torch.dtype | None = None, device=None,
@@ -109,8 +50,6 @@ def load_controlnet_pipeline(base, controlnet, torch_dtype: torch.dtype | None =
     """
     from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
 
-    from .hub import resolve_pretrained
-
     if isinstance(controlnet, (list, tuple)):
         nets = [load_controlnet(c, torch_dtype) for c in controlnet]
     else:
@@ -119,49 +58,15 @@ def load_controlnet_pipeline(base, controlnet, torch_dtype: torch.dtype | None =
         resolve_pretrained(base), controlnet=nets, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, torch_dtype=torch_dtype)
     for net in nets if isinstance(nets, list) else [nets]:
-        _check_fits_base(net, pipeline.unet)
+        check_controlnet_fits(net, pipeline.unet, pipeline.vae_scale_factor)
     # UniPC: a multistep solver that gives good pictures in 20-25 steps (the PNDM default needs ~50).
     pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=not progress_bar)
     return pipeline.to(device) if device is not None else pipeline
 
 
-def ensure_controlnet(profile=None, path: str | Path | None = None, max_train_steps: int = 50,
-                      seed: int = 0) -> Path:
-    """The ControlNet at ``path`` (default ``build/controlnet-tiny``); train a short one first if it is missing.
-
-    On the tiny profile a missing ControlNet is trained for ``max_train_steps`` steps (well under a minute),
-    after printing how to make the real one (notebook 03). On other profiles a short run would be useless,
-    so a missing ControlNet raises FileNotFoundError with the same advice.
-    """
-    from .cli import training_args
-    from .data import ensure_fill_dataset
-    from .profiles import base_model_path, get_profile
-    from .training import train
-
-    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
-    path = Path(path) if path is not None else default_controlnet_path()
-    if is_controlnet_folder(path):
-        return path
-    if profile.pretrained_model_name_or_path is not None:
-        raise FileNotFoundError(f"No ControlNet at {path} for the {profile.name} profile. Train it with notebook 03 "
-                                f"(CN_PROFILE={profile.name}), or pass the folder or hub id of yours.")
-    print(f"No ControlNet at {path}.\n{how_to_make_controlnet(path)}\n"
-          f"Training a short one now ({max_train_steps} steps) so that this notebook can run; notebook 03 trains "
-          "longer.")
-    args = training_args(
-        pretrained_model_name_or_path=base_model_path(profile), output_dir=path,
-        train_data_dir=ensure_fill_dataset(profile.num_generated_examples, profile.resolution),
-        resolution=profile.resolution, train_batch_size=profile.train_batch_size,
-        learning_rate=profile.learning_rate, lr_warmup_steps=0, max_train_steps=max_train_steps, snr_gamma=5.0,
-        proportion_empty_prompts=0.1, seed=seed, report_to="none")
-    train(args)
-    return path
-
-
 def held_out_examples(n: int, seed: int = HELD_OUT_SEED, resolution: int = 64) -> list[dict]:
     """``n`` fill examples (image, conditioning_image, text) of a seed the training data does not use."""
-    from .data import fill_example
 
     if seed == 0:
         raise ValueError("Seed 0 is the training data's: held-out outlines need another seed (e.g. 10_000)")
@@ -237,3 +142,25 @@ def decode_in_float32(pipeline, latents: torch.Tensor):
 def scheduler_names(pipeline) -> list[str]:
     """Names of the schedulers that can replace the pipeline's (``pipeline.scheduler.compatibles``), sorted."""
     return sorted(cls.__name__ for cls in pipeline.scheduler.compatibles)
+
+
+def ensure_controlnet(profile=None, path: str | Path | None = None, max_train_steps: int = 50,
+                      seed: int = 0) -> Path:
+    """The ControlNet at ``path`` (default ``build/controlnet-tiny``); train a short one first if it is missing.
+
+    On the tiny profile a missing ControlNet is trained with the course's recipe for ``max_train_steps`` steps
+    (well under a minute), after printing how to make the real one (notebook 03). On other profiles a short
+    run would be useless, so a missing ControlNet raises FileNotFoundError with the same advice.
+    """
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    path = Path(path) if path is not None else default_controlnet_path()
+    if is_controlnet_folder(path):
+        return path
+    if profile.pretrained_model_name_or_path is not None:
+        raise FileNotFoundError(f"No ControlNet at {path} for the {profile.name} profile. Train it with notebook 03 "
+                                f"(CN_PROFILE={profile.name}), or pass the folder or hub id of yours.")
+    print(f"No ControlNet at {path}.\n{how_to_make_controlnet(path, profile)}\n"
+          f"Training a short one now ({max_train_steps} steps) so that this notebook can run; notebook 03 trains "
+          "longer.")
+    train(course_training_args(profile, base_model_path(profile), path, max_train_steps=max_train_steps, seed=seed))
+    return path

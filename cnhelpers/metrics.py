@@ -1,4 +1,5 @@
-"""Control fidelity of fill-style images: does the picture follow the outline, in the prompt's colours?
+"""Control fidelity of fill-style images, from pixels alone: does the picture follow the outline, in the
+prompt's colours?
 
 A fill prompt names two colours, ``"{circle} circle with {background} background"``, and the conditioning
 image is the circle's outline. So a generated image can be scored without any learned model:
@@ -10,9 +11,7 @@ image is the circle's outline. So a generated image can be scored without any le
   it from the background colour; the mean per-pixel RGB distance as a fraction of the largest possible one
   (black to white), so 0.0 is exact and 1.0 the worst.
 
-:func:`evaluate_control` runs a pipeline on held-out outlines with its ControlNet and without it
-(``controlnet_conditioning_scale=0``: the residuals are multiplied by zero, so the base model alone) and
-returns the mean of each score: the course's claim that the ControlNet follows the outline, as a number.
+Nothing here generates images: :mod:`cnhelpers.evaluation` runs a pipeline and scores with these.
 """
 
 from __future__ import annotations
@@ -21,8 +20,12 @@ import re
 
 import numpy as np
 
+from .data import PALETTE
+
+
 #: Largest RGB distance (black to white), the unit of the colour errors.
 MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)
+
 
 _FILL_PROMPT = re.compile(r"^\s*(?P<circle>.+?)\s+circle\s+with\s+(?P<background>.+?)\s+background\s*$", re.I)
 
@@ -30,8 +33,6 @@ _FILL_PROMPT = re.compile(r"^\s*(?P<circle>.+?)\s+circle\s+with\s+(?P<background
 def colour_rgb(name: str) -> tuple[int, int, int]:
     """RGB of a colour name: the course's palette first, then CSS names (fill50k's, e.g. "pale golden rod")."""
     from matplotlib.colors import CSS4_COLORS, to_rgb
-
-    from .data import PALETTE
 
     key = name.strip().lower()
     if key in PALETTE:
@@ -118,45 +119,12 @@ def score_fill_image(image, conditioning_image, prompt: str) -> dict[str, float]
     }
 
 
-def evaluate_control(pipeline, n: int = 16, seed: int = 10_000, *, resolution: int | None = None,
-                     num_inference_steps: int = 20, guidance_scale: float = 7.5, batch_size: int = 8):
-    """Mean scores of ``n`` held-out outlines, with the pipeline's ControlNet and without it.
-
-    The outlines are those of the fill data with ``seed`` (use one the training data does not use; the
-    course trains on seed 0). Both runs use the same prompts and the same per-image seeds, so the only
-    difference is the ControlNet: "without" is ``controlnet_conditioning_scale=0``, which multiplies its
-    residuals by zero, leaving the base model alone. Returns a pandas DataFrame, one row per run.
-    """
-    import pandas as pd
-
-    from .inference import generate, held_out_examples
-
-    if type(pipeline.controlnet).__name__.startswith("MultiControlNet"):
-        raise ValueError("evaluate_control scores one ControlNet: build the pipeline with a single ControlNet")
-    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    examples = held_out_examples(n, seed=seed, resolution=resolution)
-    rows = {}
-    for label, scale in (("with ControlNet", 1.0), ("without ControlNet", 0.0)):
-        images = generate(pipeline, examples, seed=seed, controlnet_conditioning_scale=scale,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          batch_size=batch_size)
-        scores = [score_fill_image(image, example["conditioning_image"], example["text"])
-                  for image, example in zip(images, examples)]
-        rows[label] = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-# --------------------------------------------------------------------------------------------------
-# Colour accuracy of the base model alone (no outline to compare with)
-# --------------------------------------------------------------------------------------------------
-
 #: RGB distance from the background colour beyond which a pixel counts as part of the circle.
 CIRCLE_THRESHOLD = 40.0
 
 
 def nearest_palette_colour(rgb) -> str:
     """Name of the course palette's colour nearest (in RGB) to ``rgb``."""
-    from .data import PALETTE
 
     rgb = np.asarray(rgb, float)
     return min(PALETTE, key=lambda name: np.linalg.norm(rgb - np.asarray(PALETTE[name], float)))
@@ -190,55 +158,3 @@ def colour_accuracy(images, prompts) -> dict[str, float]:
         circle_hits.append(circle is not None and nearest_palette_colour(circle) == match["circle"].strip().lower())
         background_hits.append(nearest_palette_colour(background) == match["background"].strip().lower())
     return {"circle_accuracy": float(np.mean(circle_hits)), "background_accuracy": float(np.mean(background_hits))}
-
-
-# --------------------------------------------------------------------------------------------------
-# IoU while training: score each checkpoint as it is saved (notebook 03's convergence curve)
-# --------------------------------------------------------------------------------------------------
-
-
-class CheckpointIoU:
-    """A training callback: when a step saved ``checkpoint-N``, score its ControlNet on held-out outlines.
-
-    ``train(args, callback=CheckpointIoU(base, args.output_dir))`` fills ``steps`` and ``ious`` (the mean
-    circle IoU of ``n`` held-out outlines, UniPC with ``num_inference_steps``). The pipeline is built once;
-    each checkpoint's weights are loaded into it. Set ``on_score`` to be told of each new score.
-    """
-
-    def __init__(self, base, output_dir, n: int = 8, num_inference_steps: int = 10, seed: int = 10_000,
-                 guidance_scale: float = 7.5, on_score=None):
-        self.base, self.output_dir, self.n = base, output_dir, n
-        self.num_inference_steps, self.seed, self.guidance_scale = num_inference_steps, seed, guidance_scale
-        self.on_score = on_score
-        self.steps: list[int] = []
-        self.ious: list[float] = []
-        self._pipeline = None
-        self._examples = None
-
-    def score(self, controlnet_folder) -> float:
-        """Mean circle IoU of the ControlNet in ``controlnet_folder`` on the held-out outlines."""
-        from diffusers import ControlNetModel
-
-        from .inference import generate, held_out_examples, load_controlnet_pipeline
-
-        controlnet = ControlNetModel.from_pretrained(controlnet_folder)
-        if self._pipeline is None:
-            self._pipeline = load_controlnet_pipeline(self.base, controlnet)
-            resolution = self._pipeline.unet.config.sample_size * self._pipeline.vae_scale_factor
-            self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution)
-        else:
-            self._pipeline.controlnet.load_state_dict(controlnet.state_dict())
-        images = generate(self._pipeline, self._examples, seed=self.seed, guidance_scale=self.guidance_scale,
-                          num_inference_steps=self.num_inference_steps)
-        return float(np.mean([score_fill_image(image, example["conditioning_image"], example["text"])["iou"]
-                              for image, example in zip(images, self._examples)]))
-
-    def __call__(self, logs: dict) -> None:
-        from pathlib import Path
-
-        folder = Path(self.output_dir) / f"checkpoint-{logs['step']}" / "controlnet"
-        if folder.is_dir() and logs["step"] not in self.steps:
-            self.steps.append(logs["step"])
-            self.ious.append(self.score(folder))
-            if self.on_score is not None:
-                self.on_score(self.steps[-1], self.ious[-1])

@@ -1,10 +1,23 @@
-"""Pictures: grids of examples with their captions."""
+"""Pictures and widgets for the notebooks: data grids, transform steps, the Min-SNR curve, live training
+plots, parameter groups and gradient flow, generated rows and masks, memory breakdowns.
+
+The training loop never imports this module: notebooks hand its live plots to ``train`` as callbacks.
+"""
 
 from __future__ import annotations
 
+import io
 import textwrap
 
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .anatomy import GRADIENT_GROUPS, PARAMETER_KINDS
+from .data import canny_conditioning
+from .images import png_bytes, to_picture
+from .losses import min_snr_weights
+from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
 
 
 def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), title_column: str = "text"):
@@ -24,36 +37,20 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
     return fig
 
 
-def image_grid(rows):
-    """Paste rows of equally sized PIL images into one picture (rows may differ in length)."""
-    from PIL import Image
-
-    width, height = rows[0][0].size
-    grid = Image.new("RGB", (width * max(len(r) for r in rows), height * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, image in enumerate(row):
-            grid.paste(image.convert("RGB").resize((width, height)), (x * width, y * height))
-    return grid
-
-
 def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None):
     """Min-SNR weight against the timestep, for several γ, for epsilon and for v-prediction."""
-    import torch
-
-    from .training import min_snr_weights
-
     timesteps = torch.arange(noise_scheduler.config.num_train_timesteps)
     if ax is None:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for panel, prediction_type in zip(ax, ("epsilon", "v_prediction")):
-        noise_scheduler.register_to_config(prediction_type=prediction_type)
+        # a copy per prediction type: the caller's scheduler keeps its own
+        scheduler = type(noise_scheduler).from_config(noise_scheduler.config, prediction_type=prediction_type)
         for gamma in gammas:
-            panel.plot(timesteps, min_snr_weights(noise_scheduler, timesteps, gamma), label=f"γ = {gamma:g}")
+            panel.plot(timesteps, min_snr_weights(scheduler, timesteps, gamma), label=f"γ = {gamma:g}")
         panel.set_title(f"{prediction_type}")
         panel.set_xlabel("timestep t (noisier →)")
         panel.set_yscale("log")
         panel.grid(alpha=0.3)
-    noise_scheduler.register_to_config(prediction_type="epsilon")
     ax[0].set_ylabel("loss weight")
     ax[0].legend()
     ax[0].figure.tight_layout()
@@ -86,8 +83,6 @@ class LiveLossPlot:
 
 def draw_loss(ax, steps, losses, total_steps: int, smoothing: int = 10):
     """The loss per step (faint) and its running mean over ``smoothing`` steps, on ``ax``."""
-    import numpy as np
-
     ax.clear()
     ax.plot(steps, losses, alpha=0.3, label="loss")
     if len(losses) >= smoothing:
@@ -97,10 +92,11 @@ def draw_loss(ax, steps, losses, total_steps: int, smoothing: int = 10):
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
 
+
 class LiveLossAndIoUPlot:
     """A training callback: the loss (left) and the held-out circle IoU of each checkpoint (right), live.
 
-    ``checkpoint_iou`` is a :class:`cnhelpers.metrics.CheckpointIoU`; this plot calls it, then redraws.
+    ``checkpoint_iou`` is a :class:`cnhelpers.evaluation.CheckpointIoU`; this plot calls it, then redraws.
     ``target`` draws a dashed line at that IoU.
     """
 
@@ -139,10 +135,6 @@ class LiveLossAndIoUPlot:
         self.handle.update(self.fig)
 
 
-# --------------------------------------------------------------------------------------------------
-# Notebook 01: transforms, batches, canny conditioning
-# --------------------------------------------------------------------------------------------------
-
 def _bare(ax):
     ax.set_xticks([])
     ax.set_yticks([])
@@ -180,12 +172,6 @@ def show_value_ranges(pixel_values, conditioning_pixel_values):
     return fig
 
 
-def to_picture(tensor, normalised: bool):
-    """A (3, H, W) tensor as an (H, W, 3) array in [0, 1] for imshow; ``normalised`` means it is in [-1, 1]."""
-    values = (tensor / 2 + 0.5) if normalised else tensor
-    return values.clamp(0, 1).permute(1, 2, 0).numpy()
-
-
 def show_batch(batch: dict, tokenizer, n: int | None = None):
     """A training batch as pictures: conditioning images above targets, each titled with its decoded prompt."""
     n = min(n or len(batch["pixel_values"]), len(batch["pixel_values"]))
@@ -205,7 +191,6 @@ def show_batch(batch: dict, tokenizer, n: int | None = None):
 
 def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     """One picture and its canny edges for several ``(low, high)`` threshold pairs."""
-    from .data import canny_conditioning
 
     fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
     axes[0].imshow(image, interpolation="nearest")
@@ -219,17 +204,6 @@ def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     return fig
 
 
-def _png_bytes(image, width: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    scaled = image.resize((width, round(image.height * width / image.width)), Image.NEAREST)
-    buffer = io.BytesIO()
-    scaled.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200, width: int = 256):
     """Two sliders for canny's thresholds beside the image and the edges they give, redrawn as you move them.
 
@@ -239,12 +213,10 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
     """
     import ipywidgets as widgets
 
-    from .data import canny_conditioning
-
     slider = dict(min=0, max=800, step=10, continuous_update=False)
     low = widgets.IntSlider(value=low_threshold, description="low", **slider)
     high = widgets.IntSlider(value=high_threshold, description="high", **slider)
-    original = widgets.Image(value=_png_bytes(image, width), format="png")
+    original = widgets.Image(value=png_bytes(image, width), format="png")
     edges = widgets.Image(format="png")
     message = widgets.Label()
 
@@ -253,7 +225,7 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
             message.value = f"low ({low.value}) is above high ({high.value}): move one slider"
             return
         message.value = f"canny low={low.value}, high={high.value}"
-        edges.value = _png_bytes(canny_conditioning(image, low.value, high.value), width)
+        edges.value = png_bytes(canny_conditioning(image, low.value, high.value), width)
 
     low.observe(redraw, names="value")
     high.observe(redraw, names="value")
@@ -261,11 +233,7 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
     return widgets.VBox([widgets.HBox([low, high]), message, widgets.HBox([original, edges])])
 
 
-# --------------------------------------------------------------------------------------------------
-# Notebook 02: a ControlNet from the UNet
-# --------------------------------------------------------------------------------------------------
-
-#: Colours of the parameter kinds of :func:`cnhelpers.models.parameter_groups`.
+#: Colours of the parameter kinds of :func:`cnhelpers.anatomy.parameter_groups`.
 KIND_COLOURS = {"copied": "tab:blue", "changed": "tab:purple", "new_zero": "tab:red", "new": "tab:orange",
                 "new_unknown": "tab:orange", "unet_only": "lightgray"}
 
@@ -273,8 +241,6 @@ KIND_COLOURS = {"copied": "tab:blue", "changed": "tab:purple", "new_zero": "tab:
 def show_parameter_groups(rows, title: str = ""):
     """Horizontal bars: parameters per module, coloured by copied / new zero / new random / UNet only."""
     from matplotlib.patches import Patch
-
-    from .models import PARAMETER_KINDS
 
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
     labels = [module for module, _, _ in rows]
@@ -295,8 +261,6 @@ def show_conditioning_embedding(controlnet, conditioning):
     """The conditioning image and the output of each convolution of the ControlNet's conditioning
     embedding (how strongly each place responds, over all channels), with its size: how a 64 px condition
     becomes the latents' 8 x 8."""
-    import torch
-
     embedding = controlnet.controlnet_cond_embedding
     convs = [(name, module) for name, module in embedding.named_children() if isinstance(module, torch.nn.Conv2d)]
     convs += [(f"blocks.{i}", m) for i, m in enumerate(embedding.blocks)]
@@ -330,10 +294,6 @@ def show_conditioning_embedding(controlnet, conditioning):
 
 def show_gradient_flow(history: list[dict]):
     """Which parameter groups got a gradient at each training step (coloured) and which did not (grey)."""
-    import numpy as np
-
-    from .models import GRADIENT_GROUPS
-
     groups = list(GRADIENT_GROUPS)
     norms = np.array([[record[g] for g in groups] for record in history])
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(history) + 1.9))
@@ -350,8 +310,6 @@ def show_gradient_flow(history: list[dict]):
 
 def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (for ipywidgets.Image), closing the figure."""
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
@@ -370,7 +328,6 @@ def min_snr_widget(noise_scheduler, gamma: float = 5.0):
 
     slider.observe(redraw, names="value")
     return widgets.VBox([slider, picture])
-
 
 
 def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6, title: str | None = None):
@@ -399,7 +356,6 @@ def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6
 
 def show_masks(image, conditioning_image, prompt: str, size: float = 1.8):
     """How a fill image is scored: the outline, its filled disc, the image, and its circle-coloured pixels."""
-    from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
 
     disc = disc_from_outline(conditioning_image)
     mask = circle_mask(image, *prompt_colours(prompt))
@@ -418,18 +374,6 @@ def show_masks(image, conditioning_image, prompt: str, size: float = 1.8):
                  f"background {scores['background_colour_error']:.2f}", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def difference_image(image, reference, gain: float = 8.0):
-    """What changed between two pictures: the per-pixel colour difference, times ``gain``, white on black.
-
-    Useful when the pictures look alike: it shows where, and how much, a setting changed the result.
-    """
-    import numpy as np
-    from PIL import Image
-
-    delta = np.abs(np.asarray(image.convert("RGB"), float) - np.asarray(reference.convert("RGB"), float)).mean(axis=2)
-    return Image.fromarray(np.clip(delta * gain, 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def show_with_slider(render, slider):

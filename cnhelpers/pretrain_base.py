@@ -1,6 +1,6 @@
 """Pretrain the tiny base from scratch on generated fill data, so the CPU course shows real control.
 
-The tiny profile's base (:func:`cnhelpers.models.ensure_tiny_base`) is a Stable-Diffusion-layout model.
+The tiny profile's base (:func:`cnhelpers.base_models.ensure_tiny_base`) is a Stable-Diffusion-layout model.
 With random weights every picture is noise; this recipe trains its three learned parts in stages,
 each of which saves checkpoints atomically and resumes where it stopped:
 
@@ -27,6 +27,8 @@ import argparse
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,9 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .base_models import build_tiny_base, ensure_tiny_base, is_complete_base
 from .data import PALETTE, draw_circle, sample_circle
-from .inference import HELD_OUT_SEED  # the held-out outlines and prompts every evaluation uses
+from .evaluation import evaluate_control
+from .inference import HELD_OUT_SEED, image_generators, load_controlnet_pipeline
+from .losses import controlnet_loss
+from .metrics import circle_mask, colour_accuracy, mask_iou
 from .paths import build_dir, staged_folder
+from .profiles import get_profile
+from .recipes import course_training_args
+from .training import train
 
 #: Seed of the pretraining data (the ControlNet trains on seed 0; evaluations use HELD_OUT_SEED).
 PRETRAIN_SEED = 2
@@ -159,7 +168,6 @@ def _progress(total: int, initial: int, desc: str):
 
 def init_base(config: PretrainConfig) -> Path:
     """The randomly initialised tiny base the stages start from (``build/pretrain/init``)."""
-    from .models import build_tiny_base, is_complete_base
 
     path = work_dir() / "init"
     if not is_complete_base(path):
@@ -170,7 +178,6 @@ def init_base(config: PretrainConfig) -> Path:
 @torch.no_grad()
 def vae_reconstruction_scores(vae, n: int = 64, resolution: int = 64) -> dict[str, float]:
     """How well ``vae`` reconstructs held-out fill images: mean absolute error (0..255) and circle IoU."""
-    from .metrics import circle_mask, mask_iou
 
     indices = range(n)
     pixels, colours = fill_batch(indices, resolution, seed=HELD_OUT_SEED)
@@ -296,7 +303,6 @@ def train_unet(config: PretrainConfig) -> Path:
     from diffusers.training_utils import EMAModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .training import controlnet_loss
 
     final = work_dir() / "unet"
     if (final / "unet" / "config.json").is_file():
@@ -365,8 +371,6 @@ def train_unet(config: PretrainConfig) -> Path:
 
 def ema_snapshot(config: PretrainConfig, path: Path | None = None) -> Path:
     """Write the EMA weights of the UNet stage's latest checkpoint as a base folder (to look at progress)."""
-    import shutil
-
     from diffusers import UNet2DConditionModel
     from diffusers.training_utils import EMAModel
     from transformers import CLIPTextModel
@@ -396,8 +400,6 @@ def ema_snapshot(config: PretrainConfig, path: Path | None = None) -> Path:
 
 def assemble(config: PretrainConfig, path: Path | None = None) -> Path:
     """Stage 4: the trained VAE, text encoder and UNet, the tokenizer and the scheduler as one base folder."""
-    import shutil
-
     path = Path(path) if path is not None else work_dir() / "tiny-sd"
     init, trained = init_base(config), work_dir() / "unet"
     with staged_folder(path) as tmp:
@@ -459,7 +461,6 @@ It only knows fill images and the 16 colours of `cnhelpers.data.PALETTE`; it is 
 image generator.
 """
 
-
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
@@ -475,8 +476,6 @@ def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_infer
     """Share of the base's images (no ControlNet) whose circle and background have the prompt's colours."""
     from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
 
-    from .inference import image_generators
-    from .metrics import colour_accuracy
 
     guidance_scale = guidance_scale or _tiny_guidance_scale()
     pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
@@ -492,7 +491,6 @@ def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_infer
 
 
 def _tiny_guidance_scale() -> float:
-    from .profiles import get_profile
 
     return get_profile("tiny").guidance_scale
 
@@ -517,8 +515,6 @@ def format_scores(scores: dict) -> list[str]:
 
 def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | None = None) -> dict:
     """Mean circle IoU of a ControlNet on held-out outlines, with and without it (scale 0)."""
-    from .inference import load_controlnet_pipeline
-    from .metrics import evaluate_control
 
     guidance_scale = guidance_scale or _tiny_guidance_scale()
     table = evaluate_control(load_controlnet_pipeline(base, controlnet), n=n, seed=HELD_OUT_SEED,
@@ -534,8 +530,6 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
     ``controlnet``: a trained ControlNet folder to score. ``short_run``: train a ControlNet first with the
     tiny profile's settings (notebook 03's budget) into ``build/pretrain/short-run`` and score it too.
     """
-    from .profiles import get_profile
-    from .training import course_training_args, train
 
     guidance_scale = _tiny_guidance_scale()
     scores = {"base": {"n": n, "guidance_scale": guidance_scale,
@@ -575,7 +569,6 @@ def parse_config(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
 
 def evaluate_main(argv) -> int:
     """``python -m cnhelpers.pretrain_base evaluate [--base PATH] [--controlnet PATH] [--short-run]``."""
-    from .models import ensure_tiny_base
 
     parser = argparse.ArgumentParser(prog="python -m cnhelpers.pretrain_base evaluate",
                                      description=evaluate_base.__doc__.splitlines()[0])
@@ -603,8 +596,6 @@ def evaluate_main(argv) -> int:
 
 
 def main(argv=None) -> int:
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["evaluate"]:
         return evaluate_main(argv[1:])

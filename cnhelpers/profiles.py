@@ -6,7 +6,8 @@
   notebook 07 uses the tiny SDXL-layout base of :mod:`cnhelpers.sdxl`).
 
 Pick one with the ``CN_PROFILE`` environment variable, or pass a name to :func:`get_profile` (the
-notebooks' parameter cells do).
+notebooks' parameter cells do). Plain data: :func:`cnhelpers.base_models.base_model_path` and
+:func:`cnhelpers.data.load_train_dataset` turn a profile into a model folder and a data set.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class Profile:
     num_generated_examples: int = 0
     #: ``"no"``, ``"fp16"`` or ``"bf16"``: what accelerate should use on this profile's hardware.
     mixed_precision: str = "no"
-    validation_prompt: str = "red circle with blue background"
     #: Classifier-free guidance for this profile's base: SD 1.5's usual 7.5; lower for the tiny base, whose
     #: colours saturate past the palette at 7.5.
     guidance_scale: float = 7.5
@@ -64,7 +64,6 @@ PROFILES: dict[str, Profile] = {
         learning_rate=1e-5,
         max_train_steps=15000,
         mixed_precision="fp16",
-        validation_prompt="red circle with blue background",
     ),
     "sdxl": Profile(
         name="sdxl",
@@ -76,7 +75,6 @@ PROFILES: dict[str, Profile] = {
         learning_rate=1e-5,
         max_train_steps=15000,
         mixed_precision="fp16",
-        validation_prompt="red circle with blue background",
     ),
 }
 
@@ -93,24 +91,3 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
             "(set CN_PROFILE or the notebook's PROFILE parameter)"
         )
     return replace(PROFILES[chosen], **overrides) if overrides else PROFILES[chosen]
-
-
-def base_model_path(profile: Profile):
-    """A local folder holding the profile's base model: the built tiny base, or a hub snapshot."""
-    from .hub import resolve_pretrained
-    from .models import ensure_tiny_base
-
-    if profile.pretrained_model_name_or_path is None:
-        return ensure_tiny_base()
-    return resolve_pretrained(profile.pretrained_model_name_or_path)
-
-
-def load_train_dataset(profile: Profile, max_samples: int | None = None):
-    """The profile's raw training data as a ``datasets.Dataset`` (image, conditioning_image, text)."""
-    from .data import ensure_fill_dataset, load_fill50k, load_imagefolder
-
-    if profile.dataset_name is None:
-        path = ensure_fill_dataset(profile.num_generated_examples, profile.resolution)
-        dataset = load_imagefolder(path)
-        return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
-    return load_fill50k(profile.dataset_name, max_samples=max_samples)

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .models import TINY_VAE_CONFIG, _seeded, write_clip_tokenizer
-from .paths import staged_folder
+from .base_models import TINY_VAE_CONFIG, seeded
+from .data import caption_words, tokenize_prompts
+from .paths import build_dir, staged_folder
+from .tokenizer import write_clip_tokenizer
 
 #: Hidden sizes of the tiny base's two text encoders; the UNet's cross-attention reads both, concatenated.
 TINY_SDXL_TEXT_ENCODER_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -71,7 +73,6 @@ def build_tiny_sdxl_base(path: str | Path, seed: int = 0, words: list[str] | Non
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from .data import caption_words
 
     words = words or caption_words()
     with staged_folder(path) as folder:
@@ -79,14 +80,14 @@ def build_tiny_sdxl_base(path: str | Path, seed: int = 0, words: list[str] | Non
         ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         pipeline = StableDiffusionXLPipeline(
-            vae=_seeded(seed, lambda: AutoencoderKL(**TINY_SDXL_VAE_CONFIG)),
-            text_encoder=_seeded(seed + 1, lambda: CLIPTextModel(
+            vae=seeded(seed, lambda: AutoencoderKL(**TINY_SDXL_VAE_CONFIG)),
+            text_encoder=seeded(seed + 1, lambda: CLIPTextModel(
                 CLIPTextConfig(**ids, **TINY_SDXL_TEXT_ENCODER_CONFIG))),
-            text_encoder_2=_seeded(seed + 2, lambda: CLIPTextModelWithProjection(
+            text_encoder_2=seeded(seed + 2, lambda: CLIPTextModelWithProjection(
                 CLIPTextConfig(**ids, **TINY_SDXL_TEXT_ENCODER_2_CONFIG))),
             tokenizer=tokenizer,
             tokenizer_2=tokenizer,
-            unet=_seeded(seed + 3, lambda: UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)),
+            unet=seeded(seed + 3, lambda: UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)),
             scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
             add_watermarker=False,
         )
@@ -107,7 +108,6 @@ def is_complete_sdxl_base(path: str | Path) -> bool:
 
 def ensure_tiny_sdxl_base(seed: int = 0) -> Path:
     """The tiny SDXL base's folder under the build folder, built first if it is missing."""
-    from .paths import build_dir
 
     path = build_dir() / "tiny-sdxl"
     if not is_complete_sdxl_base(path):
@@ -118,24 +118,6 @@ def ensure_tiny_sdxl_base(seed: int = 0) -> Path:
 def is_sdxl_unet(unet) -> bool:
     """An SDXL UNet adds pooled text and size/crop ids to its timestep embedding (``"text_time"``)."""
     return getattr(unet.config, "addition_embed_type", None) == "text_time"
-
-
-def load_second_text_encoder(args):
-    """``tokenizer_2`` and the frozen ``text_encoder_2`` (CLIPTextModelWithProjection) of an SDXL base."""
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection
-
-    from .hub import resolve_pretrained
-
-    base = resolve_pretrained(args.pretrained_model_name_or_path)
-    if not (Path(base) / "text_encoder_2").is_dir():
-        raise ValueError(f"{args.pretrained_model_name_or_path} has an SDXL UNet but no text_encoder_2 folder: "
-                         "pass a complete SDXL base (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
-    tokenizer_2 = AutoTokenizer.from_pretrained(base, subfolder="tokenizer_2", revision=args.revision)
-    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-        base, subfolder="text_encoder_2", revision=args.revision, variant=args.variant)
-    text_encoder_2.requires_grad_(False)
-    text_encoder_2.eval()
-    return tokenizer_2, text_encoder_2
 
 
 @torch.no_grad()
@@ -156,7 +138,6 @@ def encode_token_ids_sdxl(token_ids, text_encoders):
 
 def encode_prompt_sdxl(prompts: list[str], tokenizers, text_encoders):
     """:func:`encode_token_ids_sdxl` of ``prompts``, tokenized by each encoder's tokenizer."""
-    from .data import tokenize_prompts
 
     return encode_token_ids_sdxl([tokenize_prompts(t, prompts) for t in tokenizers], text_encoders)
 

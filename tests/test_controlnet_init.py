@@ -3,10 +3,22 @@
 import pytest
 import torch
 
-from cnhelpers.models import (check_controlnet_fits, conditioning_downsampling, copied_and_new_parameters,
-                              count_parameters, demo_inputs, gradient_flow_steps, load_or_create_controlnet,
-                              parameter_groups, predict_noise, sd15_unet_and_controlnet_on_meta, vae_scale_factor,
-                              zero_convolution_check, zero_convolutions)
+from cnhelpers.anatomy import (
+    copied_and_new_parameters,
+    demo_inputs,
+    gradient_flow_steps,
+    parameter_groups,
+    zero_convolution_check,
+    zero_convolutions,
+)
+from cnhelpers.base_models import (
+    conditioning_downsampling,
+    count_parameters,
+    sd15_unet_and_controlnet_on_meta,
+    vae_scale_factor,
+)
+from cnhelpers.loading import check_controlnet_fits, load_or_create_controlnet
+from cnhelpers.losses import predict_noise
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +161,7 @@ def test_a_controlnet_for_another_base_is_refused(unet, controlnet):
 
     check_controlnet_fits(controlnet, unet, vae_factor=8)  # made from this UNet: fits
     other = UNet2DConditionModel(**{**unet.config, "block_out_channels": (32, 32)})
-    with pytest.raises(ValueError, match="block_out_channels is .* but the UNet's is"):
+    with pytest.raises(ValueError, match=r"its block_out_channels is \(32, 32\), the base UNet's is \[64, 64\]"):
         check_controlnet_fits(ControlNetModel.from_unet(other), unet, vae_factor=8)
 
 

@@ -10,10 +10,11 @@ from cnhelpers.course import course_notebooks, run_notebook
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def test_notebooks_are_ordered_by_number():
-    names = [p.name for p in course_notebooks(NOTEBOOKS)]
-    assert names and names == sorted(names)
-    assert names[0] == "00_setup.ipynb"
+def test_the_runner_takes_numbered_notebooks_in_order_and_nothing_else(tmp_path):
+    for name in ("10_sdxl.ipynb", "02_data.ipynb", "00_setup.ipynb", "notes.ipynb", "1_short.ipynb", "03_x.txt"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in course_notebooks(tmp_path)] == ["00_setup.ipynb", "02_data.ipynb", "10_sdxl.ipynb"]
+    assert course_notebooks(NOTEBOOKS)[0].name == "00_setup.ipynb"
 
 
 def test_stored_notebooks_have_no_errors_and_nbval_can_read_them():

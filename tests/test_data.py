@@ -3,8 +3,18 @@ import json
 import numpy as np
 import pytest
 
-from cnhelpers.data import (COLUMNS, PALETTE, draw_circle, ensure_fill_dataset, fill_example, load_fill50k,
-                            load_imagefolder, sample_circle, write_fill50k_raw, write_fill_imagefolder)
+from cnhelpers.data import (
+    COLUMNS,
+    PALETTE,
+    draw_circle,
+    ensure_fill_dataset,
+    fill_example,
+    load_fill50k,
+    load_imagefolder,
+    sample_circle,
+    write_fill50k_raw,
+    write_fill_imagefolder,
+)
 
 
 def _pixels(image):

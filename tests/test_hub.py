@@ -1,8 +1,9 @@
 import pytest
 
+from cnhelpers.base_models import base_model_path
 from cnhelpers.data import load_fill50k
 from cnhelpers.hub import HubUnavailableError, looks_like_hub_id, resolve_pretrained
-from cnhelpers.profiles import base_model_path, get_profile
+from cnhelpers.profiles import get_profile
 
 
 @pytest.fixture

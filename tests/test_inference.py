@@ -5,10 +5,18 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
 
+from cnhelpers.evaluation import evaluate_control
 from cnhelpers.hub import HubUnavailableError
-from cnhelpers.inference import (active_control_steps, decode_in_float32, ensure_controlnet, generate, held_out_examples, is_black,
-                                 load_controlnet_pipeline, resolve_controlnet)
-from cnhelpers.metrics import evaluate_control
+from cnhelpers.inference import (
+    active_control_steps,
+    decode_in_float32,
+    ensure_controlnet,
+    generate,
+    held_out_examples,
+    is_black,
+    load_controlnet_pipeline,
+)
+from cnhelpers.loading import resolve_controlnet
 
 STEPS = dict(num_inference_steps=2)
 

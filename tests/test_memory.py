@@ -8,51 +8,48 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 import cnhelpers.training as training
-from cnhelpers.cli import training_args
-from cnhelpers.data import write_fill_imagefolder
-from cnhelpers.memory import (LADDER, LiveGradientBytes, LiveTensorBytes, check_optimizer_in_backward,
-                              deepspeed_accelerate_config, load_ladder_results, make_optimizer, missing_requirements,
-                              recommend_rung, rung_flags, write_deepspeed_config)
+from cnhelpers.config import training_args
+from cnhelpers.memory import (
+    LADDER,
+    LiveGradientBytes,
+    LiveTensorBytes,
+    deepspeed_accelerate_config,
+    load_ladder_results,
+    missing_requirements,
+    recommend_rung,
+    rung_flags,
+    write_deepspeed_config,
+)
+from cnhelpers.optim import check_optimizer_in_backward, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def fill_dir(tmp_path_factory):
-    return write_fill_imagefolder(tmp_path_factory.mktemp("data") / "fill", 8, 64, seed=0)
-
-
-@pytest.fixture
-def captured_models(monkeypatch):
-    """Keep the models that train() loads, to inspect them after the run."""
-    captured = {}
-    load = training.load_models
-
-    def load_and_keep(args):
-        models = load(args)
-        captured.update(zip(("tokenizer", "text_encoder", "vae", "unet", "scheduler", "controlnet"), models))
-        return models
-
-    monkeypatch.setattr(training, "load_models", load_and_keep)
-    return captured
-
-
-def run(tiny_base, fill_dir, tmp_path, callback=None, **flags):
-    args = training_args(**({"pretrained_model_name_or_path": tiny_base, "train_data_dir": fill_dir,
+def run_args(tiny_base, fill_dir, tmp_path, **flags):
+    return training_args(**({"pretrained_model_name_or_path": tiny_base, "train_data_dir": fill_dir,
                              "output_dir": tmp_path / "run", "resolution": 64, "train_batch_size": 2,
                              "max_train_steps": 2, "seed": 0, "report_to": "none", "checkpointing_steps": 1000}
                             | flags))
-    return training.train(args, callback=callback)
 
 
-def test_gradient_checkpointing_flag_turns_it_on(tiny_base, fill_dir, tmp_path, captured_models):
-    run(tiny_base, fill_dir, tmp_path, gradient_checkpointing=True)
-    assert captured_models["controlnet"].is_gradient_checkpointing
-    assert captured_models["unet"].is_gradient_checkpointing  # the gradient flows through it
+def run(tiny_base, fill_dir, tmp_path, callback=None, **flags):
+    return training.train(run_args(tiny_base, fill_dir, tmp_path, **flags), callback=callback)
+
+
+def prepared_models(tiny_base, fill_dir, tmp_path, **flags):
+    """The models as train() prepares them, through its own first two named steps."""
+    args, accelerator = training.setup(run_args(tiny_base, fill_dir, tmp_path, **flags))
+    return training.prepare_models(args, accelerator).models
+
+
+def test_gradient_checkpointing_flag_turns_it_on(tiny_base, fill_dir, tmp_path):
+    models = prepared_models(tiny_base, fill_dir, tmp_path, gradient_checkpointing=True)
+    assert models.controlnet.is_gradient_checkpointing
+    assert models.unet.is_gradient_checkpointing  # the gradient flows through it
+    assert not prepared_models(tiny_base, fill_dir, tmp_path).unet.is_gradient_checkpointing
 
 
 def test_8bit_adam_keeps_its_state_in_uint8():
@@ -66,12 +63,11 @@ def test_8bit_adam_keeps_its_state_in_uint8():
     assert type(optimizer).__name__ == "AdamW8bit"
 
 
-def test_mixed_precision_halves_the_frozen_models_and_keeps_the_controlnet_fp32(
-        tiny_base, fill_dir, tmp_path, captured_models):
-    run(tiny_base, fill_dir, tmp_path, mixed_precision="bf16")
+def test_mixed_precision_halves_the_frozen_models_and_keeps_the_controlnet_fp32(tiny_base, fill_dir, tmp_path):
+    models = prepared_models(tiny_base, fill_dir, tmp_path, mixed_precision="bf16")
     for frozen in ("unet", "vae", "text_encoder"):
-        assert captured_models[frozen].dtype == torch.bfloat16, frozen
-    assert captured_models["controlnet"].dtype == torch.float32
+        assert getattr(models, frozen).dtype == torch.bfloat16, frozen
+    assert models.controlnet.dtype == torch.float32
 
 
 @pytest.mark.parametrize("cache, vae_calls_in_loop", [("always", 0), ("never", 2)])
@@ -294,10 +290,9 @@ def test_what_the_step_in_backward_cannot_do_is_a_clear_error(flags, accelerator
     check_optimizer_in_backward(optimizer_args(**flags), fake_accelerator(**accelerator))  # without the flag: fine
 
 
-def test_step_in_backward_refuses_clipping_before_loading_anything(tiny_base, fill_dir, tmp_path, captured_models):
-    with pytest.raises(ValueError, match="cannot clip gradients by their global norm"):
-        run(tiny_base, fill_dir, tmp_path, optimizer_in_backward=True)  # --max_grad_norm defaults to 1
-    assert captured_models == {}
+def test_step_in_backward_refuses_clipping_before_loading_anything(tiny_base, fill_dir, tmp_path):
+    with pytest.raises(ValueError, match="cannot clip gradients by their global norm"):  # in setup(): no model yet
+        training.setup(run_args(tiny_base, fill_dir, tmp_path, optimizer_in_backward=True))  # max_grad_norm is 1
     run(tiny_base, fill_dir, tmp_path, optimizer_in_backward=True, max_grad_norm=0, mixed_precision="bf16")
 
 

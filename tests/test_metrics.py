@@ -7,8 +7,15 @@ import pytest
 from PIL import Image
 
 from cnhelpers.data import PALETTE, Circle, draw_circle
-from cnhelpers.metrics import (circle_mask, colour_error, colour_rgb, disc_from_outline, mask_iou, prompt_colours,
-                               score_fill_image)
+from cnhelpers.metrics import (
+    circle_mask,
+    colour_error,
+    colour_rgb,
+    disc_from_outline,
+    mask_iou,
+    prompt_colours,
+    score_fill_image,
+)
 
 
 def disc(size, cx, cy, r):

@@ -3,14 +3,19 @@ import json
 import pytest
 import torch
 
+from cnhelpers.base_models import build_tiny_base, count_parameters
 from cnhelpers.data import PALETTE, caption_words, sample_circle
-from cnhelpers.models import (build_tiny_base, count_parameters, learn_bpe_merges, tokenize_unknowns,
-                              write_clip_tokenizer)
+from cnhelpers.tokenizer import learn_bpe_merges, tokenize_unknowns, write_clip_tokenizer
 
 
 def test_tiny_base_loads_with_the_calls_learners_use_on_sd15(tiny_base):
-    from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel,
-                           UniPCMultistepScheduler)
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+        UniPCMultistepScheduler,
+    )
     from transformers import CLIPTextModel, CLIPTokenizer
 
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_base)
@@ -137,9 +142,18 @@ def test_caption_words_cover_template_and_palette():
 
 
 def test_interrupted_build_leaves_no_model_behind(tmp_path, monkeypatch):
-    import cnhelpers.models as models
+    import cnhelpers.base_models as base_models
 
-    monkeypatch.setattr(models, "TINY_MODEL_CARD", None)  # .format on None fails after the weights
+    monkeypatch.setattr(base_models, "TINY_MODEL_CARD", None)  # .format on None fails after the weights
     with pytest.raises(AttributeError):
         build_tiny_base(tmp_path / "tiny")
     assert list(tmp_path.iterdir()) == []  # neither the model nor its temporary folder
+
+
+def test_the_sd15_architecture_has_sd15s_vae_with_32_groups():
+    from cnhelpers.base_models import SD15_VAE_CONFIG
+
+    # stable-diffusion-v1-5's vae/config.json
+    assert SD15_VAE_CONFIG["norm_num_groups"] == 32
+    assert SD15_VAE_CONFIG["block_out_channels"] == (128, 256, 512, 512)
+    assert SD15_VAE_CONFIG["layers_per_block"] == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnhelpers import pretrain_base
-from cnhelpers.models import PRETRAINED_TINY_BASE, ensure_tiny_base, is_complete_base
+from cnhelpers.base_models import PRETRAINED_TINY_BASE, ensure_tiny_base, is_complete_base
 
 SMOKE = ["--vae_steps", "3", "--vae_batch_size", "2", "--num_latent_examples", "8", "--unet_steps", "3",
          "--unet_batch_size", "4", "--checkpoint_every", "1", "--warmup_steps", "1",

@@ -1,6 +1,8 @@
 import pytest
 
-from cnhelpers.profiles import PROFILES, base_model_path, get_profile, load_train_dataset
+from cnhelpers.base_models import base_model_path
+from cnhelpers.data import load_train_dataset
+from cnhelpers.profiles import PROFILES, get_profile
 
 
 def test_tiny_is_the_default_profile(monkeypatch):
@@ -40,3 +42,21 @@ def test_tiny_profile_builds_its_base_and_data_offline(monkeypatch, tmp_path):
     dataset = load_train_dataset(profile)
     assert len(dataset) == 6 and dataset[0]["image"].size == (64, 64)
     assert len(load_train_dataset(profile, max_samples=2)) == 2
+
+
+def test_every_profile_field_is_read_by_the_package_or_a_notebook():
+    import ast
+    import json
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from cnhelpers.profiles import Profile
+
+    root = Path(__file__).resolve().parents[1]
+    read = {node.attr for path in (root / "cnhelpers").glob("*.py") if path.name != "profiles.py"
+            for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+    notebooks = "\n".join("".join(cell["source"]) for path in (root / "notebooks").glob("*.ipynb")
+                          for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code")
+    read |= set(re.findall(r"\.(\w+)", notebooks))
+    assert [f.name for f in fields(Profile) if f.name not in read] == []

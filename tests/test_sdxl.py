@@ -4,10 +4,9 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLPipeline
 
-from cnhelpers.cli import SDXL_FLAGS, build_parser, training_args
-from cnhelpers.data import fill_example, image_transforms, write_fill_imagefolder
-from cnhelpers.sdxl import (build_tiny_sdxl_base, encode_prompt_sdxl, is_sdxl_unet,
-                            make_add_time_ids, sdxl_demo_inputs)
+from cnhelpers.config import SDXL_FLAGS, build_parser, training_args
+from cnhelpers.data import fill_example, image_transforms
+from cnhelpers.sdxl import build_tiny_sdxl_base, encode_prompt_sdxl, is_sdxl_unet, make_add_time_ids, sdxl_demo_inputs
 from cnhelpers.training import train
 
 
@@ -19,11 +18,6 @@ def sdxl_base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(sdxl_base):
     return StableDiffusionXLPipeline.from_pretrained(sdxl_base)
-
-
-@pytest.fixture(scope="module")
-def fill_dir(tmp_path_factory):
-    return write_fill_imagefolder(tmp_path_factory.mktemp("data") / "fill", 8, 64, seed=0)
 
 
 def test_the_tiny_base_loads_as_an_sdxl_pipeline_with_two_text_encoders(pipe):
@@ -129,14 +123,14 @@ def test_a_few_sdxl_steps_train_and_save_a_loadable_controlnet(sdxl_base, fill_d
 def test_a_separate_vae_replaces_the_bases(sdxl_base, fill_dir, tmp_path):
     from diffusers import AutoencoderKL
 
-    from cnhelpers.models import TINY_VAE_CONFIG
-    from cnhelpers.training import load_models
+    from cnhelpers.base_models import TINY_VAE_CONFIG
+    from cnhelpers.loading import load_models
 
     other_vae = tmp_path / "fp16-fix-stand-in"
     AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(other_vae)  # SD's scaling factor, unlike the base's VAE
     args = training_args(pretrained_model_name_or_path=sdxl_base, train_data_dir=fill_dir, output_dir=tmp_path,
                          pretrained_vae_model_name_or_path=other_vae)
-    vae = load_models(args)[2]
+    vae = load_models(args).vae
     assert vae.config.scaling_factor == TINY_VAE_CONFIG["scaling_factor"] != 0.13025
 
 

@@ -9,14 +9,12 @@ import pytest
 import torch
 from diffusers import ControlNetModel, DDPMScheduler
 
-from cnhelpers.cli import UPSTREAM_FLAGS, build_parser, parse_args, training_args
-from cnhelpers.data import fill_example, write_fill_imagefolder
-from cnhelpers.training import controlnet_loss, diffusion_target, list_checkpoints, min_snr_weights, train
-
-
-@pytest.fixture(scope="module")
-def fill_dir(tmp_path_factory):
-    return write_fill_imagefolder(tmp_path_factory.mktemp("data") / "fill", 16, 64, seed=0)
+from cnhelpers.checkpoints import list_checkpoints
+from cnhelpers.config import UPSTREAM_FLAGS, build_parser, parse_args, training_args
+from cnhelpers.data import fill_example
+from cnhelpers.loading import load_models
+from cnhelpers.losses import controlnet_loss, diffusion_target, min_snr_weights
+from cnhelpers.training import StepParts, train, training_step
 
 
 @pytest.fixture(scope="module")
@@ -80,32 +78,29 @@ def test_v_prediction_target_is_the_velocity():
 
 # --- Learning --------------------------------------------------------------------------------------
 
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_base, fill_dir, tmp_path):
+def fixed_batch(models, fill_dir, n=4):
     from cnhelpers.data import collate_fn, load_imagefolder, make_train_dataset
-    from cnhelpers.training import load_models
 
+    return collate_fn(list(make_train_dataset(load_imagefolder(fill_dir), models.tokenizer, resolution=64,
+                                              max_train_samples=n, seed=0)))
+
+
+@torch.no_grad()
+def fixed_noise_loss(models, batch, repeats=8):
+    """The mean of training_step's loss over ``repeats`` draws of a fixed generator: the same noise each call."""
+    parts = StepParts(models)
+    generator = torch.Generator().manual_seed(1)
+    return sum(training_step(parts, batch, generator).item() for _ in range(repeats)) / repeats
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_base, fill_dir, tmp_path):
     args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_samples=4, max_train_steps=30)
     train(args)
-    tokenizer, text_encoder, vae, unet, scheduler, initial = load_models(args)
-    trained = ControlNetModel.from_pretrained(tmp_path / "run")
-    batch = collate_fn(list(make_train_dataset(load_imagefolder(fill_dir), tokenizer, resolution=64,
-                                               max_train_samples=4, seed=0)))
-
-    @torch.no_grad()
-    def fixed_noise_loss(controlnet):
-        generator, total = torch.Generator().manual_seed(1), 0.0
-        for _ in range(8):
-            latents = vae.encode(batch["pixel_values"]).latent_dist.sample(generator) * vae.config.scaling_factor
-            noise = torch.randn(latents.shape, generator=generator)
-            t = torch.randint(0, 1000, (4,), generator=generator)
-            noisy, text = scheduler.add_noise(latents, noise, t), text_encoder(batch["input_ids"])[0]
-            down, mid = controlnet(noisy, t, text, controlnet_cond=batch["conditioning_pixel_values"],
-                                   return_dict=False)
-            pred = unet(noisy, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-            total += controlnet_loss(pred, diffusion_target(scheduler, latents, noise, t)).item()
-        return total / 8
-
-    assert fixed_noise_loss(trained) < 0.95 * fixed_noise_loss(initial)
+    models = load_models(args)
+    batch = fixed_batch(models, fill_dir)
+    initial = fixed_noise_loss(models, batch)
+    models.controlnet = ControlNetModel.from_pretrained(tmp_path / "run")
+    assert fixed_noise_loss(models, batch) < 0.95 * initial
 
 
 def test_outputs_load_in_diffusers_format_with_a_model_card(tiny_base, fill_dir, validation_image, tmp_path):
@@ -123,13 +118,25 @@ def test_outputs_load_in_diffusers_format_with_a_model_card(tiny_base, fill_dir,
     assert grid.size == (64 * 3, 64)  # the conditioning image, then 2 generated images
 
 
-def test_cached_and_uncached_paths_train_the_same_model_shape(tiny_base, fill_dir, tmp_path):
-    cached = train(tiny_args(tiny_base, fill_dir, tmp_path / "a", max_train_steps=2, cache="always"))
-    uncached = train(tiny_args(tiny_base, fill_dir, tmp_path / "b", max_train_steps=2, cache="never",
-                               proportion_empty_prompts=0.5))
-    assert cached.cached and not uncached.cached
-    a, b = controlnet_state(tmp_path / "a"), controlnet_state(tmp_path / "b")
-    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+def test_cached_and_uncached_paths_give_the_same_loss_on_the_same_batch_and_noise(tiny_base, fill_dir, tmp_path):
+    from cnhelpers.cache import build_cache
+
+    models = load_models(tiny_args(tiny_base, fill_dir, tmp_path / "run"))
+    batch = fixed_batch(models, fill_dir)
+    from cnhelpers.data import load_imagefolder, make_train_dataset
+
+    dataset = make_train_dataset(load_imagefolder(fill_dir), models.tokenizer, resolution=64, max_train_samples=4,
+                                 seed=0)
+    examples, text_table = build_cache(dataset, dataset.with_format(None)["text"], models.tokenizer,
+                                       models.text_encoder, models.vae, "cpu", disable_progress=True)
+    cached_batch = torch.utils.data.default_collate([examples[i] for i in range(4)])
+    with torch.no_grad():
+        uncached = training_step(StepParts(models), batch, torch.Generator().manual_seed(3))
+        cached = training_step(StepParts(models, text_table=text_table), cached_batch, torch.Generator().manual_seed(3))
+        other_noise = training_step(StepParts(models), batch, torch.Generator().manual_seed(4))
+    # The conditioning image is stored as uint8 in the cache: a rounding of at most 1/510 per pixel.
+    assert cached.item() == pytest.approx(uncached.item(), rel=1e-3)
+    assert other_noise.item() != pytest.approx(uncached.item(), rel=1e-3)  # the loss does depend on the draws
 
 
 # --- Checkpoints -----------------------------------------------------------------------------------
@@ -282,7 +289,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
 
 
 def test_optimizer_state_takes_its_parameters_memory_layout_after_loading():
-    from cnhelpers.training import match_state_layout
+    from cnhelpers.optim import match_state_layout
 
     param = torch.nn.Parameter(torch.randn(8, 3, 3, 3).contiguous(memory_format=torch.channels_last))
     optimizer = torch.optim.AdamW([param], fused=True)
@@ -294,3 +301,48 @@ def test_optimizer_state_takes_its_parameters_memory_layout_after_loading():
     restored = optimizer.state[param]["exp_avg"]
     assert restored.stride() == param.stride()
     assert torch.equal(restored, saved)
+
+
+# --- The loop's contract: args untouched, one fit check, a finished run stays finished ----------------
+
+def test_train_leaves_its_args_as_they_were_so_a_second_run_scales_the_same(tiny_base, fill_dir, tmp_path):
+    args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=1, scale_lr=True, learning_rate=1e-4)
+    before = dict(vars(args))
+    first, second = train(args), train(args)
+    assert vars(args) == before
+    assert first.history[0]["lr"] == second.history[0]["lr"] == pytest.approx(1e-4 * 4)  # x batch 4, 1 process
+
+
+def test_a_controlnet_made_for_another_base_is_refused_naming_both_shapes(tiny_base, fill_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
+    other = UNet2DConditionModel(**{**unet.config, "block_out_channels": (32, 32), "norm_num_groups": 16})
+    ControlNetModel.from_unet(other).save_pretrained(tmp_path / "other-controlnet")
+    with pytest.raises(ValueError, match=r"its block_out_channels is \[32, 32\], the base UNet's is \[64, 64\]"):
+        train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=1,
+                        controlnet_model_name_or_path=tmp_path / "other-controlnet"))
+    assert list_checkpoints(tmp_path / "run") == [] and not (tmp_path / "run" / "config.json").exists()
+
+
+def test_resuming_a_finished_run_trains_nothing_and_changes_nothing(tiny_base, fill_dir, tmp_path):
+    args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=4, checkpointing_steps=4)
+    train(args)
+    finished = controlnet_state(tmp_path / "run")
+    again = train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=4, checkpointing_steps=4,
+                            resume_from_checkpoint="latest"))
+    assert again.global_step == 4 and again.history == []
+    resumed = controlnet_state(tmp_path / "run")
+    assert all(torch.equal(finished[k], resumed[k]) for k in finished)
+
+
+def test_the_log_of_a_resumed_run_holds_every_step_once(tiny_base, fill_dir, tmp_path):
+    import json
+
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=5, checkpointing_steps=3))
+    log = tmp_path / "run" / "train_log.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    # as after a crash at step 5: the checkpoint of step 3 is the newest, the log runs past it
+    train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=6, checkpointing_steps=3,
+                    resume_from_checkpoint="checkpoint-3"))
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]

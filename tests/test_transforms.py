@@ -8,9 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from cnhelpers.data import (build_controlnet_dataset, canny_conditioning, collate_fn, draw_scene,
-                            generated_scenes, load_imagefolder, make_train_dataset, read_own_images,
-                            write_fill_imagefolder, write_imagefolder)
+from cnhelpers.data import (
+    build_controlnet_dataset,
+    canny_conditioning,
+    collate_fn,
+    draw_scene,
+    generated_scenes,
+    load_imagefolder,
+    make_train_dataset,
+    read_own_images,
+    write_fill_imagefolder,
+    write_imagefolder,
+)
 
 
 @pytest.fixture(scope="module")

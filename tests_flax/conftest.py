@@ -41,8 +41,8 @@ def _quiet_diffusers():
 @pytest.fixture(scope="session")
 def tiny_base_bin(tmp_path_factory):
     """The tiny base, built in this environment, with the .bin weights that from_pt=True reads."""
+    from cnhelpers.base_models import build_tiny_base
     from cnhelpers.flax_training import with_bin_weights
-    from cnhelpers.models import build_tiny_base
 
     base = build_tiny_base(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
     return with_bin_weights(base)

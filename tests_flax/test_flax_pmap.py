@@ -7,9 +7,17 @@ from flax import jax_utils
 from flax.training import train_state
 
 from cnhelpers.data import fill_example
-from cnhelpers.flax_training import (CompileCounter, create_train_state, device_rngs,
-                                     make_train_step, numpy_batches, pmapped, replicate, shard_batch,
-                                     unreplicate)
+from cnhelpers.flax_training import (
+    CompileCounter,
+    create_train_state,
+    device_rngs,
+    make_train_step,
+    numpy_batches,
+    pmapped,
+    replicate,
+    shard_batch,
+    unreplicate,
+)
 
 
 def test_two_simulated_devices_are_visible():

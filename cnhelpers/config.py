@@ -1,18 +1,26 @@
-"""Command-line flags of ``python -m cnhelpers.train``: upstream train_controlnet.py's, plus a few.
+"""The training configuration: upstream train_controlnet.py's flags, plus a few, as one argparse Namespace.
 
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
-``--validation_guidance_scale`` and
-``--optimizer_in_backward`` (notebook 04). The extra flags of train_controlnet_sdxl.py (:data:`SDXL_FLAGS`)
-are accepted too; they matter for an SDXL base (notebook 07).
+``--validation_guidance_scale`` and ``--optimizer_in_backward`` (notebook 04). The extra flags of
+train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
+
+:func:`parse_args` reads a command line; :func:`training_args` takes keyword arguments (notebooks); both
+check the result with :func:`check_args`. :func:`resolved_args` returns the copy a run really uses
+(seed drawn, learning rate scaled): the Namespace passed in is never changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data import check_resolution
+from .hub import HubUnavailableError, hub_offline
 
 
 class CourseArgumentParser(argparse.ArgumentParser):
@@ -45,9 +53,11 @@ UPSTREAM_FLAGS = (
 )
 """The 52 flags of upstream's train_controlnet.py, in its order."""
 
+
 SDXL_FLAGS = ("pretrained_vae_model_name_or_path", "crops_coords_top_left_h", "crops_coords_top_left_w",
               "image_interpolation_mode")
 """The flags train_controlnet_sdxl.py adds to train_controlnet.py's."""
+
 
 #: torchvision's InterpolationMode names, lowercased (upstream's choices for --image_interpolation_mode).
 INTERPOLATION_MODES = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -165,8 +175,6 @@ def check_args(args) -> None:
     """Reject contradictory or impossible flag combinations with a message that says what to change."""
     import torch
 
-    from .data import check_resolution
-
     if args.dataset_name is None and args.train_data_dir is None:
         raise ValueError("Give the data: --dataset_name (hub id or folder) or --train_data_dir (an imagefolder).")
     if args.dataset_name is not None and args.train_data_dir is not None:
@@ -204,21 +212,56 @@ def parse_args(argv=None):
 
 
 def training_args(**flags):
-    """Flags as keyword arguments, for notebooks: ``training_args(resolution=64, validation_prompt=["..."])``."""
-    argv = []
+    """Flags as keyword arguments, for notebooks: ``training_args(resolution=64, validation_prompt=["..."])``.
+
+    Each value is taken as it is (paths become strings; a single string for a many-valued flag such as
+    ``validation_prompt`` becomes a one-item list); names are checked against the parser's, and the result
+    against :func:`check_args`, exactly as on the command line.
+    """
+    parser = build_parser()
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    unknown = [name for name in flags if name not in actions]
+    if unknown:
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, actions, n=1))
+                 else name for name in unknown]
+        raise ValueError(f"Unknown training flags: {', '.join(hints)}. `python -m cnhelpers.train --help` lists "
+                         "them all.")
+    values = {name: action.default for name, action in actions.items()}
     for name, value in flags.items():
-        if value is None or value is False:
+        action = actions[name]
+        if value is None:  # as on the command line: a flag left out keeps its default
             continue
-        argv.append(f"--{name}")
-        if value is True:
-            continue
-        argv.extend(str(v) for v in value) if isinstance(value, (list, tuple)) else argv.append(str(value))
-    return parse_args(argv)
+        if isinstance(value, Path):
+            value = str(value)
+        if action.nargs == "+":
+            value = [str(v) if isinstance(v, Path) else v for v in (value if isinstance(value, (list, tuple))
+                                                                    else [value])]
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, action.choices))}.")
+        values[name] = value
+    missing = [name for name, action in actions.items() if action.required and values[name] is None]
+    if missing:
+        raise ValueError(f"training_args needs {', '.join(missing)}.")
+    args = argparse.Namespace(**values)
+    check_args(args)
+    return args
+
+
+def resolved_args(args, num_processes: int = 1):
+    """A copy of ``args`` as a run uses it: a seed drawn when none is given, and the learning rate multiplied
+    by accumulation x batch size x processes under ``--scale_lr``. ``args`` itself is left as it is, so calling
+    ``train`` twice with the same flags trains twice with the same settings."""
+    resolved = argparse.Namespace(**vars(args))
+    if resolved.seed is None:
+        resolved.seed = int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
+    if resolved.scale_lr:
+        resolved.learning_rate = (args.learning_rate * args.gradient_accumulation_steps * args.train_batch_size
+                                  * num_processes)
+    return resolved
 
 
 def check_push_to_hub(args) -> None:
     """Fail before training, not after it, when ``--push_to_hub`` cannot work (offline or not logged in)."""
-    from .hub import HubUnavailableError, hub_offline
 
     if hub_offline():
         raise HubUnavailableError("--push_to_hub was given but HF_HUB_OFFLINE is set: train without --push_to_hub "
@@ -232,19 +275,3 @@ def check_push_to_hub(args) -> None:
             f"--push_to_hub cannot reach the Hugging Face Hub or you are not logged in ({type(error).__name__}: "
             f"{error}). Log in with `hf auth login` (or pass --hub_token), or train without --push_to_hub and "
             "upload output_dir later with `hf upload`.") from error
-
-
-def main(argv=None) -> int:
-    """Entry point of ``python -m cnhelpers.train`` and ``accelerate launch -m cnhelpers.train``."""
-    from .hub import HubUnavailableError
-    from .training import train
-
-    try:
-        args = parse_args(argv)
-        result = train(args)
-    except (ValueError, FileNotFoundError, HubUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if result.is_main_process:
-        print(f"Trained {result.global_step} steps; ControlNet saved in {result.output_dir}")
-    return 0

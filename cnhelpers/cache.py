@@ -1,0 +1,109 @@
+"""The fast path: latents (the VAE posterior's mean and std) and text embeddings computed once.
+
+A latent is still *sampled* from the cached posterior every step (upstream samples ``latent_dist`` every step
+too, so the training signal is the same); text embeddings are computed once for every caption and for the
+empty prompt; conditioning images are kept as uint8 tensors, so a step does no PIL work. The cache is encoded
+in batches of the training batch size, so building it needs no more memory than an uncached step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import collate_fn, tokenize_prompts
+
+
+class CachedExamples(torch.utils.data.Dataset):
+    """Training examples prepared once: VAE posterior mean and std, conditioning image, caption index."""
+
+    def __init__(self, latent_mean, latent_std, conditioning, caption_index):
+        self.latent_mean, self.latent_std = latent_mean, latent_std
+        self.conditioning, self.caption_index = conditioning, caption_index
+
+    def __len__(self):
+        return len(self.caption_index)
+
+    def __getitem__(self, i):
+        return {"latent_mean": self.latent_mean[i], "latent_std": self.latent_std[i],
+                "conditioning_uint8": self.conditioning[i], "caption_index": self.caption_index[i]}
+
+
+def estimated_cache_bytes(num_examples: int, resolution: int, num_captions: int, text_shape,
+                          latent_channels: int = 4, vae_scale_factor: int = 8) -> int:
+    """Memory the cache would take: float32 latent mean+std, uint8 conditioning, float32 text table."""
+    side = resolution // vae_scale_factor
+    latents = num_examples * 2 * latent_channels * side * side * 4
+    conditioning = num_examples * 3 * resolution * resolution
+    text = (num_captions + 1) * math.prod(text_shape) * 4
+    return latents + conditioning + text
+
+
+CACHE_AUTO_LIMIT_BYTES = 4 * 2**30
+
+
+@torch.no_grad()
+def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, batch_size=4,
+                disable_progress=False, encode_text=None):
+    """Encode every example once: VAE posterior (mean, std), uint8 conditioning, text embeddings.
+
+    ``train`` passes the training batch size as ``batch_size``: the encoders then never see a larger batch
+    than an uncached step would, so caching costs no more memory than the cache itself.
+
+    Returns ``(CachedExamples, text_table)``, where ``text_table[i]`` is the embedding of caption ``i``
+    and the last row that of the empty prompt. ``encode_text(prompts)``, if given, replaces the text
+    encoder and returns a tuple of tensors (SDXL: text and pooled text); ``text_table`` is then a tuple too.
+    """
+    unique = sorted(set(captions))
+    index_of = {caption: i for i, caption in enumerate(unique)}
+    text_table = []
+    for start in range(0, len(unique) + 1, batch_size):
+        chunk = (unique + [""])[start:start + batch_size]
+        if encode_text is not None:
+            text_table.append(tuple(part.float().cpu() for part in encode_text(chunk)))
+        else:
+            ids = tokenize_prompts(tokenizer, chunk).to(device)
+            text_table.append(text_encoder(ids)[0].float().cpu())
+    text_table = tuple(map(torch.cat, zip(*text_table))) if encode_text is not None else torch.cat(text_table)
+
+    loader = torch.utils.data.DataLoader(train_dataset, batch_size=batch_size, collate_fn=collate_fn)
+    means = stds = conditioning = None
+    start = 0
+    for batch in tqdm(loader, desc="Caching latents", disable=disable_progress):
+        posterior = vae.encode(batch["pixel_values"].to(device, vae.dtype)).latent_dist
+        if means is None:  # allocated once, filled batch by batch: no second copy from concatenating
+            means = torch.empty((len(train_dataset), *posterior.mean.shape[1:]))
+            stds = torch.empty_like(means)
+            conditioning = torch.empty((len(train_dataset), *batch["conditioning_pixel_values"].shape[1:]),
+                                       dtype=torch.uint8)
+        end = start + len(posterior.mean)
+        means[start:end] = posterior.mean
+        stds[start:end] = posterior.std
+        conditioning[start:end] = (batch["conditioning_pixel_values"] * 255).round()
+        start = end
+    examples = CachedExamples(means, stds, conditioning, torch.tensor([index_of[c] for c in captions]))
+    return examples, text_table
+
+
+def use_cache(args, raw, text_width: int) -> bool:
+    """Whether to take the fast path: ``--cache always``, or ``auto`` when the cache fits in memory.
+
+    ``raw`` is the data set before transforms; ``text_width`` the width of one token's text embedding (the
+    UNet's ``cross_attention_dim``).
+    """
+    if args.cache == "never":
+        return False
+    captions = raw[args.caption_column] if args.caption_column in raw.column_names else []
+    strings = all(isinstance(c, str) for c in captions)
+    if not strings:
+        if args.cache == "always":
+            raise ValueError("--cache always needs one string caption per example; this data set has lists "
+                             "of captions. Use --cache never (captions are then drawn per step).")
+        return False
+    if args.cache == "always":
+        return True
+    n = min(len(raw), args.max_train_samples or len(raw))
+    shape = (77, text_width)
+    return estimated_cache_bytes(n, args.resolution, len(set(captions)), shape) <= CACHE_AUTO_LIMIT_BYTES

@@ -1,0 +1,158 @@
+"""Loading: the frozen parts of a base model and the ControlNet to train, from a folder or hub id, and the one
+check that a ControlNet fits a base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .base_models import conditioning_downsampling, vae_scale_factor
+from .hub import HubUnavailableError, looks_like_hub_id, resolve_pretrained
+from .recipes import how_to_make_controlnet
+from .sdxl import is_sdxl_unet
+
+
+@dataclass
+class Models:
+    """The parts of a ControlNet training run: the frozen base (tokenizer, text encoder, VAE, UNet, noise
+    scheduler; an SDXL base adds ``tokenizer_2`` and ``text_encoder_2``) and the ControlNet to train."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module | None
+    vae: torch.nn.Module | None
+    unet: torch.nn.Module
+    noise_scheduler: object
+    controlnet: torch.nn.Module
+    tokenizer_2: object = None
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def sdxl(self) -> bool:
+        """An SDXL base: its UNet also reads pooled text and size/crop ids (``addition_embed_type="text_time"``)."""
+        return is_sdxl_unet(self.unet)
+
+    @property
+    def text_encoders(self) -> list:
+        """The text encoders still loaded (one for SD 1.5, two for SDXL; none once the text is cached)."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+
+
+def load_models(args) -> Models:
+    """The frozen base of ``--pretrained_model_name_or_path`` and the ControlNet of
+    ``--controlnet_model_name_or_path`` (made from the UNet when not given), as upstream's script loads them.
+
+    A ControlNet made for another base is refused here, naming both shapes, rather than deep inside the UNet.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    base = resolve_pretrained(args.pretrained_model_name_or_path)
+    common = dict(revision=args.revision, variant=args.variant)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_pretrained(args.tokenizer_name) if args.tokenizer_name else base,
+        subfolder=None if args.tokenizer_name else "tokenizer", revision=args.revision)
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common)
+    if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole folder, no subfolder
+        vae = AutoencoderKL.from_pretrained(resolve_pretrained(args.pretrained_vae_model_name_or_path))
+    else:
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **common)
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **common)
+    controlnet = load_or_create_controlnet(unet, args.controlnet_model_name_or_path)
+    check_controlnet_fits(controlnet, unet, vae_scale_factor(vae))
+    models = Models(tokenizer, text_encoder, vae, unet, noise_scheduler, controlnet)
+    if models.sdxl:  # a second tokenizer and text encoder (CLIPTextModelWithProjection, for the pooled text)
+        if not (Path(base) / "text_encoder_2").is_dir():
+            raise ValueError(f"{args.pretrained_model_name_or_path} has an SDXL UNet but no text_encoder_2 folder: "
+                             "pass a complete SDXL base (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
+        models.tokenizer_2 = AutoTokenizer.from_pretrained(base, subfolder="tokenizer_2", revision=args.revision)
+        models.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2",
+                                                                            **common)
+    for frozen in (vae, unet, *models.text_encoders):
+        frozen.requires_grad_(False)
+        frozen.eval()
+    controlnet.train()
+    return models
+
+
+def load_or_create_controlnet(unet, controlnet_model_name_or_path=None):
+    """What upstream's ``--controlnet_model_name_or_path`` switches: load existing ControlNet weights
+    (a hub id or a folder saved with ``save_pretrained``), or make a new ControlNet from the UNet."""
+    from diffusers import ControlNetModel
+
+    if controlnet_model_name_or_path is not None:
+        return ControlNetModel.from_pretrained(resolve_controlnet(controlnet_model_name_or_path))
+    return ControlNetModel.from_unet(unet)
+
+
+def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
+    """Refuse, with the reason and the fix, a ControlNet that cannot feed this UNet and VAE.
+
+    Its conditioning embedding must shrink the conditioning image by the VAE's factor (so the embedding
+    and the latents have the same size), and its encoder must have the UNet's channels and text width.
+    """
+    factor = conditioning_downsampling(controlnet)
+    if factor != vae_factor:
+        channels = tuple(controlnet.config.conditioning_embedding_out_channels)
+        raise ValueError(
+            f"The ControlNet's conditioning embedding shrinks the conditioning image {factor}x "
+            f"(conditioning_embedding_out_channels={channels} has {len(channels)} entries), but the VAE shrinks "
+            f"images {vae_factor}x, so the embedding and the latents would differ in size. Use a ControlNet "
+            f"whose conditioning_embedding_out_channels has {vae_factor.bit_length()} entries, "
+            f"e.g. ControlNetModel.from_unet(unet) with its default (16, 32, 96, 256)."
+        )
+    for field in ("block_out_channels", "cross_attention_dim", "in_channels"):
+        mine, theirs = controlnet.config[field], unet.config[field]
+        if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != \
+                (tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+            raise ValueError(f"This ControlNet does not fit the base model: its {field} is {mine}, the base UNet's is "
+                             f"{theirs}. A ControlNet only works with the base it was made from (the tiny base for "
+                             "the tiny profile, SD 1.5 for sd15): load one trained for this base, or make one with "
+                             "ControlNetModel.from_unet(unet) (leave out --controlnet_model_name_or_path).")
+
+
+#: Files that make a folder a ControlNet in diffusers format (the weights in either format).
+CONTROLNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def is_controlnet_folder(path: str | Path) -> bool:
+    """True when ``path`` holds a ControlNet in diffusers format: config.json and its weights."""
+    path = Path(path)
+    return (path / "config.json").is_file() and any((path / name).is_file() for name in CONTROLNET_WEIGHTS)
+
+
+def resolve_controlnet(name_or_path: str | Path) -> Path:
+    """A local folder for a ControlNet: the folder itself, or the hub snapshot of ``owner/name``.
+
+    A missing folder raises FileNotFoundError saying how to make it; an unreachable hub raises
+    :class:`cnhelpers.hub.HubUnavailableError`.
+    """
+    local = Path(str(name_or_path)).expanduser()
+    if isinstance(name_or_path, str) and looks_like_hub_id(name_or_path):
+        try:
+            return resolve_pretrained(name_or_path)
+        except HubUnavailableError as error:
+            raise HubUnavailableError(f"{error}\nIf you meant a local folder: {local.resolve()} does not exist. "
+                                      + how_to_make_controlnet(local)) from error
+    if not local.exists():
+        raise FileNotFoundError(f"No ControlNet at {local}: the folder does not exist.\n"
+                                + how_to_make_controlnet(local))
+    if not is_controlnet_folder(local):
+        raise FileNotFoundError(
+            f"{local} is not a ControlNet in diffusers format: it needs config.json and "
+            f"{CONTROLNET_WEIGHTS[0]}, and has {sorted(p.name for p in local.iterdir()) or 'nothing'} "
+            "(an unfinished training run saves only at its end; a checkpoint keeps it in checkpoint-N/controlnet).\n"
+            + how_to_make_controlnet(local))
+    return local
+
+
+def load_controlnet(name_or_path, torch_dtype: torch.dtype | None = None):
+    """A ``ControlNetModel`` from a folder or hub id (a ControlNetModel passes through, cast to ``torch_dtype``)."""
+    from diffusers import ControlNetModel
+
+    if isinstance(name_or_path, ControlNetModel):
+        return name_or_path.to(dtype=torch_dtype) if torch_dtype is not None else name_or_path
+    return ControlNetModel.from_pretrained(resolve_controlnet(name_or_path), torch_dtype=torch_dtype)

@@ -1,0 +1,179 @@
+"""What a run leaves behind: validation grids (and TensorBoard images), the final ControlNet and its model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import image_grid
+
+
+def validation_pairs(args) -> list[tuple[str, str]]:
+    """(prompt, conditioning image path) pairs: one image for all prompts, one prompt for all images, or 1:1."""
+    prompts, images = args.validation_prompt or [], args.validation_image or []
+    if len(images) == 1:
+        images = images * len(prompts)
+    elif len(prompts) == 1:
+        prompts = prompts * len(images)
+    return list(zip(prompts, images))
+
+
+@torch.no_grad()
+def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
+    """Generate ``num_validation_images`` per (prompt, image) with UniPC; log them and save a grid PNG.
+
+    ``models`` is the run's :class:`cnhelpers.loading.Models`; for an SDXL base (a second text encoder) the
+    pipeline is StableDiffusionXLControlNetPipeline.
+    """
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline, \
+        UniPCMultistepScheduler
+    from PIL import Image
+
+    controlnet = accelerator.unwrap_model(models.controlnet)
+    vae = models.vae
+    encoders_device = vae.device
+    vae.to(accelerator.device)  # offloaded while training from the cache
+    for encoder in models.text_encoders:
+        encoder.to(accelerator.device)
+    was_training = controlnet.training
+    controlnet.eval()
+    scheduler = UniPCMultistepScheduler.from_config(models.noise_scheduler.config)
+    common = dict(vae=vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+                  controlnet=controlnet, scheduler=scheduler)
+    if models.sdxl:
+        pipeline = StableDiffusionXLControlNetPipeline(
+            **common, text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2, add_watermarker=False)
+    else:
+        pipeline = StableDiffusionControlNetPipeline(
+            **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    if args.enable_xformers_memory_efficient_attention:
+        pipeline.enable_xformers_memory_efficient_attention()
+    generator = None if args.seed is None else torch.Generator(accelerator.device).manual_seed(args.seed)
+    rows = []
+    for prompt, image_path in validation_pairs(args):
+        condition = Image.open(image_path).convert("RGB").resize((args.resolution, args.resolution))
+        with torch.autocast(accelerator.device.type, dtype=weight_dtype,
+                            enabled=weight_dtype != torch.float32):
+            n = args.num_validation_images  # image by name: SDXL's pipeline takes prompt_2 second
+            images = pipeline([prompt] * n, image=[condition] * n, height=args.resolution, width=args.resolution,
+                              generator=generator, num_inference_steps=args.num_validation_inference_steps,
+                              guidance_scale=args.validation_guidance_scale).images
+        rows.append({"prompt": prompt, "condition": condition, "images": images})
+    controlnet.train(was_training)
+    vae.to(encoders_device)
+    for encoder in models.text_encoders:
+        encoder.to(encoders_device)
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            for row in rows:
+                stacked = np.stack([np.asarray(im) for im in [row["condition"], *row["images"]]])
+                tracker.writer.add_images(row["prompt"], stacked, step, dataformats="NHWC")
+    grid = image_grid([[row["condition"], *row["images"]] for row in rows])
+    path = Path(args.output_dir) / "validation" / f"step-{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return {"step": step, "grid": str(path), "prompts": [row["prompt"] for row in rows]}
+
+
+MODEL_CARD = """\
+---
+base_model: {base}
+library_name: diffusers
+tags: [controlnet, stable-diffusion, diffusers, controlnet-course]
+---
+
+# ControlNet trained with the ControlNet course
+
+Trained with `python -m cnhelpers.train` (same flags as diffusers' train_controlnet.py) on `{data}`.
+
+| setting | value |
+| --- | --- |
+| base model | `{base}` |
+| steps | {steps} |
+| batch size (per device x processes x accumulation) | {batch} |
+| learning rate | {lr} |
+| resolution | {resolution} |
+| Min-SNR γ | {snr_gamma} |
+| mixed precision | {mixed_precision} |
+| seed | {seed} |
+
+{validation}
+```python
+from diffusers import ControlNetModel, {pipeline}
+controlnet = ControlNetModel.from_pretrained("{output_dir}")
+pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
+```
+"""
+
+
+def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None):
+    """Write the trained ControlNet (diffusers format) and a model card into ``output_dir``.
+
+    Files go to a temporary folder first and are moved into place one by one (each move is atomic).
+    """
+    output_dir = Path(args.output_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
+    controlnet.save_pretrained(staging)
+    grid = ""
+    if validation:
+        grid = f"Validation at step {validation['step']}:\n\n![validation]({Path(validation['grid']).relative_to(output_dir)})\n"
+    (staging / "README.md").write_text(MODEL_CARD.format(
+        base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
+        steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
+        snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
+        validation=grid, output_dir=output_dir,
+        pipeline="StableDiffusionXLControlNetPipeline" if controlnet.config.addition_embed_type == "text_time"
+        else "StableDiffusionControlNetPipeline"))
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    staging.rmdir()
+
+
+class TrainLog:
+    """``train_log.jsonl``: one JSON line per optimizer step, appended (and flushed) as the step ends.
+
+    A run resumed from step N keeps the lines of steps 1..N and drops any later ones (steps a crash lost with
+    the weights they had made), so the file of a finished run holds every step once.
+    """
+
+    def __init__(self, path, resumed_step: int = 0, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+        if not enabled:
+            return
+        kept = []
+        if resumed_step and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+                if entry.get("step", 0) <= resumed_step:
+                    kept.append(line + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+
+    def append(self, entry: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as log:
+                log.write(json.dumps(entry) + "\n")
+
+
+def push_to_hub(args) -> str:
+    """Upload ``output_dir`` (not its checkpoints) to ``--hub_model_id`` (default: the folder's name)."""
+    from huggingface_hub import create_repo, upload_folder
+
+    output_dir = Path(args.output_dir)
+    repo_id = create_repo(args.hub_model_id or output_dir.name, exist_ok=True, token=args.hub_token).repo_id
+    upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="End of training",
+                  ignore_patterns=["step_*", "epoch_*", "checkpoint-*"], token=args.hub_token)
+    return repo_id

@@ -1,0 +1,64 @@
+"""The course's training recipe, written once: the flags of notebook 03's run for a profile, and the command
+line that trains the same ControlNet (:func:`cnhelpers.inference.ensure_controlnet` trains it when missing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import training_args
+from .data import ensure_fill_dataset, fill_dataset_path
+from .paths import build_dir
+from .profiles import Profile, get_profile
+
+#: What the course adds to a profile's batch size, learning rate and steps: Min-SNR γ = 5 (the paper's
+#: choice), 10 % empty prompts (so classifier-free guidance works at inference), no warm-up, seed 0.
+COURSE_FLAGS = dict(snr_gamma=5.0, proportion_empty_prompts=0.1, lr_warmup_steps=0, seed=0, report_to="none")
+
+
+def course_flags(profile: Profile, base, output_dir, **overrides) -> dict:
+    """The flags of notebook 03's run for ``profile`` as a dict: its data, resolution, batch size, learning
+    rate, steps and guidance scale (for validation images), plus :data:`COURSE_FLAGS`. ``overrides`` replace
+    any of them (e.g. validation or checkpoint flags)."""
+    flags = dict(pretrained_model_name_or_path=str(base), output_dir=str(output_dir), resolution=profile.resolution,
+                 train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate,
+                 max_train_steps=profile.max_train_steps, validation_guidance_scale=profile.guidance_scale,
+                 **COURSE_FLAGS)
+    if {"train_data_dir", "dataset_name"}.isdisjoint(overrides):  # the profile's data, generated if need be
+        if profile.dataset_name is None:
+            flags["train_data_dir"] = str(ensure_fill_dataset(profile.num_generated_examples, profile.resolution))
+        else:
+            flags["dataset_name"] = profile.dataset_name
+    return flags | overrides
+
+
+def course_training_args(profile: Profile, base, output_dir, **overrides):
+    """:func:`course_flags` as the checked Namespace that ``train`` takes."""
+    return training_args(**course_flags(profile, base, output_dir, **overrides))
+
+
+def command_line(flags: dict) -> str:
+    """The ``python -m cnhelpers.train`` command that trains with ``flags``."""
+    words = ["python -m cnhelpers.train"]
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        words.append(f"--{name}")
+        if value is not True:
+            words.extend(map(str, value) if isinstance(value, (list, tuple)) else [f"{value:g}" if isinstance(
+                value, float) else str(value)])
+    return " ".join(words)
+
+
+def how_to_make_controlnet(path: str | Path, profile: Profile | None = None) -> str:
+    """The advice printed when no ControlNet is at ``path``: run notebook 03, or its command line.
+
+    Nothing is built to say it: the tiny base and data are named by where they will be.
+    """
+    profile = profile or get_profile("tiny")
+    base = profile.pretrained_model_name_or_path or build_dir() / "tiny-sd"
+    data = {} if profile.dataset_name else {"train_data_dir": str(fill_dataset_path(
+        profile.num_generated_examples, profile.resolution))}
+    flags = course_flags(profile, base, path, **data)
+    return (f"Make it by running notebook 03 (03_training_loop.ipynb), or from a shell:\n  {command_line(flags)}\n"
+            "(cnhelpers.inference.ensure_controlnet() trains a short run by itself).")

@@ -1,0 +1,94 @@
+"""A CLIP BPE tokenizer learned offline from the fill captions (the tiny bases' tokenizer).
+
+Every caption word becomes one token, so nothing the course writes is unknown to it; ``tokenize_unknowns``
+tells which words of a text a tokenizer would split.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters (the BPE base alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def learn_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Learn CLIP-style BPE merges until every word of ``words`` is a single token.
+
+    Words end in ``</w>`` as in CLIP. Ties between equally frequent pairs go to the smaller pair, so
+    the result is deterministic.
+    """
+    corpus = Counter(tuple(word[:-1]) + (word[-1] + "</w>",) for word in words if word)
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: Counter = Counter()
+        for symbols, count in corpus.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged: Counter = Counter()
+        for symbols, count in corpus.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] += count
+        corpus = merged
+
+
+def write_clip_tokenizer(folder: str | Path, words: list[str]) -> Path:
+    """Write a CLIP tokenizer (vocab.json, merges.txt, configs) whose vocabulary holds ``words`` whole.
+
+    Like CLIP's, the vocabulary starts with the 256 byte characters and their ``</w>`` forms, so any
+    text tokenizes without an unknown token; ``words`` become single tokens through learned merges.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = list(bytes_to_unicode().values())
+    vocab_list = alphabet + [c + "</w>" for c in alphabet]
+    merges = learn_bpe_merges(sorted({w.lower() for w in words}))
+    vocab_list += ["".join(pair) for pair in merges]
+    vocab_list += [BOS, EOS]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}, indent=2))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
+        "add_prefix_space": False, "errors": "replace",
+        "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS,
+    }, indent=2))
+    return folder
+
+
+def tokenize_unknowns(tokenizer, texts: list[str]) -> list[str]:
+    """Words of ``texts`` that the tokenizer cannot keep whole (split into pieces); empty when covered."""
+    vocab = tokenizer.get_vocab()
+    words = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
+    return sorted(w for w in words if w + "</w>" not in vocab)
