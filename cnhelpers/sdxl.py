@@ -64,6 +64,28 @@ SDXL_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_
                              beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
                              prediction_type="epsilon")
 
+#: SDXL base 1.0's UNet (``unet/config.json`` of stabilityai/stable-diffusion-xl-base-1.0;
+#: checked in benchmarks/flops.py against two public copies). Built on the meta device it costs nothing..
+SDXL_BASE_UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+)
+#: Width of SDXL base's pooled text embedding (``text_embeds``): 2816 = 1280 + 6 time ids x 256.
+SDXL_BASE_POOLED_TEXT_DIM = 1280
+
 SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
