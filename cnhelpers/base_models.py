@@ -210,18 +210,8 @@ SD15_UNET_CONFIG = dict(
 
 #: SD 1.5's VAE (``vae/config.json`` of stable-diffusion-v1-5): the same 8x AutoencoderKL as the tiny one, at
 #: full width.
-SD15_VAE_CONFIG = dict(
-    sample_size=512,
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,  # SD 1.5's vae/config.json: 32 groups (of 4 to 16 channels)
-    scaling_factor=0.18215,
-)
+SD15_VAE_CONFIG = dict(TINY_VAE_CONFIG, sample_size=512, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                       norm_num_groups=32)  # 32 groups of 4 to 16 channels
 
 
 #: SD 1.5's text encoder: the text half of CLIP ViT-L/14.
