@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .data import caption_words
-from .hub import resolve_pretrained
+from .hub import resolve_base
 from .paths import build_dir, staged_folder
 from .profiles import Profile
 from .tokenizer import write_clip_tokenizer
@@ -272,7 +272,8 @@ def build_sd15_random_base(path: str | Path, seed: int = 0) -> Path:
 
 
 def base_model_path(profile: Profile) -> Path:
-    """A local folder holding the profile's base model: the tiny base, or the hub snapshot of its id."""
+    """A local folder holding the profile's base model: the tiny base, or the parts of the hub repository that
+    the course loads (:func:`cnhelpers.hub.resolve_base`)."""
     if profile.pretrained_model_name_or_path is None:
         return ensure_tiny_base()
-    return resolve_pretrained(profile.pretrained_model_name_or_path)
+    return resolve_base(profile.pretrained_model_name_or_path)

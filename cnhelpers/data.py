@@ -185,7 +185,7 @@ def _member_path(root: Path, relative: str, row: int, column: str) -> str:
 
 
 def load_fill50k(source: str | Path = "fusing/fill50k", *, max_samples: int | None = None,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, revision: str | None = None):
     """Load fill50k as a ``datasets.Dataset`` with columns image, conditioning_image and text.
 
     ``fusing/fill50k`` on the hub is a loading-script data set, and datasets >= 4 no longer runs
@@ -207,7 +207,8 @@ def load_fill50k(source: str | Path = "fusing/fill50k", *, max_samples: int | No
             )
         files = {name: local / name for name in FILL50K_FILES}
     else:
-        files = {name: download_file(str(source), name, repo_type="dataset") for name in FILL50K_FILES}
+        files = {name: download_file(str(source), name, repo_type="dataset", revision=revision)
+                 for name in FILL50K_FILES}
 
     cache = Path(cache_dir) if cache_dir is not None else build_dir() / "fill50k-extracted"
     image_root = _extract_once(files["images.zip"], cache)

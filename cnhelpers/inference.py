@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data import fill_example
-from .hub import resolve_pretrained
+from .hub import resolve_base
 from .base_models import base_model_path
 from .loading import check_controlnet_fits, is_controlnet_folder, load_controlnet
 from .paths import build_dir
@@ -55,7 +55,7 @@ def load_controlnet_pipeline(base, controlnet, torch_dtype: torch.dtype | None =
     else:
         nets = load_controlnet(controlnet, torch_dtype)
     pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-        resolve_pretrained(base), controlnet=nets, safety_checker=None, feature_extractor=None,
+        resolve_base(base), controlnet=nets, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, torch_dtype=torch_dtype)
     for net in nets if isinstance(nets, list) else [nets]:
         check_controlnet_fits(net, pipeline.unet, pipeline.vae_scale_factor)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .base_models import conditioning_downsampling, vae_scale_factor
-from .hub import HubUnavailableError, looks_like_hub_id, resolve_pretrained
+from .hub import HubUnavailableError, looks_like_hub_id, resolve_base, resolve_pretrained
 from .recipes import how_to_make_controlnet
 from .sdxl import is_sdxl_unet
 
@@ -49,15 +49,19 @@ def load_models(args) -> Models:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-    base = resolve_pretrained(args.pretrained_model_name_or_path)
-    common = dict(revision=args.revision, variant=args.variant)
+    # Only the parts loaded below, at --revision, in --variant: not the repository's single-file checkpoints,
+    # other variants or safety checker (SD 1.5's repository holds about 40 GB; these parts 4-5 GB).
+    base = resolve_base(args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant,
+                        skip=("vae",) if args.pretrained_vae_model_name_or_path else (), cache_dir=args.cache_dir)
+    common = dict(variant=args.variant)
     tokenizer = AutoTokenizer.from_pretrained(
-        resolve_pretrained(args.tokenizer_name) if args.tokenizer_name else base,
-        subfolder=None if args.tokenizer_name else "tokenizer", revision=args.revision)
+        resolve_pretrained(args.tokenizer_name, allow_patterns=["*.json", "*.txt"], cache_dir=args.cache_dir)
+        if args.tokenizer_name else base, subfolder=None if args.tokenizer_name else "tokenizer")
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common)
-    if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole folder, no subfolder
-        vae = AutoencoderKL.from_pretrained(resolve_pretrained(args.pretrained_vae_model_name_or_path))
+    if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole repository, no subfolder
+        vae = AutoencoderKL.from_pretrained(resolve_pretrained(
+            args.pretrained_vae_model_name_or_path, allow_patterns=CONTROLNET_PATTERNS, cache_dir=args.cache_dir))
     else:
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **common)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **common)
@@ -68,7 +72,7 @@ def load_models(args) -> Models:
         if not (Path(base) / "text_encoder_2").is_dir():
             raise ValueError(f"{args.pretrained_model_name_or_path} has an SDXL UNet but no text_encoder_2 folder: "
                              "pass a complete SDXL base (e.g. stabilityai/stable-diffusion-xl-base-1.0).")
-        models.tokenizer_2 = AutoTokenizer.from_pretrained(base, subfolder="tokenizer_2", revision=args.revision)
+        models.tokenizer_2 = AutoTokenizer.from_pretrained(base, subfolder="tokenizer_2")
         models.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2",
                                                                             **common)
     for frozen in (vae, unet, *models.text_encoders):
@@ -114,6 +118,9 @@ def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
                              "ControlNetModel.from_unet(unet) (leave out --controlnet_model_name_or_path).")
 
 
+#: What a single-model repository (a ControlNet, a VAE such as madebyollin/sdxl-vae-fp16-fix) needs: its config and
+#: safetensors weights, not the ``.bin`` copy beside them.
+CONTROLNET_PATTERNS = ["*.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors"]
 #: Files that make a folder a ControlNet in diffusers format (the weights in either format).
 CONTROLNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -133,7 +140,7 @@ def resolve_controlnet(name_or_path: str | Path) -> Path:
     local = Path(str(name_or_path)).expanduser()
     if isinstance(name_or_path, str) and looks_like_hub_id(name_or_path):
         try:
-            return resolve_pretrained(name_or_path)
+            return resolve_pretrained(name_or_path, allow_patterns=CONTROLNET_PATTERNS)
         except HubUnavailableError as error:
             raise HubUnavailableError(f"{error}\nIf you meant a local folder: {local.resolve()} does not exist. "
                                       + how_to_make_controlnet(local)) from error
