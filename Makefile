@@ -11,6 +11,8 @@ BIN_FLAX := $(CURDIR)/$(VENV_FLAX)/bin
 STAMP_FLAX := $(VENV_FLAX)/.installed
 KERNEL_FLAX := cn-flax
 FLAX_NOTEBOOK := notebooks/05_flax_tpu.ipynb
+# .ci/run sets LEG to a timer of each test leg; by hand the commands run as they are.
+LEG ?=
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 
@@ -54,15 +56,15 @@ outputs: setup setup-flax
 test: test-python test-notebooks test-flax
 
 test-python: setup
-	$(BIN)/python -m pytest tests
+	$(LEG) test-python $(BIN)/python -m pytest tests
 
 test-notebooks: setup
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
+	$(LEG) test-notebooks $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
 
 # The Flax notebook runs in its own kernel (cn-flax, the .venv-flax Python), not in the current one.
 test-flax: setup-flax
-	$(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
-	$(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(FLAX_NOTEBOOK)
+	$(LEG) tests-flax $(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
+	$(LEG) notebook-flax $(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(FLAX_NOTEBOOK)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
