@@ -11,12 +11,16 @@ BIN_FLAX := $(CURDIR)/$(VENV_FLAX)/bin
 STAMP_FLAX := $(VENV_FLAX)/.installed
 KERNEL_FLAX := cn-flax
 FLAX_NOTEBOOK := notebooks/05_flax_tpu.ipynb
+# Colab's library versions (constraints-colab.txt), in a venv of their own: make test-colab.
+VENV_COLAB := .venv-colab
+BIN_COLAB := $(CURDIR)/$(VENV_COLAB)/bin
+STAMP_COLAB := $(VENV_COLAB)/.installed
 # .ci/run sets LEG to a timer of each test leg; by hand the commands run as they are.
 LEG ?=
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-flax course test test-python test-notebooks test-flax outputs lab clean help
+.PHONY: setup setup-flax setup-colab course test test-python test-notebooks test-real-paths test-flax test-colab outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
@@ -24,6 +28,8 @@ help:
 	@echo "make course   run every notebook headless into build/course/ (the main job)"
 	@echo "make test     pytest for cnhelpers, then nbval over every notebook (what CI runs)"
 	@echo "make test-flax  tests_flax, then nbval over notebook 05 in the '$(KERNEL_FLAX)' kernel (part of make test)"
+	@echo "make test-real-paths  notebooks 00, 01, 03, 06 on sd15 and 07 on sdxl, small, from a loopback Hub (part of make test)"
+	@echo "make test-colab  pytest and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
 	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
 	@echo "make lab      open JupyterLab on notebooks/"
 
@@ -47,13 +53,23 @@ $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
 
+# Colab's stack: the course's torch (on disk here), then the package against Colab's pins, no bitsandbytes.
+setup-colab: $(STAMP_COLAB)
+
+$(STAMP_COLAB): constraints-colab.txt pyproject.toml requirements.txt
+	test -x $(BIN_COLAB)/python || $(PYTHON) -m venv $(VENV_COLAB)
+	$(BIN_COLAB)/python -m pip install -q --upgrade pip
+	$(BIN_COLAB)/python -m pip install -q $$(grep -E '^(torch|torchvision)==' requirements.txt)
+	$(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest)==' requirements.txt)
+	touch $(STAMP_COLAB)
+
 course: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --out build/course
 
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --in-place
 
-test: test-python test-notebooks test-flax
+test: test-python test-notebooks test-real-paths test-flax test-colab
 
 test-python: setup
 	$(LEG) test-python $(BIN)/python -m pytest tests
@@ -65,6 +81,14 @@ test-notebooks: setup
 test-flax: setup-flax
 	$(LEG) tests-flax $(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
 	$(LEG) notebook-flax $(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(FLAX_NOTEBOOK)
+
+# The sd15 and sdxl profiles, small, over HTTP from the loopback test Hub (tests/real_paths_course.py).
+test-real-paths: setup
+	$(LEG) real-paths $(BIN)/python tests/real_paths_course.py
+
+test-colab: setup-colab
+	$(LEG) colab-python $(BIN_COLAB)/python -m pytest -p no:cacheprovider tests
+	$(LEG) colab-notebooks $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -12,7 +12,7 @@ One job per module, in layers that import only downward (``tests/test_package_la
 3. ``training`` (the loop, as named steps), ``inference`` (pipelines, generation);
 4. ``evaluation`` (control fidelity, checkpoint IoU), ``anatomy`` (notebook 02), ``memory`` (measuring, the ladder);
 5. ``plots``, ``checks`` (exercise self-checks), ``train`` (``python -m cnhelpers.train``), ``course`` (the
-   notebook runner), ``pretrain_base`` (the tiny base's recipe), ``flax_training`` (the Flax environment only).
+   notebook runner), ``colab`` (the notebooks' Colab cell), ``pretrain_base`` (the tiny base's recipe), ``flax_training`` (the Flax environment only).
 """
 
 __version__ = "0.1.0"

@@ -176,8 +176,8 @@ class Rung:
     flags: dict = field(default_factory=dict)
     #: The diffusers ControlNet guide's figure (GB, SD 1.5 at 512 px), where it gives one.
     guide_gb: float | None = None
-    #: What the rung needs to run: "fp16" (its autocast runs on CUDA GPUs only), "cuda", "deepspeed", or
-    #: "bf16" (where a GPU is used).
+    #: What the rung needs to run: "fp16" (its autocast runs on CUDA GPUs only), "cuda", "deepspeed",
+    #: "bitsandbytes" (8-bit AdamW), or "bf16" (where a GPU is used).
     needs: tuple = ()
     #: Flags this rung removes from the ones before it (they go back to their defaults).
     drops: tuple = ()
@@ -187,7 +187,7 @@ LADDER = (
     Rung(1, "fp32 AdamW", {"cache": "never"}, guide_gb=38.0),
     Rung(2, "+ gradient accumulation (4 micro-batches)", {"gradient_accumulation_steps": 4}),
     Rung(3, "+ gradient checkpointing + 8-bit AdamW", {"gradient_checkpointing": True, "use_8bit_adam": True},
-         guide_gb=16.0),
+         guide_gb=16.0, needs=("bitsandbytes",)),
     Rung(4, "+ SDPA/xFormers attention + grads set to None", {"set_grads_to_none": True}, guide_gb=12.0),
     Rung(5, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("fp16",)),
     Rung(6, "+ cached latents and text embeddings", {"cache": "always"}),
@@ -235,6 +235,8 @@ def missing_requirements(rung: Rung, half: str = "fp16") -> str | None:
         return f"needs bf16 on this GPU (Ampere or newer): {why}"
     if "deepspeed" in rung.needs and importlib.util.find_spec("deepspeed") is None:
         return "DeepSpeed is not installed (`pip install deepspeed`)"
+    if "bitsandbytes" in rung.needs and importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (`pip install bitsandbytes`, or cnhelpers' memory extra)"
     return None
 
 

@@ -13,7 +13,7 @@ notebooks' parameter cells do). Plain data: :func:`cnhelpers.base_models.base_mo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 DEFAULT_PROFILE = "tiny"
 
@@ -39,6 +39,17 @@ class Profile:
     #: Classifier-free guidance for this profile's base: SD 1.5's usual 7.5; lower for the tiny base, whose
     #: colours saturate past the palette at 7.5.
     guidance_scale: float = 7.5
+    #: Micro-batches per optimizer step: the effective batch is ``train_batch_size`` times this.
+    gradient_accumulation_steps: int = 1
+    #: The memory flags that make a training step fit ``target_gpu_gb`` (names of train_controlnet.py's flags,
+    #: chosen from the measured ladder: ``benchmarks/results``), and that card's memory.
+    memory_flags: tuple = ()
+    target_gpu_gb: float | None = None
+    #: A VAE to use instead of the base's (SDXL's own overflows in fp16).
+    pretrained_vae_model_name_or_path: str | None = None
+    #: Steps of notebook 03's default run (``make course``): all of ``max_train_steps`` on the tiny profile, a
+    #: short run that shows the loop working on the GPU profiles (set MAX_TRAIN_STEPS for the full run).
+    course_train_steps: int = 0
 
 
 PROFILES: dict[str, Profile] = {
@@ -53,6 +64,7 @@ PROFILES: dict[str, Profile] = {
         max_train_steps=1200,
         num_generated_examples=2048,
         guidance_scale=3.0,
+        course_train_steps=1200,
     ),
     "sd15": Profile(
         name="sd15",
@@ -60,10 +72,16 @@ PROFILES: dict[str, Profile] = {
         pretrained_model_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5",
         dataset_name="fusing/fill50k",
         resolution=512,
-        train_batch_size=4,
+        # The ladder's rung 6 at batch 1 (fp16, gradient checkpointing, 8-bit AdamW, grads to None, cached
+        # latents): 6.4 GB measured on an H200, so a 16 GB T4 holds it; 4 micro-batches keep fill50k's batch 4.
+        train_batch_size=1,
+        gradient_accumulation_steps=4,
         learning_rate=1e-5,
         max_train_steps=15000,
         mixed_precision="fp16",
+        memory_flags=("gradient_checkpointing", "use_8bit_adam", "set_grads_to_none"),
+        target_gpu_gb=16.0,
+        course_train_steps=300,
     ),
     "sdxl": Profile(
         name="sdxl",
@@ -71,10 +89,17 @@ PROFILES: dict[str, Profile] = {
         pretrained_model_name_or_path="stabilityai/stable-diffusion-xl-base-1.0",
         dataset_name="fusing/fill50k",
         resolution=1024,
+        # The same flags as sd15's, for a 24 GB card (the SDXL guide's recipe; not measured by the course), and
+        # the fp16-fix VAE: SDXL's own VAE overflows in fp16.
         train_batch_size=1,
+        gradient_accumulation_steps=4,
         learning_rate=1e-5,
         max_train_steps=15000,
         mixed_precision="fp16",
+        memory_flags=("gradient_checkpointing", "use_8bit_adam", "set_grads_to_none"),
+        target_gpu_gb=24.0,
+        pretrained_vae_model_name_or_path="madebyollin/sdxl-vae-fp16-fix",
+        course_train_steps=100,
     ),
 }
 
@@ -82,7 +107,9 @@ PROFILES: dict[str, Profile] = {
 def get_profile(name: str | None = None, **overrides) -> Profile:
     """The profile called ``name``, else the one ``CN_PROFILE`` names, else ``tiny``.
 
-    Keyword arguments replace single fields, e.g. ``get_profile("tiny", resolution=128)``.
+    ``CN_PROFILE_OVERRIDES="resolution=64, max_train_steps=3, mixed_precision=no"`` replaces single fields
+    (CI runs the GPU profiles small on a CPU this way), and so do keyword arguments, which win:
+    ``get_profile("tiny", resolution=128)``.
     """
     chosen = (name or os.environ.get("CN_PROFILE") or DEFAULT_PROFILE).strip().lower()
     if chosen not in PROFILES:
@@ -90,4 +117,30 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
             f"Unknown profile {chosen!r}: choose one of {', '.join(PROFILES)} "
             "(set CN_PROFILE or the notebook's PROFILE parameter)"
         )
+    overrides = environment_overrides() | overrides
     return replace(PROFILES[chosen], **overrides) if overrides else PROFILES[chosen]
+
+
+def environment_overrides(text: str | None = None) -> dict:
+    """The fields ``CN_PROFILE_OVERRIDES`` (or ``text``) sets: ``name=value`` pairs, comma-separated, each value
+    converted to the field's type (``none`` for None, ``a|b`` for a tuple)."""
+    text = os.environ.get("CN_PROFILE_OVERRIDES", "") if text is None else text
+    types = {f.name: f.type for f in fields(Profile)}
+    overrides = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = (part.strip() for part in pair.partition("="))
+        if name not in types or not _:
+            raise ValueError(f"CN_PROFILE_OVERRIDES: {pair!r} is not field=value with a field of Profile "
+                             f"({', '.join(types)})")
+        kind = str(types[name])
+        if value.lower() == "none":
+            overrides[name] = None
+        elif kind.startswith("int"):
+            overrides[name] = int(value)
+        elif kind.startswith("float"):
+            overrides[name] = float(value)
+        elif kind.startswith("tuple"):
+            overrides[name] = tuple(filter(None, value.split("|")))
+        else:
+            overrides[name] = value
+    return overrides

@@ -18,18 +18,35 @@ COURSE_FLAGS = dict(snr_gamma=5.0, proportion_empty_prompts=0.1, lr_warmup_steps
 
 def course_flags(profile: Profile, base, output_dir, **overrides) -> dict:
     """The flags of notebook 03's run for ``profile`` as a dict: its data, resolution, batch size, learning
-    rate, steps and guidance scale (for validation images), plus :data:`COURSE_FLAGS`. ``overrides`` replace
-    any of them (e.g. validation or checkpoint flags)."""
+    rate, steps and guidance scale (for validation images), its precision, accumulation and memory flags (the GPU
+    profiles'), plus :data:`COURSE_FLAGS`. ``overrides`` replace any of them (e.g. validation or checkpoint
+    flags)."""
     flags = dict(pretrained_model_name_or_path=str(base), output_dir=str(output_dir), resolution=profile.resolution,
                  train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate,
                  max_train_steps=profile.max_train_steps, validation_guidance_scale=profile.guidance_scale,
                  **COURSE_FLAGS)
+    # The GPU profiles' recipe for their target card: precision, accumulation, memory flags, a fixed VAE.
+    flags["mixed_precision"] = profile.mixed_precision
+    if profile.gradient_accumulation_steps > 1:
+        flags["gradient_accumulation_steps"] = profile.gradient_accumulation_steps
+    flags.update(dict.fromkeys(profile.memory_flags, True))
+    if profile.pretrained_vae_model_name_or_path:
+        flags["pretrained_vae_model_name_or_path"] = profile.pretrained_vae_model_name_or_path
     if {"train_data_dir", "dataset_name"}.isdisjoint(overrides):  # the profile's data, generated if need be
         if profile.dataset_name is None:
             flags["train_data_dir"] = str(ensure_fill_dataset(profile.num_generated_examples, profile.resolution))
         else:
             flags["dataset_name"] = profile.dataset_name
     return flags | overrides
+
+
+def describe_recipe(profile: Profile) -> str:
+    """One line saying what the profile's recipe is for: the card it fits, the batch, precision and memory flags."""
+    target = f"a {profile.target_gpu_gb:g} GB GPU" if profile.target_gpu_gb else "a CPU"
+    batch = f"batch {profile.train_batch_size}" + (
+        f" x {profile.gradient_accumulation_steps} accumulated" if profile.gradient_accumulation_steps > 1 else "")
+    flags = ", ".join(f"--{flag}" for flag in profile.memory_flags) or "no memory flags"
+    return f"{profile.name} recipe for {target}: {batch}, mixed precision {profile.mixed_precision}, {flags}"
 
 
 def course_training_args(profile: Profile, base, output_dir, **overrides):

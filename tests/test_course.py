@@ -66,3 +66,17 @@ def test_runner_skips_a_notebook_whose_kernel_is_not_installed(tmp_path):
     nbformat.write(nb, path)
     passed, _, message = run_notebook(path, tmp_path / "out.ipynb")
     assert not passed and message.startswith("skipped") and "no-such-kernel-for-sure" in message
+
+
+def test_every_colab_cell_and_badge_uses_the_one_repository_address():
+    import re
+
+    from cnhelpers.colab import REPOSITORY, colab_cell, is_colab_cell
+
+    for path in course_notebooks(NOTEBOOKS):
+        cells = [c for c in json.loads(path.read_text())["cells"] if is_colab_cell(c)]
+        if path.name != "05_flax_tpu.ipynb":  # the Flax notebook runs in its own environment, not on Colab
+            assert ["".join(c["source"]) for c in cells] == [colab_cell()], path.name
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    badges = re.findall(r"colab.research.google.com/github/([^/]+/[^/]+)/blob/", readme)
+    assert badges and set(badges) == {REPOSITORY.removeprefix("https://github.com/")}

@@ -26,6 +26,9 @@ from cnhelpers.memory import (
 from cnhelpers.optim import check_optimizer_in_backward, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
+#: 8-bit AdamW is bitsandbytes' (cnhelpers' memory extra); Colab's runtime has none.
+needs_bitsandbytes = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                                        reason="bitsandbytes is not installed (pip install 'cnhelpers[memory]')")
 
 
 def run_args(tiny_base, fill_dir, tmp_path, **flags):
@@ -52,6 +55,7 @@ def test_gradient_checkpointing_flag_turns_it_on(tiny_base, fill_dir, tmp_path):
     assert not prepared_models(tiny_base, fill_dir, tmp_path).unet.is_gradient_checkpointing
 
 
+@needs_bitsandbytes
 def test_8bit_adam_keeps_its_state_in_uint8():
     layer = torch.nn.Linear(128, 128)  # bitsandbytes keeps tensors under 4096 values in 32 bits
     args = training_args(pretrained_model_name_or_path="x", train_data_dir="d", use_8bit_adam=True)
@@ -246,6 +250,7 @@ def test_live_tensor_bytes_sees_the_step_in_backward_free_the_gradient_buffer():
     assert usual - in_backward >= 0.8 * gradients  # all but about one layer's gradient
 
 
+@needs_bitsandbytes
 def test_step_in_backward_with_8bit_adam_keeps_uint8_state_per_parameter():
     layer = torch.nn.Linear(128, 128)  # bitsandbytes keeps tensors under 4096 values in 32 bits
     optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True, use_8bit_adam=True), layer.parameters())
@@ -296,6 +301,7 @@ def test_step_in_backward_refuses_clipping_before_loading_anything(tiny_base, fi
     run(tiny_base, fill_dir, tmp_path, optimizer_in_backward=True, max_grad_norm=0, mixed_precision="bf16")
 
 
+@needs_bitsandbytes
 def test_step_in_backward_resumes_exactly(tiny_base, fill_dir, tmp_path):
     # The per-parameter 8-bit states and the schedule come back from checkpoint-2: the run stops right
     # after saving it (same --max_train_steps, so the same schedule), then resumes.
@@ -318,6 +324,7 @@ def test_step_in_backward_resumes_exactly(tiny_base, fill_dir, tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@needs_bitsandbytes
 def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -335,6 +342,7 @@ def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatc
     assert "| 1 | fp32 AdamW |" in table and "38 GB" in table
 
 
+@needs_bitsandbytes
 def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import memory_ladder

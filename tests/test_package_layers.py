@@ -15,7 +15,7 @@ LAYERS = (
     ("config", "recipes", "optim", "cache", "checkpoints", "outputs", "loading"),
     ("training", "inference"),
     ("evaluation", "anatomy", "memory"),
-    ("plots", "checks", "train", "course", "pretrain_base", "flax_training"),
+    ("plots", "checks", "train", "course", "colab", "pretrain_base", "flax_training"),
 )
 
 

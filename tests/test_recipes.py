@@ -25,3 +25,33 @@ def test_overrides_replace_the_recipes_flags_and_nothing_else(tmp_path):
     changed = course_flags(profile, "base", tmp_path, train_data_dir="data", max_train_steps=7)
     assert changed == base | {"max_train_steps": 7}
     assert base["learning_rate"] == profile.learning_rate and base["train_batch_size"] == profile.train_batch_size
+
+
+def test_the_sd15_recipe_is_a_measured_ladder_rung_that_fits_its_target_card():
+    from pathlib import Path
+
+    from cnhelpers.memory import LADDER, load_ladder_results, rung_flags
+
+    profile = get_profile("sd15")
+    flags = course_flags(profile, "base", "out")
+    results = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("sd15-ladder-h200-*.json"))
+    measured = [r for r in load_ladder_results(*results)
+                if r["peak_gb"] is not None and "deepspeed" not in LADDER[r["rung"] - 1].needs]
+    # the rungs measured at the profile's batch size whose flags the recipe has (the cache is on by --cache auto)
+    fitting = [r for r in measured if all(flags.get(k) == v for k, v in rung_flags(r["rung"]).items() if k != "cache")]
+    assert fitting and flags["train_batch_size"] == 1  # the ladder was measured at batch 1
+    best = max(fitting, key=lambda r: r["rung"])
+    assert best["rung"] == 6 and best["peak_gb"] < 0.8 * profile.target_gpu_gb
+
+
+def test_the_gpu_recipes_are_refused_on_a_cpu_only_for_what_a_cpu_cannot_do(monkeypatch):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs fp16")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        course_training_args(get_profile("sd15"), "base", "out")
+    monkeypatch.setenv("CN_PROFILE_OVERRIDES", "mixed_precision=no, resolution=64, max_train_steps=3")
+    args = course_training_args(get_profile("sd15"), "base", "out")
+    assert (args.mixed_precision, args.resolution, args.max_train_steps, args.use_8bit_adam) == ("no", 64, 3, True)
