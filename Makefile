@@ -15,8 +15,8 @@ FLAX_NOTEBOOK := notebooks/05_flax_tpu.ipynb
 VENV_COLAB := .venv-colab
 BIN_COLAB := $(CURDIR)/$(VENV_COLAB)/bin
 STAMP_COLAB := $(VENV_COLAB)/.installed
-# .ci/run sets LEG to a timer of each test leg; by hand the commands run as they are.
-LEG ?=
+# Each test leg runs through .ci/leg, which appends its wall time to $$CI_TIMES when .ci/run sets it.
+LEG ?= $(SHELL) $(CURDIR)/.ci/leg
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 

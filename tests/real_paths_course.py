@@ -40,7 +40,7 @@ def main() -> int:
                        "--nbval-sanitize-with", str(HERE / "real_paths_sanitize.cfg"),
                        *[str(ROOT / "notebooks" / name) for name in notebooks]]
             print(f"== CN_PROFILE={profile} ({SMALL}) against {hub.url}", flush=True)
-            status = status or subprocess.run(command, env=env, cwd=ROOT).returncode
+            status = subprocess.run(command, env=env, cwd=ROOT).returncode or status  # every leg runs
     return status
 
 
