@@ -15,4 +15,10 @@ One job per module, in layers that import only downward (``tests/test_package_la
    notebook runner), ``colab`` (the notebooks' Colab cell), ``pretrain_base`` (the tiny base's recipe), ``flax_training`` (the Flax environment only).
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes looks for an optional CPU kernel package when it is imported (diffusers imports it) and warns on
+# stderr that it is missing: a pink box in every notebook, about a kernel the course never uses.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

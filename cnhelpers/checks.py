@@ -1,6 +1,14 @@
-"""Self-checks for the notebooks' exercises: each returns True or False and prints why."""
+"""Self-checks for the notebooks' exercises: each returns True or False and prints why.
+
+An exercise ships unanswered (``my_answer = None``): its check then prints a hint instead of failing, and an
+answer of the wrong form (a number where a tuple belongs, a function that raises) is a hint too, never an
+error, so Run All stays clean. The solutions sit in a collapsed cell below each exercise;
+``tests/test_exercises.py`` proves each check accepts them and rejects typical wrong answers.
+"""
 
 from __future__ import annotations
+
+import functools
 
 from .losses import min_snr_weights
 
@@ -11,6 +19,42 @@ def verdict(correct: bool, right: str, wrong: str) -> bool:
     return bool(correct)
 
 
+class Unanswered(Exception):
+    """Raised inside a check when the learner's function returns None: its body is still to be written."""
+
+
+def answered(value):
+    """``value``, or :class:`Unanswered` when it is None (what an exercise's unwritten function returns)."""
+    if value is None:
+        raise Unanswered
+    return value
+
+
+def exercise(answers: int = 1, hint: str = ""):
+    """Make a check forgiving: its first ``answers`` arguments are the learner's. Any of them None prints
+    "not answered yet" and ``hint``; an answer the check cannot even compare (TypeError, ValueError) prints what
+    form it should have. Either way the check returns False instead of raising."""
+    def decorate(check):
+        @functools.wraps(check)
+        def forgiving(*args, **kwargs):
+            if any(answer is None for answer in args[:answers]):
+                print("✏️ Not answered yet: replace each None in the cell above with your answer, then run it again."
+                      + (f" Hint: {hint}" if hint else ""))
+                return False
+            try:
+                return check(*args, **kwargs)
+            except Unanswered:
+                print("✏️ Not answered yet: your function still returns None; write its body, then run the cell "
+                      "again." + (f" Hint: {hint}" if hint else ""))
+                return False
+            except Exception as error:  # a learner's answer (or function) of the wrong form: a hint, not a traceback
+                return verdict(False, "", f"The check could not use your answer ({type(error).__name__}: {error})."
+                               + (f" Hint: {hint}" if hint else ""))
+        return forgiving
+    return decorate
+
+
+@exercise(answers=1, hint='the VAE shrinks each side by its factor, into its latent channels: (channels, height, width).')
 def check_latent_shape(answer, resolution: int = 64, latent_channels: int = 4, vae_scale_factor: int = 8) -> bool:
     """Exercise (notebook 00): the shape of one image's latents, as a tuple (channels, height, width)."""
     expected = (latent_channels, resolution // vae_scale_factor, resolution // vae_scale_factor)
@@ -26,6 +70,7 @@ def check_latent_shape(answer, resolution: int = 64, latent_channels: int = 4, v
 # --- notebook 03: the training loop ---------------------------------------------------------------
 
 
+@exercise(answers=1, hint='SNR(t) = alphas_cumprod[t] / (1 - alphas_cumprod[t]); the weight is min(SNR, γ) / SNR.')
 def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamma: float) -> bool:
     """Exercise (notebook 03): the Min-SNR weight of one timestep, for the scheduler's prediction type."""
     import torch
@@ -41,6 +86,7 @@ def check_min_snr_weight(answer: float, noise_scheduler, timestep: int, snr_gamm
 
 # --- 01_dataset_transforms ---------------------------------------------------------------------------
 
+@exercise(answers=3, hint='a tuple (channels, height, width), and two (min, max) pairs.')
 def check_transform_answer(pixel_values_shape, pixel_values_range, conditioning_range, resolution: int = 512) -> bool:
     """Exercise (notebook 01): a 768 x 512 (width x height) photo goes through the training transforms at
     ``resolution``. Give the shape of its ``pixel_values`` tensor, and the (min, max) value range of
@@ -67,6 +113,7 @@ def check_transform_answer(pixel_values_shape, pixel_values_range, conditioning_
 
 # --- 02_controlnet_from_unet -------------------------------------------------------------------------
 
+@exercise(answers=2, hint='count the stride-2 convolutions: one per entry after the first.')
 def check_conditioning_size(downsampling, conditioning_side, conditioning_embedding_out_channels=(16, 32, 64, 128, 256),
                             latent_side: int = 64) -> bool:
     """Exercise (notebook 02): for a ControlNet with these ``conditioning_embedding_out_channels``, how many
@@ -95,6 +142,7 @@ def check_conditioning_size(downsampling, conditioning_side, conditioning_embedd
 # Notebook 05 (Flax on TPUs)
 # --------------------------------------------------------------------------------------------------
 
+@exercise(answers=1, hint="reduce each sample's squared error to one number, then weight it.")
 def check_min_snr_loss(loss_fn) -> bool:
     """Exercise (notebook 05): ``loss_fn(prediction, target, weights)`` weights each sample's error once.
 
@@ -112,7 +160,9 @@ def check_min_snr_loss(loss_fn) -> bool:
         weights = rng.uniform(0.05, 1.0, batch).astype(np.float32)
         expected = float(np.mean(weights * ((prediction - target) ** 2).mean(axis=(1, 2, 3))))
         try:
-            got = float(np.asarray(loss_fn(prediction, target, weights)))
+            got = float(np.asarray(answered(loss_fn(prediction, target, weights))))
+        except Unanswered:
+            raise
         except Exception as error:
             return verdict(False, "", f"With a batch of {batch} and latents {width} wide your function raised "
                            f"{type(error).__name__}: {error}. Reduce each sample's error to one number before "
@@ -128,6 +178,7 @@ def check_min_snr_loss(loss_fn) -> bool:
 # --- notebook 04: memory tricks -------------------------------------------------------------------
 
 
+@exercise(answers=2, hint='AdamW keeps two moments per parameter.')
 def check_optimizer_state_gb(fp32_adam_gb: float, adam_8bit_gb: float, controlnet_params: int) -> bool:
     """Exercise (notebook 04): the ControlNet's AdamW state in GB, with fp32 moments and with 8-bit ones."""
     expected = (controlnet_params * 8 / 1e9, controlnet_params * 2 / 1e9)
@@ -142,6 +193,7 @@ def check_optimizer_state_gb(fp32_adam_gb: float, adam_8bit_gb: float, controlne
 
 # --- 07_sdxl ------------------------------------------------------------------------------------------
 
+@exercise(answers=1, hint='the pooled text, then 6 numbers each embedded in addition_time_embed_dim.')
 def check_sdxl_added_embedding_width(answer, pooled_dim: int = 1280, addition_time_embed_dim: int = 256) -> bool:
     """Exercise (notebook 07): the width of the vector SDXL's UNet adds to its timestep embedding
     (``projection_class_embeddings_input_dim``), for a pooled text embedding of ``pooled_dim`` numbers and
@@ -160,6 +212,7 @@ def check_sdxl_added_embedding_width(answer, pooled_dim: int = 1280, addition_ti
 # --- notebook 06: inference and control fidelity --------------------------------------------------
 
 
+@exercise(answers=1, hint='IoU = intersection / union of two equal discs one radius apart.')
 def check_shifted_disc_iou(answer: float) -> bool:
     """Exercise (notebook 06): the IoU of two equal discs whose centres are one radius apart."""
     import math
@@ -179,6 +232,7 @@ def check_shifted_disc_iou(answer: float) -> bool:
 # --- notebook 04: the optimizer step in backward --------------------------------------------------
 
 
+@exercise(answers=2, hint='fp32: 4 bytes a value; the usual step keeps every gradient, the step in backward one.')
 def check_live_gradients_mb(usual_mb: float, in_backward_mb: float, parameter_numels: list[int]) -> bool:
     """Exercise (notebook 04): the most fp32 gradient MB alive at once, with the usual step and with the step
     in backward, for parameters of ``parameter_numels`` values each."""
@@ -191,3 +245,63 @@ def check_live_gradients_mb(usual_mb: float, in_backward_mb: float, parameter_nu
         f"You answered {usual_mb:.1f} and {in_backward_mb:.1f} MB. An fp32 gradient takes 4 bytes a value: the "
         "usual step keeps them all (sum the sizes); the step in backward one at a time (the largest).",
     )
+
+
+# --- code exercises: a function of yours, checked on several inputs -------------------------------------
+
+@exercise(hint="SNR = alphas_cumprod[t] / (1 - alphas_cumprod[t]); clamp it at γ; divide by SNR (epsilon) or "
+               "by SNR + 1 (v_prediction).")
+def check_min_snr_weights_function(fn) -> bool:
+    """Exercise (notebook 03): ``fn(alphas_cumprod, timesteps, gamma, prediction_type)`` returns the Min-SNR-γ
+    weight of each timestep, as diffusers' training scripts compute it, for epsilon and v-prediction."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    timesteps = torch.tensor([0, 1, 10, 50, 200, 500, 999])
+    for prediction_type in ("epsilon", "v_prediction"):
+        scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                  prediction_type=prediction_type)
+        for gamma in (1.0, 5.0):
+            expected = min_snr_weights(scheduler, timesteps, gamma)
+            got = torch.as_tensor(answered(fn(scheduler.alphas_cumprod, timesteps, gamma, prediction_type)),
+                                  dtype=torch.float32)
+            if got.shape != expected.shape:
+                return verdict(False, "", f"For {len(timesteps)} timesteps your function returns shape "
+                               f"{tuple(got.shape)}: give one weight per timestep, shape ({len(timesteps)},).")
+            if not torch.allclose(got, expected, rtol=1e-3, atol=1e-6):
+                worst = int((got - expected).abs().argmax())
+                return verdict(False, "", f"With {prediction_type} and γ = {gamma:g}, at t = {int(timesteps[worst])} "
+                               f"your weight is {float(got[worst]):.4g} where Min-SNR gives {float(expected[worst]):.4g}. "
+                               "Clamp the SNR at γ (min(SNR, γ)), then divide by SNR for epsilon, by SNR + 1 for "
+                               "v_prediction.")
+    return verdict(True, "Your weights equal diffusers' compute_snr-based Min-SNR weights for both prediction types: "
+                   "easy, low-noise timesteps (large SNR) get weights far below 1.", "")
+
+
+@exercise(hint="resize the short side to resolution, center-crop a square, to a tensor in [0, 1] (no Normalize).")
+def check_conditioning_transform(fn, resolution: int = 64) -> bool:
+    """Exercise (notebook 01): ``fn(image, resolution)`` turns a PIL conditioning image of any size into the tensor
+    the ControlNet is fed: (3, resolution, resolution), values in [0, 1], the same geometry as the target image."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .data import conditioning_image_transforms
+
+    rng = np.random.default_rng(0)
+    for width, height in ((3 * resolution // 2, resolution), (resolution, 2 * resolution), (2 * resolution,) * 2):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = conditioning_image_transforms(resolution)(image)
+        got = torch.as_tensor(answered(fn(image, resolution)), dtype=torch.float32)
+        if tuple(got.shape) != tuple(expected.shape):
+            return verdict(False, "", f"A {width} x {height} image gives shape {tuple(got.shape)}, not "
+                           f"{tuple(expected.shape)}: resize the short side to {resolution}, center-crop, channels first.")
+        if got.min() < -1e-6 or got.max() > 1 + 1e-6:
+            return verdict(False, "", f"Your values run from {float(got.min()):.2f} to {float(got.max()):.2f}: the "
+                           "conditioning image stays in [0, 1] (Normalize is for the target image only).")
+        if (got - expected).abs().mean() > 0.02:
+            return verdict(False, "", f"A {width} x {height} image comes out different from the course's transform "
+                           "(mean difference {:.3f}): center-crop after resizing, so the outline stays where the "
+                           "target's circle is.".format(float((got - expected).abs().mean())))
+    return verdict(True, "Same geometry as the target image's transform, values in [0, 1]: the outline lines up "
+                   "with the circle it describes.", "")

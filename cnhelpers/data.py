@@ -15,6 +15,7 @@ import json
 import random
 import re
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,11 +232,27 @@ def load_fill50k(source: str | Path = "fusing/fill50k", *, max_samples: int | No
     return Dataset.from_dict(columns, features=features)
 
 
+@contextmanager
+def local_load():
+    """Load a local folder without datasets' progress bars ("Downloading data", "Generating train split"):
+    nothing is downloaded, and in a notebook the bars are noise beside the data set they describe."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    enabled = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            enable_progress_bar()
+
+
 def load_imagefolder(path: str | Path):
     """Load an imagefolder written by :func:`write_fill_imagefolder` (or your own) as a Dataset."""
     from datasets import load_dataset
 
-    return load_dataset(str(path), split="train")
+    with local_load():
+        return load_dataset(str(path), split="train")
 
 
 def load_raw_dataset(args):
