@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+from .data import conditioning_image_transforms
 from .losses import min_snr_weights
 
 
@@ -285,8 +286,6 @@ def check_conditioning_transform(fn, resolution: int = 64) -> bool:
     import numpy as np
     import torch
     from PIL import Image
-
-    from .data import conditioning_image_transforms
 
     rng = np.random.default_rng(0)
     for width, height in ((3 * resolution // 2, resolution), (resolution, 2 * resolution), (2 * resolution,) * 2):
