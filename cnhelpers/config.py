@@ -247,6 +247,12 @@ def training_args(**flags):
     return args
 
 
+def changed_flags(args) -> dict:
+    """The flags of ``args`` that differ from the parser's defaults: the whole recipe of a run, nothing hidden."""
+    defaults = {action.dest: action.default for action in build_parser()._actions if action.dest != "help"}
+    return {name: value for name, value in vars(args).items() if name in defaults and value != defaults[name]}
+
+
 def resolved_args(args, num_processes: int = 1):
     """A copy of ``args`` as a run uses it: a seed drawn when none is given, and the learning rate multiplied
     by accumulation x batch size x processes under ``--scale_lr``. ``args`` itself is left as it is, so calling

@@ -418,3 +418,143 @@ def show_memory_breakdown(rows: list[dict], title: str = "", unit: str = "GB", a
     ax.legend(loc="lower right", fontsize=8)
     ax.figure.tight_layout()
     return ax
+
+
+# --------------------------------------------------------------------------------------------------
+# Diffusion and ControlNet, drawn (notebooks 02 and 03)
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def show_noising(vae, image, noise_scheduler, timesteps=(0, 100, 300, 500, 700, 999), seed: int = 0):
+    """One image's latent noised to several timesteps by ``add_noise`` (one noise draw for all), and each
+    noisy latent decoded: what the ControlNet and the UNet see at each ``t``, and how little is left at the end."""
+    from .data import image_transforms
+
+    side = image.size[0]
+    pixels = image_transforms(side)(image.convert("RGB"))[None].to(vae.device, vae.dtype)
+    latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(latents)
+    fig, axes = plt.subplots(2, len(timesteps), figsize=(1.6 * len(timesteps), 3.4), squeeze=False)
+    for column, t in enumerate(timesteps):
+        noisy = noise_scheduler.add_noise(latents, noise, torch.tensor([t]))
+        decoded = vae.decode(noisy / vae.config.scaling_factor).sample[0].float().cpu()
+        alpha_bar = float(noise_scheduler.alphas_cumprod[t])
+        axes[0][column].imshow(to_picture(decoded, normalised=True), interpolation="nearest")
+        axes[0][column].set_title(f"t = {t}\nSNR {alpha_bar / (1 - alpha_bar):.3g}", fontsize=9)
+        axes[1][column].imshow(noisy[0, 0].float().cpu(), cmap="gray", interpolation="nearest")
+        for row in (0, 1):
+            _bare(axes[row][column])
+    axes[0][0].set_ylabel("decoded", fontsize=9)
+    axes[1][0].set_ylabel("latent, ch. 0", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def show_denoising(pipeline, prompt: str, num_inference_steps: int = 20, shown: int = 6, seed: int = 0, **kwargs):
+    """The latents of one generation decoded after a few of its denoising steps: noise becoming a picture.
+    ``kwargs`` go to the pipeline (e.g. ``image=`` for a ControlNet pipeline, ``guidance_scale=``)."""
+    snapshots = {}
+    keep = set(np.linspace(0, num_inference_steps - 1, shown).round().astype(int).tolist())
+
+    def remember(pipe, step, timestep, tensors):
+        if step in keep:
+            snapshots[step] = (int(timestep), tensors["latents"].detach().clone())
+        return tensors
+
+    pipeline(prompt, num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(seed),
+             callback_on_step_end=remember, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+    vae = pipeline.vae
+    fig, axes = plt.subplots(1, len(snapshots), figsize=(1.6 * len(snapshots), 2.0), squeeze=False)
+    for ax, (step, (timestep, latents)) in zip(axes[0], sorted(snapshots.items())):
+        with torch.no_grad():
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample[0].float().cpu()
+        ax.imshow(to_picture(decoded, normalised=True), interpolation="nearest")
+        ax.set_title(f"after step {step + 1}\n(t = {timestep})", fontsize=9)
+        _bare(ax)
+    fig.suptitle(prompt, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def residual_shapes(controlnet, resolution: int, vae_factor: int = 8) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of each residual a ControlNet hands its UNet at ``resolution`` (the mid block's
+    last), from its config alone: one per skip connection of the encoder."""
+    config = controlnet.config
+    channels, side = list(config.block_out_channels), resolution // vae_factor
+    shapes = [(channels[0], side, side)]  # conv_in
+    for level, width in enumerate(channels):
+        shapes += [(width, side, side)] * config.layers_per_block
+        if level < len(channels) - 1:
+            side //= 2
+            shapes.append((width, side, side))  # the downsampler
+    return shapes + [(channels[-1], side, side)]
+
+
+def draw_controlnet(controlnet, resolution: int, title: str = "", vae_factor: int = 8):
+    """The ControlNet architecture, drawn from a model's config: the trainable copy of the UNet's encoder with the
+    conditioning embedding (orange), the locked UNet's encoder and decoder (blue), and the zero convolutions (red)
+    that carry each residual, with its shape at ``resolution``, into the decoder's skip connections."""
+    from collections import Counter
+
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    shapes = residual_shapes(controlnet, resolution, vae_factor)
+    levels = len(controlnet.config.block_out_channels)
+    per_level = [controlnet.config.layers_per_block + (level < levels - 1) + (level == 0) for level in range(levels)]
+    fig, ax = plt.subplots(figsize=(10, 1.05 * (levels + 2) + 0.7))
+    ax.set_xlim(0, 9.8)
+    ax.set_ylim(-levels - 1.9, 1.25)
+    ax.axis("off")
+
+    def box(x, y, w, text, colour, alpha=0.35):
+        ax.add_patch(Rectangle((x, y - 0.33), w, 0.66, facecolor=colour, edgecolor="black", alpha=alpha))
+        ax.text(x + w / 2, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(start, end, colour="black"):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color=colour, lw=1))
+
+    copy_x, zero_x, up_x, down_x, w = 2.3, 4.45, 5.0, 7.6, 1.9
+    box(0.1, 0.6, w, f"conditioning image\n(3, {resolution}, {resolution})", "white", 1)
+    box(0.1, -0.5, w, "conditioning embedding\n(new; its last conv zero)", "tab:orange")
+    arrow((1.05, 0.27), (1.05, -0.17))
+    box(copy_x, 0.6, w, "noisy latents, t, text", "white", 1)
+    box(down_x, 0.6, w, "noisy latents, t, text", "white", 1)
+    box(up_x, 0.6, w, "prediction (noise or v)", "white", 1)
+    arrow((2.0, -0.5), (copy_x, -0.9))  # added to the copy's first features
+    arrow((copy_x + w / 2, 0.27), (copy_x + w / 2, -0.67))
+    arrow((down_x + w / 2, 0.27), (down_x + w / 2, -0.67))
+    arrow((up_x + w / 2, -0.67), (up_x + w / 2, 0.27))
+    first = 0
+    for level in range(levels):
+        y = -level - 1
+        width = controlnet.config.block_out_channels[level]
+        box(copy_x, y, w, f"trainable copy\ndown block {level} ({width} ch)", "tab:orange")
+        box(up_x, y, w, f"locked UNet\nup block {levels - 1 - level}", "tab:blue")
+        box(down_x, y, w, f"locked UNet\ndown block {level}", "tab:blue")
+        group = shapes[first:first + per_level[level]]
+        first += len(group)
+        counted = " + ".join(f"{n} x {shape}" for shape, n in Counter(group).items())
+        ax.add_patch(Rectangle((zero_x, y - 0.12), 0.3, 0.24, facecolor="tab:red", edgecolor="black"))
+        ax.text(zero_x + 0.15, y + 0.43, f"{len(group)} zero conv{'s' if len(group) > 1 else ''}: {counted}",
+                fontsize=7, color="tab:red", ha="center")
+        arrow((copy_x + w, y), (zero_x, y), "tab:red")
+        arrow((zero_x + 0.3, y), (up_x, y), "tab:red")
+        arrow((down_x, y - 0.15), (up_x + w, y - 0.15), "gray")  # the UNet's own skip connections
+        if level < levels - 1:
+            arrow((copy_x + w / 2, y - 0.33), (copy_x + w / 2, y - 0.67))
+            arrow((down_x + w / 2, y - 0.33), (down_x + w / 2, y - 0.67))
+            arrow((up_x + w / 2, y - 0.67), (up_x + w / 2, y - 0.33))
+    y = -levels - 1
+    box(copy_x, y, w, "trainable copy\nmid block", "tab:orange")
+    box(up_x, y, down_x + w - up_x, "locked UNet mid block", "tab:blue")
+    ax.add_patch(Rectangle((zero_x, y - 0.12), 0.3, 0.24, facecolor="tab:red", edgecolor="black"))
+    ax.text(zero_x + 0.15, y + 0.43, f"1 zero conv: {shapes[-1]}", fontsize=7, color="tab:red", ha="center")
+    arrow((copy_x + w, y), (zero_x, y), "tab:red")
+    arrow((zero_x + 0.3, y), (up_x, y), "tab:red")
+    arrow((copy_x + w / 2, y + 0.67), (copy_x + w / 2, y + 0.33))
+    arrow((down_x + w / 2, y + 0.67), (down_x + w / 2, y + 0.33))
+    arrow((up_x + w / 2, y + 0.33), (up_x + w / 2, y + 0.67))
+    ax.text(4.9, 1.12, title or f"ControlNet: {len(shapes)} residuals at {resolution} px", ha="center", fontsize=10)
+    ax.text(0.1, y - 0.8, f"{len(shapes)} residuals. Orange: trained. Blue: frozen. Red: zero convolutions, which "
+            "start at zero, so the UNet starts unchanged. Grey: the UNet's own skip connections.", fontsize=7.5)
+    return fig

@@ -346,3 +346,27 @@ def test_the_log_of_a_resumed_run_holds_every_step_once(tiny_base, fill_dir, tmp
     train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=6, checkpointing_steps=3,
                     resume_from_checkpoint="checkpoint-3"))
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_notebook_03s_hand_written_loop_ends_with_the_weights_of_train(tiny_base, fill_dir, tmp_path, monkeypatch):
+    """The cells tagged hand-loop, run as they are, and train() with the same flags: bit-identical weights."""
+    import json
+
+    from cnhelpers import recipes
+    from cnhelpers.profiles import get_profile
+
+    cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "03_training_loop.ipynb").read_text())
+    loop = ["".join(c["source"]) for c in cells["cells"] if "hand-loop" in c.get("metadata", {}).get("tags", [])]
+    assert len(loop) == 2
+    profile = get_profile("tiny", train_batch_size=4)
+    monkeypatch.setattr(recipes, "ensure_fill_dataset", lambda *a, **k: fill_dir)  # 16 examples, not 2048
+    namespace = {"profile": profile, "base": tiny_base, "build_dir": lambda: tmp_path, "HAND_STEPS": 5, "SEED": 0,
+                 "torch": torch}
+    for source in loop:
+        exec(source, namespace)
+    assert namespace["global_step"] == 5
+    reference = train(recipes.course_training_args(profile, tiny_base, tmp_path / "by-train", max_train_steps=5, seed=0))
+    by_train = controlnet_state(reference.output_dir)
+    by_hand = namespace["accelerator"].unwrap_model(namespace["controlnet"]).state_dict()
+    assert all(torch.equal(by_hand[name], by_train[name]) for name in by_train)
+    assert [entry["loss"] for entry in reference.history] == namespace["hand_losses"]
