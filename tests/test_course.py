@@ -80,3 +80,12 @@ def test_every_colab_cell_and_badge_uses_the_one_repository_address():
     readme = (NOTEBOOKS.parent / "README.md").read_text()
     badges = re.findall(r"colab.research.google.com/github/([^/]+/[^/]+)/blob/", readme)
     assert badges and set(badges) == {REPOSITORY.removeprefix("https://github.com/")}
+
+
+def test_checked_outputs_are_marked_by_cell_tags_not_comments():
+    tagged = 0
+    for path in course_notebooks(NOTEBOOKS):
+        for cell in json.loads(path.read_text())["cells"]:
+            assert "NBVAL_CHECK_OUTPUT" not in "".join(cell["source"]), path.name
+            tagged += "nbval-check-output" in cell.get("metadata", {}).get("tags", [])
+    assert tagged >= 50  # the stable facts nbval compares
