@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .anatomy import GRADIENT_GROUPS, PARAMETER_KINDS
-from .data import canny_conditioning
+from .data import canny_conditioning, image_transforms
 from .images import png_bytes, to_picture
 from .losses import min_snr_weights
 from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
@@ -428,8 +428,6 @@ def show_memory_breakdown(rows: list[dict], title: str = "", unit: str = "GB", a
 def show_noising(vae, image, noise_scheduler, timesteps=(0, 100, 300, 500, 700, 999), seed: int = 0):
     """One image's latent noised to several timesteps by ``add_noise`` (one noise draw for all), and each
     noisy latent decoded: what the ControlNet and the UNet see at each ``t``, and how little is left at the end."""
-    from .data import image_transforms
-
     side = image.size[0]
     pixels = image_transforms(side)(image.convert("RGB"))[None].to(vae.device, vae.dtype)
     latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
