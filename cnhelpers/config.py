@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from .hub import HubUnavailableError, hub_offline
 
 
 class CourseArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose error for an unknown flag suggests the closest known one."""
+    """An ArgumentParser whose error for an unknown flag suggests the closest known one, and that reads
+    ``--learning_rate -1e-4`` as a (negative) value: argparse's own pattern knows no exponents, so it took
+    ``-1e-4`` for a flag and said "expected one argument" instead of what is wrong with the value."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def parse_args(self, args=None, namespace=None):
         parsed, unknown = self.parse_known_args(args, namespace)

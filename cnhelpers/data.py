@@ -246,10 +246,8 @@ def load_raw_dataset(args):
     from datasets import load_dataset, load_from_disk
 
     if args.train_data_dir is not None:
-        try:
-            dataset = load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
-        except StopIteration:  # datasets' json builder finds no first row to read the features from
-            dataset = []
+        check_metadata_has_rows(args.train_data_dir)  # else datasets fails deep inside (IndexError, StopIteration)
+        dataset = load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
         check_not_empty(dataset, args.train_data_dir)
         return dataset
     name = args.dataset_name
@@ -272,6 +270,16 @@ def load_raw_dataset(args):
     except (ConnectionError, OSError) as error:
         raise HubUnavailableError(f"Cannot load --dataset_name {name!r} from the hub ({error}). Use a local "
                                   "folder (--train_data_dir or --dataset_name PATH), or go online.") from error
+
+
+def check_metadata_has_rows(folder) -> None:
+    """Refuse an imagefolder whose metadata.jsonl (or .csv) holds no rows, before datasets reads it."""
+    for metadata in sorted(Path(folder).glob("metadata.*")):
+        if metadata.suffix not in (".jsonl", ".csv"):
+            continue
+        lines = [line for line in metadata.read_text(errors="replace").splitlines() if line.strip()]
+        if len(lines) <= (metadata.suffix == ".csv"):  # a csv's first line is its header
+            check_not_empty([], folder)
 
 
 def check_not_empty(dataset, source) -> None:

@@ -53,9 +53,9 @@ def load_models(args) -> Models:
 
     base = resolve_pretrained(args.pretrained_model_name_or_path)
     common = dict(revision=args.revision, variant=args.variant)
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_pretrained(args.tokenizer_name) if args.tokenizer_name else base,
-        subfolder=None if args.tokenizer_name else "tokenizer", revision=args.revision)
+    # (subfolder only for the base: transformers 5 fails on subfolder=None)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.tokenizer_name), revision=args.revision) \
+        if args.tokenizer_name else AutoTokenizer.from_pretrained(base, subfolder="tokenizer", revision=args.revision)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common)
     if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole folder, no subfolder

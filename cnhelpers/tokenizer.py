@@ -102,8 +102,9 @@ def check_tokenizer_fits(tokenizer, captions: list[str], vocab_size: int, name: 
     when it turns some of their words into its unknown token.
 
     Two refusals: a token id past the text encoder's embedding table (a tokenizer made for another text
-    encoder: the lookup would fail deep inside it), and captions that become nothing but unknown tokens (every
-    example would get the same text). Up to ``max_captions`` distinct captions are looked at.
+    encoder: the lookup would fail deep inside it), and captions whose tokens are mostly (half or more) the
+    unknown token (the examples' texts could not be told apart); fewer unknown tokens are a warning. Up to
+    ``max_captions`` distinct captions are looked at.
     """
     texts = sorted({c for c in captions if c})[:max_captions]
     if not texts:
@@ -125,10 +126,11 @@ def check_tokenizer_fits(tokenizer, captions: list[str], vocab_size: int, name: 
     words = sorted({w for text in texts for w in re.findall(r"[a-z]+", text.lower())})[:200]
     lost = [w for w in words if unknown in tokenizer(w, add_special_tokens=False).input_ids][:5]
     examples = ", ".join(repr(w) for w in lost) or "?"
-    if unknown_count == total:
-        raise ValueError(f"{name} knows none of the captions' words ({examples}...): every caption becomes unknown "
-                         "tokens, so every example would get the same text. Use the base model's tokenizer (leave "
-                         "out --tokenizer_name) or one whose vocabulary covers the captions.")
-    warnings.warn(f"{name} turns {unknown_count} of the captions' {total} tokens into its unknown token (words such "
-                  f"as {examples}): the text encoder cannot tell those words apart. Use a tokenizer whose "
-                  "vocabulary covers the captions.", stacklevel=2)
+    told = (f"{name} turns {unknown_count} of the captions' {total} tokens into its unknown token (words such as "
+            f"{examples})")
+    if 2 * unknown_count >= total:
+        raise ValueError(f"{told}: the captions would become mostly unknown tokens, which the text encoder cannot "
+                         "tell apart. Use the base model's tokenizer (leave out --tokenizer_name) or one whose "
+                         "vocabulary covers the captions.")
+    warnings.warn(f"{told}: the text encoder cannot tell those words apart. Use a tokenizer whose vocabulary "
+                  "covers the captions.", stacklevel=2)

@@ -37,7 +37,7 @@ import os
 import signal
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,7 +426,7 @@ def train(args, callback=None) -> TrainResult:
     SIGTERM or SIGINT stops the run with :class:`Terminated`, but never in the middle of a checkpoint or of
     the final save (:class:`SignalGuard`).
     """
-    with SignalGuard(args.output_dir) as guard:
+    with SignalGuard(args.output_dir) as guard, ExitStack() as on_exit:
         args, accelerator = setup(args)
         parts = prepare_models(args, accelerator)
         dataloader = prepare_data(args, accelerator, parts)
@@ -442,8 +442,9 @@ def train(args, callback=None) -> TrainResult:
         log = TrainLog(Path(args.output_dir) / "train_log.jsonl", global_step, accelerator.is_main_process)
         result = TrainResult(str(args.output_dir), global_step, cached=parts.text_table is not None,
                              is_main_process=accelerator.is_main_process)
-        progress = tqdm(total=schedule.max_train_steps, initial=global_step, desc="Steps", mininterval=2,
-                        disable=not accelerator.is_local_main_process)
+        # closed however the loop ends, so that an error's line is the last one printed, not the bar's redraw
+        progress = on_exit.enter_context(tqdm(total=schedule.max_train_steps, initial=global_step, desc="Steps",
+                                              mininterval=2, disable=not accelerator.is_local_main_process))
         micro_step = global_step * args.gradient_accumulation_steps
         for epoch, batch in epoch_batches(accelerator, dataloader, schedule, global_step,
                                           args.gradient_accumulation_steps):
