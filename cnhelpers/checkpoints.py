@@ -227,7 +227,8 @@ def register_controlnet_hooks(accelerator):
         while models:
             model = accelerator.unwrap_model(models.pop())
             loaded = ControlNetModel.from_pretrained(input_dir, subfolder="controlnet")
-            model.register_to_config(**loaded.config)
+            # (not its private keys: _name_or_path would name the checkpoint in the final config.json)
+            model.register_to_config(**{k: v for k, v in loaded.config.items() if not k.startswith("_")})
             model.load_state_dict(loaded.state_dict())
 
     accelerator.register_save_state_pre_hook(save_hook)
