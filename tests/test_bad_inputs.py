@@ -64,7 +64,14 @@ def snapshot(folder: Path) -> dict:
 
 
 def logged_steps(output_dir: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    """The steps of train_log.jsonl (a line still being written is left out)."""
+    steps = []
+    for line in (output_dir / "train_log.jsonl").read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:
+            pass
+    return steps
 
 
 def controlnet_state(folder) -> dict:
@@ -407,35 +414,57 @@ def test_the_matrix_has_a_row_for_every_required_input():
 
 # --- SIGTERM while a checkpoint is being written -----------------------------------------------------------
 
-def test_sigterm_during_a_checkpoint_finishes_it_then_stops_with_one_line(world, tmp_path):
-    out = tmp_path / "out"
-    k = random.Random(17).randint(2, 5)  # the checkpoint being written when SIGTERM arrives
+def sigterm_run(world, out, wait_for):
+    """Start an 8-step run checkpointing every step, wait until ``wait_for()`` holds, send SIGTERM, and return
+    (exit status, stderr, the flags)."""
     argv = ["--pretrained_model_name_or_path", world["base"], "--train_data_dir", world["data"], "--output_dir",
             out, *COMMON, "--max_train_steps", "8", "--checkpointing_steps", "1"]
     process = subprocess.Popen([sys.executable, "-m", "cnhelpers.train", *map(str, argv)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=cli_env())
-    partial = out / f"checkpoint-{k}.partial"
     deadline = time.monotonic() + 120
-    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not wait_for() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    assert process.poll() is None, f"the run ended before checkpoint-{k} began"
+    assert process.poll() is None, "the run ended before the signal"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr, argv
 
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+
+def check_stopped_cleanly_and_resumes(out, code, stderr, argv):
+    """What SIGTERM must leave: one line, 143, complete checkpoints only (none partial), a log of the steps up
+    to the newest one at least, and a resume that ends with every step logged once."""
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Traceback" not in stderr
     line = last_line(stderr)
-    assert re.fullmatch(rf"error: stopped by SIGTERM after step {k}; the newest checkpoint is checkpoint-{k}: "
-                        r"resume with --resume_from_checkpoint latest \(the steps after it are trained again\)\.",
-                        line), line
-    # the checkpoint being written was finished, every checkpoint is complete, none is partial
-    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{n}" for n in range(1, k + 1)]
+    assert re.fullmatch(r"error: stopped by SIGTERM after step \d; the newest checkpoint is checkpoint-\d: resume "
+                        r"with --resume_from_checkpoint latest \(the steps after it are trained again\)\.", line), line
     assert all(checkpoint_problem(p) is None for p in list_checkpoints(out))
     assert not list(out.glob("*.partial")) and not (out / "config.json").exists()
-    assert find_checkpoint(out, "latest").name == f"checkpoint-{k}"
-    assert logged_steps(out) == list(range(1, k + 1))
-
+    newest = find_checkpoint(out, "latest")
+    assert logged_steps(out)[:int(newest.name.split("-")[1])] == list(range(1, int(newest.name.split("-")[1]) + 1))
     resumed = run_cli([*argv, "--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {newest}" in resumed.stdout
     assert logged_steps(out) == list(range(1, 9))
-    assert f"Resuming from {out / f'checkpoint-{k}'}" in resumed.stdout
+    return line, newest
+
+
+def test_sigterm_during_a_checkpoint_finishes_it_then_stops_with_one_line(world, tmp_path):
+    out = tmp_path / "out"
+    k = random.Random(17).randint(2, 5)  # the checkpoint being written when SIGTERM arrives
+    code, stderr, argv = sigterm_run(world, out, (out / f"checkpoint-{k}.partial").exists)
+    line, newest = check_stopped_cleanly_and_resumes(out, code, stderr, argv)
+    # the checkpoint being written was finished, and the run stopped right after it
+    assert newest.name == f"checkpoint-{k}" and f"after step {k};" in line
+
+
+def test_sigterm_at_a_random_time_leaves_only_complete_checkpoints(world, tmp_path):
+    out = tmp_path / "out"
+    start, delay = [], random.Random(23).uniform(0.05, 0.5)  # after the first step: wherever that lands
+
+    def ready():
+        if not start and (out / "train_log.jsonl").is_file() and logged_steps(out):
+            start.append(time.monotonic())
+        return bool(start) and time.monotonic() - start[0] > delay
+
+    check_stopped_cleanly_and_resumes(out, *sigterm_run(world, out, ready))
