@@ -3,11 +3,12 @@
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
-``--validation_guidance_scale`` and ``--optimizer_in_backward`` (notebook 04). The extra flags of
+``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04) and ``--skip_bad_images``. The extra flags of
 train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
 
 :func:`parse_args` reads a command line; :func:`training_args` takes keyword arguments (notebooks); both
-check the result with :func:`check_args`. :func:`resolved_args` returns the copy a run really uses
+check the result with :func:`check_args` (the flags alone; :func:`check_paths`, called when a run starts, checks
+the files and folders they name). :func:`resolved_args` returns the copy a run really uses
 (seed drawn, learning rate scaled): the Namespace passed in is never changed.
 """
 

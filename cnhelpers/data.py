@@ -498,6 +498,10 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
     stream, the first ``max_train_samples`` of a shuffle through a buffer of ``shuffle_buffer_size`` rows.
     ``interpolation`` is the resize filter (upstream's SDXL script: ``--image_interpolation_mode``, lanczos).
     With ``tokenizer_2`` (SDXL's second tokenizer), examples also get ``input_ids_2`` for the same captions.
+
+    An image and its conditioning image may differ in size (both are resized to ``resolution``) but not in
+    aspect ratio (:func:`check_same_aspect`: the center crops would not line up); an unreadable image names its
+    row and file. Both errors come when the row is read.
     """
     from datasets import Image as ImageFeature
     from datasets import IterableDataset

@@ -468,3 +468,43 @@ def test_sigterm_at_a_random_time_leaves_only_complete_checkpoints(world, tmp_pa
         return bool(start) and time.monotonic() - start[0] > delay
 
     check_stopped_cleanly_and_resumes(out, *sigterm_run(world, out, ready))
+
+
+# --- The checks themselves -----------------------------------------------------------------------------------
+
+def test_the_memory_bound_refuses_no_real_run():
+    """The bound counts only what certainly coexists: SD 1.5 at 512 px, batch 4, in float32, stays far below any
+    GPU the course trains it on (it is AdamW's 2.9 GB and a little), so nothing that could run is refused."""
+    from types import SimpleNamespace
+
+    from cnhelpers.base_models import sd15_unet_and_controlnet_on_meta
+    from cnhelpers.loading import step_memory
+
+    unet, controlnet = sd15_unet_and_controlnet_on_meta()
+    need = step_memory(SimpleNamespace(unet=unet, controlnet=controlnet, vae=None), 512)
+    total = 4 * (need.host_per_example + need.device_per_example) + need.device_fixed
+    assert 2.8 * 2**30 < total < 4 * 2**30
+    # and it grows with the pixels: at 100000 px no machine has it
+    huge = step_memory(SimpleNamespace(unet=unet, controlnet=controlnet, vae=None), 100000)
+    assert huge.device_per_example > 2**40
+
+
+def test_available_memory_names_its_limit():
+    from cnhelpers.env import available_memory, format_bytes
+
+    available, limit = available_memory("cpu")
+    assert available > 0 and ("RAM" in limit or "limit" in limit)
+    assert format_bytes(1536) == "1.5 KiB" and format_bytes(3 * 2**40) == "3.0 TiB" and format_bytes(12) == "12 B"
+
+
+def test_a_tokenizer_that_loses_a_few_words_warns_naming_them(world):
+    from transformers import AutoTokenizer
+
+    from cnhelpers.tokenizer import check_tokenizer_fits
+
+    tokenizer = AutoTokenizer.from_pretrained(world["unknown_tokenizer"])
+    with pytest.warns(UserWarning, match=r"turns 3 of the captions' 7 tokens into its unknown token \(words such as "
+                                         r"'red'\): the text encoder cannot tell those words apart"):
+        check_tokenizer_fits(tokenizer, ["hi hi hi hi red"], vocab_size=5, name="this tokenizer")
+    with pytest.raises(ValueError, match=r"has 5 tokens, but the text encoder has only 4 embeddings"):
+        check_tokenizer_fits(tokenizer, ["hi"], vocab_size=4)
