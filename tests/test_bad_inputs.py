@@ -316,7 +316,7 @@ ROWS = [
         in_process=True),
     Row("controlnet-of-another-base", ["--controlnet_model_name_or_path", "{other_controlnet}"],
         [r"does not fit the base model: its block_out_channels is \[32, 32\], the base UNet's is \[64, 64\]",
-         r"leave out --controlnet_model_name_or_path"], in_process=True),
+         r"leave out --controlnet_model_name_or_path"]),  # (a subprocess: the real CLI's fit check)
     Row("tokenizer-knows-no-caption-word", ["--tokenizer_name", "{unknown_tokenizer}"],
         [r"turns \d+ of the captions' \d+ tokens into its unknown token \(words such as 'background'",
          r"mostly unknown tokens", r"leave out --tokenizer_name"], in_process=True),
