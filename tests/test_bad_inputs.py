@@ -460,10 +460,12 @@ def test_sigterm_during_a_checkpoint_finishes_it_then_stops_with_one_line(world,
 
 def test_sigterm_at_a_random_time_leaves_only_complete_checkpoints(world, tmp_path):
     out = tmp_path / "out"
-    start, delay = [], random.Random(23).uniform(0.05, 0.5)  # after the first step: wherever that lands
+    # a seeded moment after step k, within about a step (~50 ms here): in a step, or in a checkpoint
+    rng = random.Random(23)
+    k, delay, start = rng.randint(1, 5), rng.uniform(0, 0.05), []
 
     def ready():
-        if not start and (out / "train_log.jsonl").is_file() and logged_steps(out):
+        if not start and (out / "train_log.jsonl").is_file() and k in logged_steps(out):
             start.append(time.monotonic())
         return bool(start) and time.monotonic() - start[0] > delay
 
