@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import collate_fn, tokenize_prompts
+from .env import available_memory, format_bytes
 
 
 class CachedExamples(torch.utils.data.Dataset):
@@ -88,7 +89,8 @@ def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, b
 
 
 def use_cache(args, raw, text_width: int) -> bool:
-    """Whether to take the fast path: ``--cache always``, or ``auto`` when the cache fits in memory.
+    """Whether to take the fast path: ``--cache always`` (refused when the cache cannot fit in the available
+    RAM), or ``auto`` when it fits in :data:`CACHE_AUTO_LIMIT_BYTES` and in half the available RAM.
 
     ``raw`` is the data set before transforms; ``text_width`` the width of one token's text embedding (the
     UNet's ``cross_attention_dim``).
@@ -102,8 +104,13 @@ def use_cache(args, raw, text_width: int) -> bool:
             raise ValueError("--cache always needs one string caption per example; this data set has lists "
                              "of captions. Use --cache never (captions are then drawn per step).")
         return False
-    if args.cache == "always":
-        return True
     n = min(len(raw), args.max_train_samples or len(raw))
-    shape = (77, text_width)
-    return estimated_cache_bytes(n, args.resolution, len(set(captions)), shape) <= CACHE_AUTO_LIMIT_BYTES
+    size = estimated_cache_bytes(n, args.resolution, len(set(captions)), (77, text_width))
+    available, limit = available_memory("cpu")
+    if args.cache == "always":
+        if size > available:
+            raise ValueError(f"--cache always: the cache of {n} examples at --resolution {args.resolution} would take "
+                             f"{format_bytes(size)}, but {limit} is {format_bytes(available)}. Use --cache never "
+                             "(or auto), fewer examples (--max_train_samples) or a smaller --resolution.")
+        return True
+    return size <= min(CACHE_AUTO_LIMIT_BYTES, available // 2)

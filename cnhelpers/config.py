@@ -3,11 +3,12 @@
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
-``--validation_guidance_scale`` and ``--optimizer_in_backward`` (notebook 04). The extra flags of
+``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04) and ``--skip_bad_images``. The extra flags of
 train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
 
 :func:`parse_args` reads a command line; :func:`training_args` takes keyword arguments (notebooks); both
-check the result with :func:`check_args`. :func:`resolved_args` returns the copy a run really uses
+check the result with :func:`check_args` (the flags alone; :func:`check_paths`, called when a run starts, checks
+the files and folders they name). :func:`resolved_args` returns the copy a run really uses
 (seed drawn, learning rate scaled): the Namespace passed in is never changed.
 """
 
@@ -15,16 +16,26 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .data import check_resolution
 from .hub import HubUnavailableError, hub_offline
 
 
 class CourseArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose error for an unknown flag suggests the closest known one."""
+    """An ArgumentParser whose error for an unknown flag suggests the closest known one, and that reads
+    ``--learning_rate -1e-4`` as a (negative) value: argparse's own pattern knows no exponents, so it took
+    ``-1e-4`` for a flag and said "expected one argument" instead of what is wrong with the value."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def parse_args(self, args=None, namespace=None):
         parsed, unknown = self.parse_known_args(args, namespace)
@@ -37,6 +48,11 @@ class CourseArgumentParser(argparse.ArgumentParser):
             self.error("unknown flags: " + ", ".join(hints or unknown)
                        + ". `python -m cnhelpers.train --help` lists them all.")
         return parsed
+
+    def error(self, message):
+        """The usage, then one last line ``error: ...`` (the same form as every other refusal of the CLI)."""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
 
 
 UPSTREAM_FLAGS = (
@@ -110,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--crops_coords_top_left_w", type=int, default=0,
                       help="SDXL: the crop's left coordinate given to the UNet (add_time_ids).")
     data.add_argument("--cache", choices=["auto", "always", "never"], default="auto",
-                      help="Encode latents and text once (auto: when the cache fits in 4 GiB).")
+                      help="Encode latents and text once (auto: when the cache fits in 4 GiB and in half the "
+                           "available RAM).")
+    data.add_argument("--skip_bad_images", action="store_true",
+                      help="Before training, read every image and leave out the rows whose image or conditioning "
+                           "image cannot be read (each is named in a warning). By default an unreadable image "
+                           "stops the run, naming its file.")
 
     schedule = p.add_argument_group("schedule")
     schedule.add_argument("--seed", type=int, default=None)
@@ -197,11 +218,58 @@ def check_args(args) -> None:
         raise ValueError("--crops_coords_top_left_h/w are pixel coordinates of a crop's corner: 0 or more.")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (5.0 is usual), got {args.snr_gamma}.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps"):
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate:g}: a ControlNet trains at "
+                         "about 1e-5 (the course's tiny base at 1e-4 to 1e-3).")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
+                 "num_train_epochs", "num_validation_images", "num_validation_inference_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    for name in ("max_train_steps", "max_train_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)} (leave it out for "
+                             f"{'--num_train_epochs' if name == 'max_train_steps' else 'every example'}).")
+    for name in ("lr_warmup_steps", "dataloader_num_workers", "max_grad_norm"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be 0 or more, got {getattr(args, name)}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be at least 1 (or left out to keep every checkpoint).")
+
+
+def check_paths(args) -> None:
+    """Refuse, before any work, paths that cannot work: an ``--output_dir`` that is a file (or under one) or
+    cannot be written, a missing ``--train_data_dir``, a missing or unreadable ``--validation_image``.
+
+    Nothing is created here (:func:`cnhelpers.training.setup` makes ``output_dir`` after every check).
+    """
+    output_dir = Path(args.output_dir).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {args.output_dir} is a file, not a folder: pass a folder path (it is made "
+                         "if missing), or move that file away.")
+    nearest = next((p for p in (output_dir.absolute(), *output_dir.absolute().parents) if p.exists()), None)
+    if nearest is not None and not nearest.is_dir():
+        raise ValueError(f"--output_dir {args.output_dir} cannot be made: {nearest} is a file. Pass a folder path "
+                         "whose parents are folders.")
+    if nearest is not None and not os.access(nearest, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {args.output_dir} cannot be written ({nearest} is not writable for you): "
+                         "pass a folder you can write to.")
+    if args.train_data_dir is not None and not Path(args.train_data_dir).expanduser().is_dir():
+        what = "is a file" if Path(args.train_data_dir).expanduser().exists() else "does not exist"
+        raise FileNotFoundError(f"--train_data_dir {args.train_data_dir} {what}: pass an imagefolder (a folder with "
+                                "metadata.jsonl and the images it names; cnhelpers.data.write_fill_imagefolder "
+                                "writes one), or a data set with --dataset_name.")
+    for image in args.validation_image or []:
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--validation_image {image} does not exist: pass the path of a conditioning "
+                                    "image (e.g. an outline PNG), or leave out --validation_prompt and "
+                                    "--validation_image.")
+        try:
+            with Image.open(path) as opened:
+                opened.verify()
+        except Exception as error:
+            raise ValueError(f"--validation_image {image} is not a readable image ({type(error).__name__}: "
+                             f"{error}): pass a PNG or JPEG conditioning image.") from error
 
 
 def parse_args(argv=None):

@@ -264,7 +264,10 @@ def load_raw_dataset(args):
     from datasets import load_dataset, load_from_disk
 
     if args.train_data_dir is not None:
-        return load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
+        check_metadata_has_rows(args.train_data_dir)  # else datasets fails deep inside (IndexError, StopIteration)
+        dataset = load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
+        check_not_empty(dataset, args.train_data_dir)
+        return dataset
     name = args.dataset_name
     local = Path(name).expanduser()
     if local.is_dir():
@@ -285,6 +288,82 @@ def load_raw_dataset(args):
     except (ConnectionError, OSError) as error:
         raise HubUnavailableError(f"Cannot load --dataset_name {name!r} from the hub ({error}). Use a local "
                                   "folder (--train_data_dir or --dataset_name PATH), or go online.") from error
+
+
+def check_metadata_has_rows(folder) -> None:
+    """Refuse an imagefolder whose metadata.jsonl (or .csv) holds no rows, before datasets reads it."""
+    for metadata in sorted(Path(folder).glob("metadata.*")):
+        if metadata.suffix not in (".jsonl", ".csv"):
+            continue
+        lines = [line for line in metadata.read_text(errors="replace").splitlines() if line.strip()]
+        if len(lines) <= (metadata.suffix == ".csv"):  # a csv's first line is its header
+            check_not_empty([], folder)
+
+
+def check_not_empty(dataset, source) -> None:
+    """Refuse a data set without rows, naming where it came from and what a row needs."""
+    if len(dataset) == 0:
+        metadata = [p.name for p in Path(str(source)).glob("metadata.*")] if Path(str(source)).is_dir() else []
+        where = f" ({metadata[0]} has no rows)" if metadata else ""
+        raise ValueError(f"The data set {source} is empty{where}: add examples (in metadata.jsonl, one JSON line "
+                         "each: file_name, conditioning_image_file_name, text), or point --train_data_dir / "
+                         "--dataset_name at a data set with rows.")
+
+
+def check_captions(captions, caption_column: str = "text") -> None:
+    """Refuse captions that are not text (numbers, None, empty lists), naming the first bad row and the fix.
+
+    A caption is a string (``""`` for none) or a non-empty list of strings (one is drawn per step).
+    """
+    for row, caption in enumerate(captions):
+        if isinstance(caption, str):
+            continue
+        if isinstance(caption, (list, tuple, np.ndarray)) and len(caption) > 0 \
+                and all(isinstance(c, str) for c in caption):
+            continue
+        what = "None" if caption is None else f"{caption!r} ({type(caption).__name__})"
+        raise ValueError(f"Row {row}: the caption ({caption_column!r} column) is {what}, not text: give every "
+                         'example a string caption ("" for none) or a list of strings, or pick another '
+                         "--caption_column.")
+
+
+def check_same_aspect(image, conditioning, row) -> None:
+    """Refuse an (image, conditioning image) pair whose aspect ratios differ (by more than 1 %).
+
+    Both are resized to ``--resolution`` on the short side and center-cropped, so pictures of different sizes
+    but the same shape still line up; different shapes would crop different parts of the scene.
+    """
+    (width, height), (c_width, c_height) = image.size, conditioning.size
+    if abs(width * c_height - c_width * height) > 0.01 * max(width * c_height, c_width * height):
+        raise ValueError(f"Row {row}: the image is {width}x{height} but the conditioning image is {c_width}x{c_height}:"
+                         " their aspect ratios differ, so after the resize and center crop to --resolution the "
+                         "control would not line up with the target. Crop or pad one to the other's aspect ratio "
+                         "(the sizes may differ; both are resized), or drop that row.")
+
+
+def drop_unreadable_rows(dataset, columns=("image", "conditioning_image")):
+    """``(dataset without the bad rows, one message per row left out)``: a row is bad when an image of
+    ``columns`` cannot be decoded or its image and conditioning image differ in aspect ratio.
+
+    Every image is decoded once (``--skip_bad_images``: it costs a pass over the data before training).
+    """
+    from datasets import Image as ImageFeature
+
+    undecoded = dataset
+    for column in columns:
+        if isinstance((dataset.features or {}).get(column), ImageFeature):
+            undecoded = undecoded.cast_column(column, ImageFeature(decode=False))
+    keep, problems = [], []
+    for row, example in enumerate(undecoded.select_columns(list(columns))):
+        try:
+            pictures = [_to_rgb(example[column], row, column, fix="") for column in columns]
+            if len(pictures) == 2:
+                check_same_aspect(*pictures, row)
+        except ValueError as error:
+            problems.append(str(error).strip())
+            continue
+        keep.append(row)
+    return (dataset.select(keep) if problems else dataset), problems
 
 
 def load_train_dataset(profile: Profile, max_samples: int | None = None):
@@ -393,7 +472,7 @@ def tokenize_prompts(tokenizer, prompts: list[str]):
                      return_tensors="pt").input_ids
 
 
-def _to_rgb(image, row, column):
+def _to_rgb(image, row, column, fix: str = "Fix or drop that row (e.g. dataset.filter) and try again."):
     """Decode (if needed) and convert an image to RGB; a broken file names its row, column and file."""
     source = ""
     try:
@@ -405,9 +484,13 @@ def _to_rgb(image, row, column):
     except Exception as error:
         reason = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))  # drop memory addresses from PIL's message
         raise ValueError(
-            f"Row {row}: cannot read the {column!r} image{source} ({type(error).__name__}: {reason}). "
-            "Fix or drop that row (e.g. dataset.filter) and try again."
+            f"Row {row}: cannot read the {column!r} image{source} ({type(error).__name__}: {reason}). {fix}"
         ) from error
+
+
+#: What to do about an unreadable image met while training (the CLI's flag, or the notebooks' filter).
+UNREADABLE_FIX = ("Fix or drop that row (e.g. dataset.filter), or pass --skip_bad_images to leave out the rows whose "
+                  "images cannot be read.")
 
 
 def dataset_columns(dataset) -> list[str]:
@@ -433,6 +516,10 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
     stream, the first ``max_train_samples`` of a shuffle through a buffer of ``shuffle_buffer_size`` rows.
     ``interpolation`` is the resize filter (upstream's SDXL script: ``--image_interpolation_mode``, lanczos).
     With ``tokenizer_2`` (SDXL's second tokenizer), examples also get ``input_ids_2`` for the same captions.
+
+    An image and its conditioning image may differ in size (both are resized to ``resolution``) but not in
+    aspect ratio (:func:`check_same_aspect`: the center crops would not line up); an unreadable image names its
+    row and file. Both errors come when the row is read.
     """
     from datasets import Image as ImageFeature
     from datasets import IterableDataset
@@ -468,12 +555,13 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
 
     def preprocess(batch, rows=None):
         rows = batch["row"] if rows is None else rows
-        out = {
-            "pixel_values": [to_image(_to_rgb(im, r, image_column))
-                             for im, r in zip(batch[image_column], rows)],
-            "conditioning_pixel_values": [to_conditioning(_to_rgb(im, r, conditioning_image_column))
-                                          for im, r in zip(batch[conditioning_image_column], rows)],
-        }
+        out = {"pixel_values": [], "conditioning_pixel_values": []}
+        for image, conditioning, row in zip(batch[image_column], batch[conditioning_image_column], rows):
+            image, conditioning = (_to_rgb(image, row, image_column, UNREADABLE_FIX),
+                                   _to_rgb(conditioning, row, conditioning_image_column, UNREADABLE_FIX))
+            check_same_aspect(image, conditioning, row)
+            out["pixel_values"].append(to_image(image))
+            out["conditioning_pixel_values"].append(to_conditioning(conditioning))
         captions = pick_captions(batch[caption_column], proportion_empty_prompts, True, rng, caption_column)
         out["input_ids"] = tokenize_prompts(tokenizer, captions)
         if tokenizer_2 is not None:

@@ -149,7 +149,8 @@ def resolve_pretrained(name_or_path: str | Path, repo_type: str = "model", *, re
     if local.exists():
         return local
     if not looks_like_hub_id(str(name_or_path)):
-        raise FileNotFoundError(f"{name_or_path!r} is not an existing folder, nor a hub id like 'owner/name'")
+        raise FileNotFoundError(f"{name_or_path!r} is not an existing folder, nor a hub id like 'owner/name': check "
+                                "the path, or pass a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)")
     from huggingface_hub import snapshot_download
 
     return Path(_fetch(snapshot_download, str(name_or_path), f"the {repo_type}", repo_type=repo_type,

@@ -1,15 +1,17 @@
-"""Loading: the frozen parts of a base model and the ControlNet to train, from a folder or hub id, and the one
-check that a ControlNet fits a base.
+"""Loading: the frozen parts of a base model and the ControlNet to train, from a folder or hub id, the one
+check that a ControlNet fits a base, and the check that one training step can fit in memory.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .base_models import conditioning_downsampling, vae_scale_factor
+from .base_models import conditioning_downsampling, count_parameters, vae_scale_factor
+from .env import available_memory, format_bytes
 from .hub import HubUnavailableError, looks_like_hub_id, resolve_base, resolve_pretrained
 from .recipes import how_to_make_controlnet
 from .sdxl import is_sdxl_unet
@@ -54,9 +56,10 @@ def load_models(args) -> Models:
     base = resolve_base(args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant,
                         skip=("vae",) if args.pretrained_vae_model_name_or_path else (), cache_dir=args.cache_dir)
     common = dict(variant=args.variant)
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_pretrained(args.tokenizer_name, allow_patterns=["*.json", "*.txt"], cache_dir=args.cache_dir)
-        if args.tokenizer_name else base, subfolder=None if args.tokenizer_name else "tokenizer")
+    # (subfolder only for the base's tokenizer: transformers 5 fails on subfolder=None)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(
+        args.tokenizer_name, allow_patterns=["*.json", "*.txt"], cache_dir=args.cache_dir)) if args.tokenizer_name \
+        else AutoTokenizer.from_pretrained(base, subfolder="tokenizer")
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common)
     if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole repository, no subfolder
@@ -121,6 +124,83 @@ def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
 #: What a single-model repository (a ControlNet, a VAE such as madebyollin/sdxl-vae-fp16-fix) needs: its config and
 #: safetensors weights, not the ``.bin`` copy beside them.
 CONTROLNET_PATTERNS = ["*.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors"]
+
+
+@dataclass
+class StepMemory:
+    """A lower bound on what one training step allocates beyond the loaded models, in bytes.
+
+    Only tensors that certainly exist at once are counted, so a run refused by :func:`check_step_fits_memory`
+    could never have run (a run that passes may still run out: attention, the rest of the activations and
+    the allocator's slack come on top).
+    """
+
+    #: Per example, in RAM: the target and conditioning pictures decoded (PIL: 4 bytes a pixel) and as float32
+    #: tensors, each example's and the stacked batch's.
+    host_per_example: int
+    #: Per example, on the training device: the larger of the VAE encoder's first activations at full
+    #: resolution (when latents are encoded) and the step's: the conditioning embedding's first convolution
+    #: and activation at full resolution (kept for backward), the first blocks of the ControlNet and the UNet,
+    #: and the latents, noise, noisy latents and target.
+    device_per_example: int
+    #: Once, on the device: AdamW's two moments of every ControlNet parameter (float32, 1 byte with 8-bit Adam).
+    device_fixed: int
+
+
+def step_memory(models, resolution: int, activation_bytes: int = 4, adam_state_bytes: int = 4) -> StepMemory:
+    """:class:`StepMemory` of ``models`` (a :class:`Models`) at ``resolution``; ``activation_bytes`` is 2 under
+    fp16/bf16 mixed precision."""
+    pixels = resolution * resolution
+    vae_factor = vae_scale_factor(models.vae) if models.vae is not None else 8
+    latent_pixels = (resolution // vae_factor) ** 2
+    pictures = 2 * pixels * (4 + 2 * 3 * 4)
+    embedding = models.controlnet.config.conditioning_embedding_out_channels[0]
+    first_block = models.unet.config.block_out_channels[0]
+    step = (2 * embedding * pixels + 2 * 2 * first_block * latent_pixels) * activation_bytes \
+        + 4 * models.unet.config.in_channels * latent_pixels * 4
+    vae = 2 * models.vae.config.block_out_channels[0] * pixels * activation_bytes if models.vae is not None else 0
+    return StepMemory(pictures, max(step, vae), 2 * count_parameters(models.controlnet) * adam_state_bytes)
+
+
+def check_step_fits_memory(models, resolution: int, batch_size: int, device, activation_bytes: int = 4,
+                           adam_state_bytes: int = 4) -> None:
+    """Refuse a run whose first step could not fit, before it allocates anything: name what a step needs, the
+    limit it exceeds (the free GPU memory, the available RAM) and the batch size or resolution that would fit.
+    """
+    need = step_memory(models, resolution, activation_bytes, adam_state_bytes)
+    device = torch.device(device)
+    if device.type == "cuda":
+        checks = [(device, need.device_per_example, need.device_fixed), ("cpu", need.host_per_example, 0)]
+    else:
+        checks = [(device, need.host_per_example + need.device_per_example, need.device_fixed)]
+    for where, per_example, fixed in checks:
+        available, limit = available_memory(where)
+        total = batch_size * per_example + fixed
+        if total <= available:
+            continue
+        room = available - fixed
+        largest_batch = room // per_example if room > 0 else 0
+
+        def largest_side(batch):  # what a step needs grows with the pixels: the side that fits, a multiple of 8
+            return int(resolution * math.sqrt(max(room, 0) / (batch * per_example)) / 8) * 8
+        problem = (f"One training step at --resolution {resolution} with --train_batch_size {batch_size} needs at "
+                   f"least {format_bytes(total)} (the pictures, the conditioning embedding's full-resolution "
+                   f"activations, the latents, the optimizer state), but {limit} is {format_bytes(available)}.")
+        if room <= 0:
+            fix = (f"The ControlNet's optimizer state alone needs {format_bytes(fixed)}: use --use_8bit_adam, or a "
+                   "machine with more memory.")
+        elif largest_batch >= 1:
+            accumulate = math.ceil(batch_size / largest_batch)
+            fix = (f"Use --train_batch_size {largest_batch} (with --gradient_accumulation_steps {accumulate} to keep "
+                   f"the effective batch), or a smaller --resolution (at most {largest_side(batch_size)} at this batch "
+                   "size).")
+        elif largest_side(1) >= 8:
+            fix = f"Even --train_batch_size 1 does not fit: use --resolution {largest_side(1)} or less."
+        else:
+            fix = "Even --train_batch_size 1 at --resolution 8 does not fit: free memory or use a larger machine."
+        raise ValueError(f"{problem} {fix}")
+
+
 #: Files that make a folder a ControlNet in diffusers format (the weights in either format).
 CONTROLNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 

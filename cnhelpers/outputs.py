@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -117,21 +118,27 @@ pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
 def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None):
     """Write the trained ControlNet (diffusers format) and a model card into ``output_dir``.
 
-    Files go to a temporary folder first and are moved into place one by one (each move is atomic).
+    Files go to a temporary folder first (removed if writing fails, e.g. on a full disk) and are moved into
+    place one by one (each move is atomic).
     """
     output_dir = Path(args.output_dir)
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
-    controlnet.save_pretrained(staging)
-    grid = ""
-    if validation:
-        grid = f"Validation at step {validation['step']}:\n\n![validation]({Path(validation['grid']).relative_to(output_dir)})\n"
-    (staging / "README.md").write_text(MODEL_CARD.format(
-        base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
-        steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
-        snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
-        validation=grid, output_dir=output_dir,
-        pipeline="StableDiffusionXLControlNetPipeline" if controlnet.config.addition_embed_type == "text_time"
-        else "StableDiffusionControlNetPipeline"))
+    try:
+        controlnet.save_pretrained(staging)
+        grid = ""
+        if validation:
+            grid = (f"Validation at step {validation['step']}:\n\n"
+                    f"![validation]({Path(validation['grid']).relative_to(output_dir)})\n")
+        (staging / "README.md").write_text(MODEL_CARD.format(
+            base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
+            steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
+            snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
+            validation=grid, output_dir=output_dir,
+            pipeline="StableDiffusionXLControlNetPipeline" if controlnet.config.addition_embed_type == "text_time"
+            else "StableDiffusionControlNetPipeline"))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()

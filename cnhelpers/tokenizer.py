@@ -1,13 +1,15 @@
 """A CLIP BPE tokenizer learned offline from the fill captions (the tiny bases' tokenizer).
 
 Every caption word becomes one token, so nothing the course writes is unknown to it; ``tokenize_unknowns``
-tells which words of a text a tokenizer would split.
+tells which words of a text a tokenizer would split, and ``check_tokenizer_fits`` refuses a tokenizer that
+cannot feed a text encoder the captions of a data set.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -92,3 +94,43 @@ def tokenize_unknowns(tokenizer, texts: list[str]) -> list[str]:
     vocab = tokenizer.get_vocab()
     words = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
     return sorted(w for w in words if w + "</w>" not in vocab)
+
+
+def check_tokenizer_fits(tokenizer, captions: list[str], vocab_size: int, name: str = "the tokenizer",
+                         max_captions: int = 2000) -> None:
+    """Refuse a tokenizer that cannot feed a text encoder of ``vocab_size`` embeddings these captions; warn
+    when it turns some of their words into its unknown token.
+
+    Two refusals: a token id past the text encoder's embedding table (a tokenizer made for another text
+    encoder: the lookup would fail deep inside it), and captions whose tokens are mostly (half or more) the
+    unknown token (the examples' texts could not be told apart); fewer unknown tokens are a warning. Up to
+    ``max_captions`` distinct captions are looked at.
+    """
+    texts = sorted({c for c in captions if c})[:max_captions]
+    if not texts:
+        return
+    with_specials = tokenizer(texts + [""], truncation=True, max_length=tokenizer.model_max_length).input_ids
+    largest = max(max(ids) for ids in with_specials if ids)
+    if largest >= vocab_size:
+        raise ValueError(f"{name} has {len(tokenizer)} tokens, but the text encoder has only {vocab_size} embeddings: "
+                         f"token id {largest} would index past its table. Use the tokenizer the text encoder was "
+                         "trained with (leave out --tokenizer_name to use the base model's).")
+    unknown = tokenizer.unk_token_id
+    if unknown is None:
+        return
+    content = tokenizer(texts, add_special_tokens=False).input_ids
+    total = sum(len(ids) for ids in content)
+    unknown_count = sum(token == unknown for ids in content for token in ids)
+    if not unknown_count:
+        return
+    words = sorted({w for text in texts for w in re.findall(r"[a-z]+", text.lower())})[:200]
+    lost = [w for w in words if unknown in tokenizer(w, add_special_tokens=False).input_ids][:5]
+    examples = ", ".join(repr(w) for w in lost) or "?"
+    told = (f"{name} turns {unknown_count} of the captions' {total} tokens into its unknown token (words such as "
+            f"{examples})")
+    if 2 * unknown_count >= total:
+        raise ValueError(f"{told}: the captions would become mostly unknown tokens, which the text encoder cannot "
+                         "tell apart. Use the base model's tokenizer (leave out --tokenizer_name) or one whose "
+                         "vocabulary covers the captions.")
+    warnings.warn(f"{told}: the text encoder cannot tell those words apart. Use a tokenizer whose vocabulary "
+                  "covers the captions.", stacklevel=2)

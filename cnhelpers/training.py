@@ -15,8 +15,14 @@ What differs from upstream, and why:
   at its few channels and full resolution; the same arithmetic).
 - Every random draw of a step comes from a generator seeded by (seed, process, step), and the data order
   by (seed, epoch), so resuming from a checkpoint continues exactly where the run was.
-- Checkpoints are written atomically (:mod:`cnhelpers.checkpoints`); the log of every step is appended to
-  ``train_log.jsonl`` as it happens, and a resumed run continues it.
+- Checkpoints are written atomically and end with a manifest (:mod:`cnhelpers.checkpoints`); the log of
+  every step is appended to ``train_log.jsonl`` as it happens, and a resumed run continues it.
+- Bad input is refused before the work it would spoil: paths and flags in :func:`setup`, a step that cannot
+  fit in memory at the end of :func:`prepare_models`, an empty data set, captions that are not text and a
+  tokenizer that cannot feed the text encoder at the start of :func:`prepare_data`.
+- SIGTERM and SIGINT stop a run with :class:`Terminated` (``python -m cnhelpers.train`` prints one line and
+  exits 143 or 130), but never inside a checkpoint or the final save: a signal that arrives while one is being
+  written is acted on once it is complete (:class:`SignalGuard`).
 
 An SDXL base (its UNet has ``addition_embed_type="text_time"``; notebook 07) goes through the same loop, with
 what train_controlnet_sdxl.py adds: a second text encoder (the text is both encoders' penultimate hidden
@@ -28,6 +34,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
+import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +46,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import build_cache, use_cache
-from .checkpoints import find_checkpoint, register_controlnet_hooks, save_checkpoint
-from .config import check_push_to_hub, resolved_args
-from .data import collate_fn, load_raw_dataset, make_train_dataset
-from .loading import Models, load_models
+from .checkpoints import find_checkpoint, list_checkpoints, register_controlnet_hooks, save_checkpoint
+from .config import check_paths, check_push_to_hub, resolved_args
+from .data import check_captions, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
+from .loading import Models, check_step_fits_memory, load_models
 from .losses import controlnet_loss, diffusion_target, predict_noise
 from .optim import check_optimizer_in_backward, configure_attention, make_optimizer, match_state_layout
 from .outputs import TrainLog, log_validation, push_to_hub, save_final_controlnet
 from .sdxl import added_conditions, encode_prompt_sdxl, encode_token_ids_sdxl, make_add_time_ids
+from .tokenizer import check_tokenizer_fits
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -140,6 +151,9 @@ def setup(args):
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
+    check_paths(args)  # nothing is made before the paths are known to work
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # missing or incomplete: refused now
     output_dir = Path(args.output_dir)
     # Forget the precision settings of an earlier run in this process (a notebook calls train() often);
     # the process group of a multi-process launch is kept.
@@ -190,6 +204,10 @@ def prepare_models(args, accelerator) -> StepParts:
         # SDXL's own VAE overflows in fp16 (NaN latents, black images): keep it in float32, as upstream
         # does, unless a VAE fixed for fp16 (--pretrained_vae_model_name_or_path) is given.
         models.vae.to(dtype=torch.float32)
+    # Before anything is allocated for a step: refuse one that cannot fit (e.g. --resolution 100000).
+    check_step_fits_memory(models, args.resolution, args.train_batch_size, accelerator.device,
+                           activation_bytes=2 if weight_dtype != torch.float32 else 4,
+                           adam_state_bytes=1 if args.use_8bit_adam else 4)
     parts = StepParts(models, weight_dtype, models.vae.config.scaling_factor, conditioning_layout=layout)
     if models.sdxl:
         # Size and crop conditioning, the same for every example: each image is resized and center-cropped
@@ -205,6 +223,17 @@ def prepare_data(args, accelerator, parts: StepParts):
     """Rows -> transformed examples -> (with ``--cache``) latents and text embeddings computed once -> batches."""
     models = parts.models
     raw = load_raw_dataset(args)
+    check_data(args, raw, models)
+    if args.skip_bad_images:
+        raw, left_out = drop_unreadable_rows(raw, (args.image_column, args.conditioning_image_column))
+        for problem in left_out[:10]:
+            warnings.warn(f"--skip_bad_images: left out {problem}", stacklevel=2)
+        if left_out:
+            warnings.warn(f"--skip_bad_images: left out {len(left_out)} of {len(raw) + len(left_out)} rows.",
+                          stacklevel=2)
+        if len(raw) == 0:
+            raise ValueError("--skip_bad_images left no rows: every example has an unreadable image. Check the "
+                             "data set's image files.")
     cached = use_cache(args, raw, text_width=models.unet.config.cross_attention_dim)
     dataset = make_train_dataset(
         raw, models.tokenizer, resolution=args.resolution, image_column=args.image_column,
@@ -235,6 +264,25 @@ def prepare_data(args, accelerator, parts: StepParts):
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, collate_fn=collate,
                                        sampler=EpochSampler(len(dataset), args.seed),
                                        num_workers=args.dataloader_num_workers)
+
+
+def check_data(args, raw, models: Models) -> None:
+    """The data set's checks before any example is transformed: its columns, text captions, and a tokenizer
+    (each, for SDXL) whose ids the text encoder has and that knows the captions' words."""
+    columns = list(raw.column_names)
+    for flag in ("image_column", "conditioning_image_column", "caption_column"):
+        if getattr(args, flag) not in columns:
+            raise ValueError(f"--{flag} {getattr(args, flag)!r} is not a column of the data set; its columns are: "
+                             f"{', '.join(columns)}. Pass --{flag} <one of them>.")
+    captions = raw[args.caption_column]
+    check_captions(captions, args.caption_column)
+    texts = [c for caption in captions for c in ([caption] if isinstance(caption, str) else caption)]
+    name = f"--tokenizer_name {args.tokenizer_name}" if args.tokenizer_name else "the base model's tokenizer"
+    pairs = [(models.tokenizer, models.text_encoder, name)]
+    if models.tokenizer_2 is not None:
+        pairs.append((models.tokenizer_2, models.text_encoder_2, "the base model's tokenizer_2"))
+    for tokenizer, encoder, label in pairs:
+        check_tokenizer_fits(tokenizer, texts, encoder.config.vocab_size, label)
 
 
 @dataclass
@@ -288,6 +336,74 @@ def epoch_batches(accelerator, dataloader, schedule: Schedule, global_step: int,
             yield epoch, batch
 
 
+class Terminated(KeyboardInterrupt):
+    """A run stopped by SIGTERM or SIGINT (a KeyboardInterrupt, so ``except Exception`` never swallows it).
+
+    Its message names the signal, the last step done and the newest checkpoint to resume from.
+    """
+
+    def __init__(self, signum: int, step: int | None = None, output_dir=None):
+        super().__init__(signum)
+        self.signum, self.step, self.output_dir = signum, step, output_dir
+
+    def __str__(self):
+        name = signal.Signals(self.signum).name
+        at = f" after step {self.step}" if self.step is not None else " before the first step"
+        checkpoints = list_checkpoints(self.output_dir) if self.output_dir is not None else []
+        if checkpoints:
+            resume = (f"the newest checkpoint is {checkpoints[-1].name}: resume with --resume_from_checkpoint latest "
+                      "(the steps after it are trained again)")
+        else:
+            resume = "no checkpoint was saved: run again to start over (save more often with --checkpointing_steps)"
+        return f"stopped by {name}{at}; {resume}."
+
+
+class SignalGuard:
+    """While a run trains, SIGTERM and SIGINT raise :class:`Terminated` at once, except inside
+    :meth:`critical` sections (a checkpoint, the final save), where the first signal waits for the section to
+    be complete; a second one stops it anyway (a checkpoint's partial folder is then removed, never renamed).
+
+    Handlers are installed only in the main thread (Python allows no other) and restored on exit. ``step`` is
+    the last step done, kept up to date by the loop for the message.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, output_dir=None):
+        self.output_dir, self.step = output_dir, None
+        self.depth, self.pending, self.previous = 0, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.depth and self.pending is None:
+            self.pending = signum
+            return
+        raise Terminated(signum, self.step, self.output_dir)
+
+    @contextmanager
+    def critical(self, then_stop: bool = True):
+        """A block that a signal does not interrupt: the first one is acted on when the block is done (or, with
+        ``then_stop=False``, for the run's last block, only kept from interrupting it)."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None and then_stop:
+            signum, self.pending = self.pending, None
+            raise Terminated(signum, self.step, self.output_dir)
+
+
 @dataclass
 class TrainResult:
     """What a run returns: where it saved, how far it got, and its logged history."""
@@ -306,60 +422,70 @@ def train(args, callback=None) -> TrainResult:
 
     ``callback(logs)``, if given, is called on the main process after every optimizer step with
     ``{"step", "loss", "lr", "epoch"}`` (notebook 03 draws a live loss plot with it).
+
+    SIGTERM or SIGINT stops the run with :class:`Terminated`, but never in the middle of a checkpoint or of
+    the final save (:class:`SignalGuard`).
     """
-    args, accelerator = setup(args)
-    parts = prepare_models(args, accelerator)
-    dataloader = prepare_data(args, accelerator, parts)
-    optimizer, lr_scheduler, schedule = make_schedule(args, accelerator, parts.models.controlnet.parameters(),
-                                                      dataloader)
-    parts.models.controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-        parts.models.controlnet, optimizer, dataloader, lr_scheduler)
-    controlnet = parts.models.controlnet
-    if accelerator.is_main_process and args.report_to not in (None, "none"):
-        accelerator.init_trackers(args.tracker_project_name, config={
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
-    global_step = resume(args, accelerator, optimizer)
-    log = TrainLog(Path(args.output_dir) / "train_log.jsonl", global_step, accelerator.is_main_process)
-    result = TrainResult(str(args.output_dir), global_step, cached=parts.text_table is not None,
-                         is_main_process=accelerator.is_main_process)
-    progress = tqdm(total=schedule.max_train_steps, initial=global_step, desc="Steps", mininterval=2,
-                    disable=not accelerator.is_local_main_process)
-    micro_step = global_step * args.gradient_accumulation_steps
-    for epoch, batch in epoch_batches(accelerator, dataloader, schedule, global_step, args.gradient_accumulation_steps):
-        if global_step >= schedule.max_train_steps:  # (a finished run, resumed: nothing left to train)
-            break
-        generator = step_generator(args.seed, accelerator.process_index, micro_step, accelerator.device)
-        micro_step += 1
-        with accelerator.accumulate(controlnet):
-            loss = training_step(parts, batch, generator, args.snr_gamma, args.proportion_empty_prompts)
-            accelerator.backward(loss)  # --optimizer_in_backward: updates the weights in here
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(controlnet.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=args.set_grads_to_none)
-        if not accelerator.sync_gradients:
-            continue
-        global_step += 1
-        logs = {"step": global_step, "loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch}
-        result.history.append(logs)
-        log.append(logs)
-        progress.update(1)
-        # refresh=False: shown at the bar's next redraw. Redrawing every step would flood a notebook's
-        # output channel (thousands of messages in a few minutes) and can stall a headless runner.
-        progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
-        accelerator.log({"loss": logs["loss"], "lr": logs["lr"]}, step=global_step)
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-        if accelerator.is_main_process and args.validation_prompt and global_step % args.validation_steps == 0:
-            result.validations.append(log_validation(accelerator, args, parts.models, parts.weight_dtype, global_step))
-        if accelerator.is_main_process and callback is not None:
-            callback(logs)
-        if global_step >= schedule.max_train_steps:
-            break
-    progress.close()
-    result.global_step = global_step
-    finish(args, accelerator, parts, result, schedule)
+    with SignalGuard(args.output_dir) as guard, ExitStack() as on_exit:
+        args, accelerator = setup(args)
+        parts = prepare_models(args, accelerator)
+        dataloader = prepare_data(args, accelerator, parts)
+        optimizer, lr_scheduler, schedule = make_schedule(args, accelerator, parts.models.controlnet.parameters(),
+                                                          dataloader)
+        parts.models.controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+            parts.models.controlnet, optimizer, dataloader, lr_scheduler)
+        controlnet = parts.models.controlnet
+        if accelerator.is_main_process and args.report_to not in (None, "none"):
+            accelerator.init_trackers(args.tracker_project_name, config={
+                k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        global_step = guard.step = resume(args, accelerator, optimizer)
+        log = TrainLog(Path(args.output_dir) / "train_log.jsonl", global_step, accelerator.is_main_process)
+        result = TrainResult(str(args.output_dir), global_step, cached=parts.text_table is not None,
+                             is_main_process=accelerator.is_main_process)
+        # closed however the loop ends, so that an error's line is the last one printed, not the bar's redraw
+        progress = on_exit.enter_context(tqdm(total=schedule.max_train_steps, initial=global_step, desc="Steps",
+                                              mininterval=2, disable=not accelerator.is_local_main_process))
+        micro_step = global_step * args.gradient_accumulation_steps
+        for epoch, batch in epoch_batches(accelerator, dataloader, schedule, global_step,
+                                          args.gradient_accumulation_steps):
+            if global_step >= schedule.max_train_steps:  # (a finished run, resumed: nothing left to train)
+                break
+            generator = step_generator(args.seed, accelerator.process_index, micro_step, accelerator.device)
+            micro_step += 1
+            with accelerator.accumulate(controlnet):
+                loss = training_step(parts, batch, generator, args.snr_gamma, args.proportion_empty_prompts)
+                accelerator.backward(loss)  # --optimizer_in_backward: updates the weights in here
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(controlnet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=args.set_grads_to_none)
+            if not accelerator.sync_gradients:
+                continue
+            global_step = guard.step = global_step + 1
+            logs = {"step": global_step, "loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0],
+                    "epoch": epoch}
+            result.history.append(logs)
+            log.append(logs)
+            progress.update(1)
+            # refresh=False: shown at the bar's next redraw. Redrawing every step would flood a notebook's
+            # output channel (thousands of messages in a few minutes) and can stall a headless runner.
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
+            accelerator.log({"loss": logs["loss"], "lr": logs["lr"]}, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                with guard.critical():  # a signal now waits until the checkpoint is complete
+                    save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and args.validation_prompt and global_step % args.validation_steps == 0:
+                result.validations.append(log_validation(accelerator, args, parts.models, parts.weight_dtype,
+                                                         global_step))
+            if accelerator.is_main_process and callback is not None:
+                callback(logs)
+            if global_step >= schedule.max_train_steps:
+                break
+        progress.close()
+        result.global_step = global_step
+        with guard.critical(then_stop=False):  # the run is done once this is: a signal now only waits for it
+            finish(args, accelerator, parts, result, schedule)
     return result
 
 
