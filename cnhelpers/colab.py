@@ -40,7 +40,9 @@ if "google.colab" in sys.modules:
     extras = "[memory]" if torch.cuda.is_available() else ""  # 8-bit Adam (bitsandbytes) for the GPU recipes
     %pip install -q -e {COLAB_CHECKOUT}{{extras}}
     sys.path.insert(0, "{COLAB_CHECKOUT}")
-    %cd {COLAB_CHECKOUT}/notebooks'''
+    %cd {COLAB_CHECKOUT}/notebooks
+
+import cnhelpers  # noqa: E402, F401  (first, so that it quiets bitsandbytes' warning about a CPU kernel)'''
 
 
 def is_colab_cell(cell: dict) -> bool:

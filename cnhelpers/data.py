@@ -265,7 +265,8 @@ def load_raw_dataset(args):
 
     if args.train_data_dir is not None:
         check_metadata_has_rows(args.train_data_dir)  # else datasets fails deep inside (IndexError, StopIteration)
-        dataset = load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
+        with local_load():
+            dataset = load_dataset(args.train_data_dir, cache_dir=args.cache_dir, split="train")
         check_not_empty(dataset, args.train_data_dir)
         return dataset
     name = args.dataset_name
@@ -276,7 +277,8 @@ def load_raw_dataset(args):
         if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
             loaded = load_from_disk(str(local))
             return loaded["train"] if hasattr(loaded, "keys") else loaded
-        return load_dataset(str(local), args.dataset_config_name, cache_dir=args.cache_dir, split="train")
+        with local_load():
+            return load_dataset(str(local), args.dataset_config_name, cache_dir=args.cache_dir, split="train")
     if name.rstrip("/").lower() == "fusing/fill50k":
         return load_fill50k(name)
     if looks_like_hub_id(name) and hub_offline():

@@ -198,7 +198,8 @@ def prepare_models(args, accelerator) -> StepParts:
     # The frozen models only run forward: half precision for them saves memory and time.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (models.vae, models.unet, *models.text_encoders):
-        frozen.to(dtype=weight_dtype)  # cast first: a float32 copy never reaches the GPU
+        if frozen.dtype != weight_dtype:  # (a cast to the same dtype only makes diffusers warn)
+            frozen.to(dtype=weight_dtype)  # cast first: a float32 copy never reaches the GPU
         frozen.to(accelerator.device)
     if models.sdxl and weight_dtype == torch.float16 and not args.pretrained_vae_model_name_or_path:
         # SDXL's own VAE overflows in fp16 (NaN latents, black images): keep it in float32, as upstream

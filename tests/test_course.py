@@ -89,3 +89,9 @@ def test_checked_outputs_are_marked_by_cell_tags_not_comments():
             assert "NBVAL_CHECK_OUTPUT" not in "".join(cell["source"]), path.name
             tagged += "nbval-check-output" in cell.get("metadata", {}).get("tags", [])
     assert tagged >= 50  # the stable facts nbval compares
+
+
+def test_every_notebook_says_how_long_it_runs():
+    for path in course_notebooks(NOTEBOOKS):
+        first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        assert "**Runtime.**" in first and "2-core CPU" in first, path.name
