@@ -58,14 +58,22 @@ def component_patterns(components=COMPONENTS, variant: str | None = None) -> lis
     return patterns
 
 
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """``Type: message`` of an error on one line, at most ``limit`` characters (for a one-line error report)."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+def one_line(message: str) -> str:
+    """A message as one line, for a one-line error report. An error raised in a DataLoader worker carries the
+    worker's traceback: keep its last line (the error itself)."""
+    if "\nOriginal Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def error_summary(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an error on one line, at most ``limit`` characters."""
+    text = one_line(f"{type(error).__name__}: {error}")
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _unavailable(repo_id: str, what: str, cause: BaseException | None) -> HubUnavailableError:
-    reason = "HF_HUB_OFFLINE is set" if hub_offline() else one_line(cause)
+    reason = "HF_HUB_OFFLINE is set" if hub_offline() else error_summary(cause)
     return HubUnavailableError(
         f"Cannot get {what} {repo_id!r} from the Hugging Face Hub ({reason}), and the local cache does not hold "
         "all of it. Either use the offline tiny profile (CN_PROFILE=tiny, the default), or go online once "
@@ -113,7 +121,7 @@ def _fetch(download, repo_id: str, what: str, **kwargs) -> str:
     except Exception as error:  # connection refused, DNS failure, timeouts, a transfer that broke off
         if _interrupted(error):
             raise DownloadInterruptedError(
-                f"The download of {what} {repo_id!r} broke off ({one_line(error)}). Nothing half-"
+                f"The download of {what} {repo_id!r} broke off ({error_summary(error)}). Nothing half-"
                 "written is kept: run the same command again, and the files that were complete are not fetched "
                 "again.") from error
         raise _unavailable(repo_id, what, error) from error

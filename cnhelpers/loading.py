@@ -64,7 +64,7 @@ def load_models(args) -> Models:
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **common)
     if args.pretrained_vae_model_name_or_path:  # e.g. SDXL's fp16-fix VAE: a whole repository, no subfolder
         vae = AutoencoderKL.from_pretrained(resolve_pretrained(
-            args.pretrained_vae_model_name_or_path, allow_patterns=CONTROLNET_PATTERNS, cache_dir=args.cache_dir))
+            args.pretrained_vae_model_name_or_path, allow_patterns=SINGLE_MODEL_PATTERNS, cache_dir=args.cache_dir))
     else:
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **common)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **common)
@@ -123,7 +123,7 @@ def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
 
 #: What a single-model repository (a ControlNet, a VAE such as madebyollin/sdxl-vae-fp16-fix) needs: its config and
 #: safetensors weights, not the ``.bin`` copy beside them.
-CONTROLNET_PATTERNS = ["*.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors"]
+SINGLE_MODEL_PATTERNS = ["*.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model-*-of-*.safetensors"]
 
 
 @dataclass
@@ -220,7 +220,7 @@ def resolve_controlnet(name_or_path: str | Path) -> Path:
     local = Path(str(name_or_path)).expanduser()
     if isinstance(name_or_path, str) and looks_like_hub_id(name_or_path):
         try:
-            return resolve_pretrained(name_or_path, allow_patterns=CONTROLNET_PATTERNS)
+            return resolve_pretrained(name_or_path, allow_patterns=SINGLE_MODEL_PATTERNS)
         except HubUnavailableError as error:
             raise HubUnavailableError(f"{error}\nIf you meant a local folder: {local.resolve()} does not exist. "
                                       + how_to_make_controlnet(local)) from error

@@ -15,18 +15,10 @@ from pathlib import Path
 
 from .checkpoints import DISK_FULL
 from .config import parse_args
-from .hub import HubUnavailableError
+from .hub import HubUnavailableError, one_line
 from .training import Terminated, train
 
 PACKAGE = Path(__file__).resolve().parent
-
-
-def one_line(message: str) -> str:
-    """A message as one line. An error raised in a DataLoader worker carries the worker's traceback: keep its
-    last line (the error itself)."""
-    if "\nOriginal Traceback" in message:
-        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
