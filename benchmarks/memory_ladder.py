@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     import torch
 
     from cnhelpers.data import write_fill_imagefolder
-    from cnhelpers.memory import LADDER, missing_requirements, rung_flags, write_deepspeed_config
+    from cnhelpers.memory import LADDER, LADDER_VERSION, missing_requirements, rung_flags, write_deepspeed_config
     from cnhelpers.optim import xformers_available
 
     resolution = args.resolution or (64 if args.arch == "tiny" else 512)
@@ -198,14 +198,15 @@ def main(argv=None) -> int:
                "peak RSS of the child process")
     header = (f"Memory ladder, {args.arch} architecture, {resolution} px, batch {args.batch}, {args.steps} steps per "
               f"rung, on {device}, {date.today().isoformat()}; attention: "
-              f"{'xFormers' if use_xformers else 'PyTorch SDPA'} from rung 4; "
+              f"{'xFormers' if use_xformers else 'PyTorch SDPA'}; "
               f"{'fp16 rungs run in bf16; ' if args.half == 'bf16' else ''}peak = {measure}")
     table = markdown_table(rows, throughput, header)
     print("\n" + table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"header": header, "device": device, "measure": measure, "arch": args.arch,
-                                         "resolution": resolution, "batch": args.batch, "rows": rows,
+                                         "resolution": resolution, "batch": args.batch, "ladder_version": LADDER_VERSION,
+                                         "rows": rows,
                                          "throughput": throughput}, indent=2))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -192,6 +192,21 @@ def check_optimizer_state_gb(fp32_adam_gb: float, adam_8bit_gb: float, controlne
     )
 
 
+# --- 04b_measuring_memory --------------------------------------------------------------------------
+
+@exercise(answers=1, hint='MFU = FLOPs per sample x samples per second / the peak FLOP/s.')
+def check_mfu(answer, flops_per_sample: float, samples_per_s: float, peak_flops_per_s: float) -> bool:
+    """Exercise (notebook 04b): the model FLOPs utilisation of a run, as a fraction (0.5 for 50 %)."""
+    expected = flops_per_sample * samples_per_s / peak_flops_per_s
+    return verdict(
+        abs(answer - expected) <= 0.01 * expected,
+        f"{flops_per_sample / 1e12:.3f} TFLOP x {samples_per_s:.1f} samples/s / {peak_flops_per_s / 1e12:.0f} TFLOP/s "
+        f"= {expected:.3f}: the chip spends {expected:.0%} of its peak on the step's counted work.",
+        f"You answered {answer:.4g}. The work done per second is FLOPs per sample times samples per second; "
+        "divide it by the chip's peak FLOP/s (and keep it a fraction: 0.5, not 50).",
+    )
+
+
 # --- 07_sdxl ------------------------------------------------------------------------------------------
 
 @exercise(answers=1, hint='the pooled text, then 6 numbers each embedded in addition_time_embed_dim.')

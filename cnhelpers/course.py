@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def course_notebooks(folder: Path) -> list[Path]:
-    """The course's notebooks in order: ``NN_name.ipynb`` files of ``folder``, by number."""
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    """The course's notebooks in order: ``NN_name.ipynb`` (and ``NNb_name.ipynb``) files of ``folder``, by name."""
+    return sorted(p for p in folder.glob("[0-9][0-9]*_*.ipynb"))
 
 
 def _first_error(nb) -> str:

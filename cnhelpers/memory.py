@@ -183,20 +183,31 @@ class Rung:
     drops: tuple = ()
 
 
+#: Bumped when rungs are renumbered or change their flags: result files of another version are refused.
+LADDER_VERSION = 2
+
 LADDER = (
-    Rung(1, "fp32 AdamW", {"cache": "never"}, guide_gb=38.0),
-    Rung(2, "+ gradient accumulation (4 micro-batches)", {"gradient_accumulation_steps": 4}),
+    # Rungs 1-4 and 9 are the diffusers ControlNet guide's own configurations (its batch sizes and flags), so
+    # its figures sit beside them; rungs 5-8 are the course's further steps. The flags are cumulative.
+    Rung(1, "fp32 AdamW, batch 4 (upstream's defaults)", {"cache": "never", "train_batch_size": 4}, guide_gb=38.0),
+    Rung(2, "batch 1, 4 micro-batches accumulated", {"train_batch_size": 1, "gradient_accumulation_steps": 4},
+         guide_gb=20.0),
     Rung(3, "+ gradient checkpointing + 8-bit AdamW", {"gradient_checkpointing": True, "use_8bit_adam": True},
          guide_gb=16.0, needs=("bitsandbytes",)),
-    Rung(4, "+ SDPA/xFormers attention + grads set to None", {"set_grads_to_none": True}, guide_gb=12.0),
-    Rung(5, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("fp16",)),
-    Rung(6, "+ cached latents and text embeddings", {"cache": "always"}),
-    # The step in backward cannot accumulate, clip by the global norm, nor use fp16's loss scaler: rung 7
-    # turns accumulation and clipping off, and rung_flags makes rung 5's fp16 bf16 for it.
-    Rung(7, "+ optimizer step in backward, no accumulation", {"optimizer_in_backward": True, "max_grad_norm": 0},
+    # The guide's 12 GB rung also turns on xFormers; PyTorch's SDPA, memory-efficient already, is on from rung 1.
+    Rung(4, "+ grads set to None", {"set_grads_to_none": True}, guide_gb=12.0),
+    Rung(5, "+ checkpointing the frozen UNet too", {"checkpoint_frozen_unet": True}),
+    Rung(6, "+ fp16 mixed precision", {"mixed_precision": "fp16"}, needs=("fp16",)),
+    Rung(7, "+ cached latents and text embeddings", {"cache": "always"}),
+    # The step in backward cannot accumulate, clip by the global norm, nor use fp16's loss scaler: rung 8
+    # turns accumulation and clipping off, and rung_flags makes rung 6's fp16 bf16 for it.
+    Rung(8, "+ optimizer step in backward, no accumulation", {"optimizer_in_backward": True, "max_grad_norm": 0},
          needs=("bf16",), drops=("gradient_accumulation_steps",)),
-    Rung(8, "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", {"gradient_accumulation_steps": 4}, guide_gb=8.0,
-         needs=("cuda", "deepspeed"), drops=("use_8bit_adam", "optimizer_in_backward", "max_grad_norm")),
+    # The guide's 8 GB rung: ZeRO-2 with the optimizer offloaded to the CPU, on rung 4's flags and fp16 (here
+    # with the cache of rung 7 too, as measured); DeepSpeed's CPU Adam replaces 8-bit AdamW.
+    Rung(9, "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", {"gradient_accumulation_steps": 4}, guide_gb=8.0,
+         needs=("cuda", "deepspeed"),
+         drops=("use_8bit_adam", "checkpoint_frozen_unet", "optimizer_in_backward", "max_grad_norm")),
 )
 
 
@@ -217,7 +228,7 @@ def rung_flags(number: int, use_xformers: bool = False, skipped=(), half: str = 
         flags["mixed_precision"] = "bf16"
     if flags.get("optimizer_in_backward") and flags.get("mixed_precision") == "fp16":
         flags["mixed_precision"] = "bf16"  # fp16's loss scaler needs every gradient before the first update
-    if number >= 4 and use_xformers:
+    if use_xformers:
         flags["enable_xformers_memory_efficient_attention"] = True
     return flags
 
@@ -241,7 +252,7 @@ def missing_requirements(rung: Rung, half: str = "fp16") -> str | None:
 
 
 def deepspeed_accelerate_config(gradient_accumulation_steps: int = 4, mixed_precision: str = "fp16",
-                                offload_optimizer_device: str = "cpu", offload_param_device: str = "cpu",
+                                offload_optimizer_device: str = "cpu", offload_param_device: str = "none",
                                 zero_stage: int = 2, num_processes: int = 1) -> dict:
     """The accelerate config for DeepSpeed ZeRO with CPU offload, as in the diffusers ControlNet guide.
 
@@ -249,6 +260,8 @@ def deepspeed_accelerate_config(gradient_accumulation_steps: int = 4, mixed_prec
     optimizer state lives in CPU memory and the Adam update runs on the CPU (DeepSpeedCPUAdam, which
     accelerate puts in place of torch's AdamW). bitsandbytes' 8-bit Adam keeps its state on the GPU and is
     not a DeepSpeed optimizer, so it does not combine with the offload: the state leaves the GPU instead.
+    ``offload_param_device`` moves the weights, which only ZeRO stage 3 partitions: under stage 2 it does
+    nothing (the guide's YAML sets it to ``cpu`` all the same), so it is ``none`` unless ``zero_stage=3``.
     """
     return {
         "compute_environment": "LOCAL_MACHINE",
@@ -348,17 +361,19 @@ def training_memory_budget(unet_params: int, controlnet_params: int, text_encode
 def load_ladder_results(*paths) -> list[dict]:
     """Rows of measured ladders (JSON files of benchmarks/memory_ladder.py); a later file's rung replaces an earlier one's.
 
-    Rows are matched to today's :data:`LADDER` by name, so files measured before the ladder gained a rung
-    still land on the right rung. A rung that no file measured comes as a row with ``peak_gb`` None and
-    ``skipped`` saying so (never a number).
+    Only files of today's :data:`LADDER_VERSION` are read (older ones numbered the rungs differently:
+    ``benchmarks/relabel_ladder.py`` maps them). A rung that no file measured comes as a row with ``peak_gb``
+    None and ``skipped`` saying so (never a number).
     """
     import json
     rows: dict[int, dict] = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
+        if data.get("ladder_version") != LADDER_VERSION:
+            raise ValueError(f"{Path(path).name} was measured on ladder version {data.get('ladder_version', 1)}, "
+                             f"today's is {LADDER_VERSION}: relabel it (benchmarks/relabel_ladder.py) or measure again.")
         for row in data["rows"]:
-            number = next((rung.number for rung in LADDER if row["name"].startswith(rung.name)), row["rung"])
-            rows[number] = row | {"rung": number, "source": Path(path).name, "device": data.get("device")}
+            rows[row["rung"]] = row | {"source": Path(path).name, "device": data.get("device")}
     for rung in LADDER:
         rows.setdefault(rung.number, {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb,
                                       "peak_gb": None, "s_per_step": None, "skipped": "not measured yet",

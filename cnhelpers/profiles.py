@@ -72,8 +72,9 @@ PROFILES: dict[str, Profile] = {
         pretrained_model_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5",
         dataset_name="fusing/fill50k",
         resolution=512,
-        # The ladder's rung 6 at batch 1 (fp16, gradient checkpointing, 8-bit AdamW, grads to None, cached
-        # latents): 6.4 GB measured on an H200, so a 16 GB T4 holds it; 4 micro-batches keep fill50k's batch 4.
+        # The guide's 12 GB flags (batch 1 x 4 accumulated, ControlNet checkpointing, 8-bit AdamW, grads to None)
+        # with fp16 and cached latents: 6.4 GB measured on an H200 (2026-11-26, run 1), so a 16 GB T4 holds it
+        # without also checkpointing the frozen UNet (--checkpoint_frozen_unet: 15-70 % slower steps).
         train_batch_size=1,
         gradient_accumulation_steps=4,
         learning_rate=1e-5,

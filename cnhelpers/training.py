@@ -187,6 +187,7 @@ def prepare_models(args, accelerator) -> StepParts:
     models.controlnet.controlnet_cond_embedding.to(memory_format=layout)
     if args.gradient_checkpointing:
         models.controlnet.enable_gradient_checkpointing()
+    if args.checkpoint_frozen_unet:
         # The loss reaches the ControlNet *through* the frozen UNet, whose activations are kept for the
         # backward pass too: checkpoint them as well (same gradients, recomputed instead of stored).
         models.unet.enable_gradient_checkpointing()

@@ -28,7 +28,7 @@ def exercises(path: Path) -> list[tuple[str, str, list]]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb")), ids=lambda p: p.name)
 def test_each_notebook_ships_an_unsolved_exercise_with_its_solution_below(path):
     found = exercises(path)
     assert found, f"{path.name} has no exercise"
@@ -155,6 +155,14 @@ def test_live_gradients_mb():  # notebook 04
     assert checks.check_live_gradients_mb(namespace["usual_answer"], namespace["in_backward_answer"], numels)
     assert not checks.check_live_gradients_mb(sum(numels) * 4 / 1e6, sum(numels) * 4 / 1e6, numels)  # no saving
     assert not checks.check_live_gradients_mb(sum(numels) * 2 / 1e6, max(numels) * 2 / 1e6, numels)  # fp16 bytes
+
+
+def test_mfu():  # notebook 04b
+    namespace = {"sd15_flops_per_sample": 2.265e12, "h200_samples_per_s": 54.3, "peak": 989e12}
+    exec(solution_of("04b_measuring_memory.ipynb", "check_mfu"), namespace)
+    assert checks.check_mfu(namespace["mfu_answer"], 2.265e12, 54.3, 989e12)
+    assert not checks.check_mfu(2.265e12 * 54.3 / 989e12 * 100, 2.265e12, 54.3, 989e12)  # a percentage
+    assert not checks.check_mfu(2.265e12 * 8 * 54.3 / 989e12, 2.265e12, 54.3, 989e12)  # FLOPs of the batch per sample
 
 
 def test_min_snr_loss():  # notebook 05, code (written with jax.numpy there; numpy takes its place here)

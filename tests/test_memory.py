@@ -14,6 +14,7 @@ import cnhelpers.training as training
 from cnhelpers.config import training_args
 from cnhelpers.memory import (
     LADDER,
+    LADDER_VERSION,
     LiveGradientBytes,
     LiveTensorBytes,
     deepspeed_accelerate_config,
@@ -48,10 +49,12 @@ def prepared_models(tiny_base, fill_dir, tmp_path, **flags):
     return training.prepare_models(args, accelerator).models
 
 
-def test_gradient_checkpointing_flag_turns_it_on(tiny_base, fill_dir, tmp_path):
+def test_gradient_checkpointing_is_the_controlnets_as_upstream_and_the_frozen_unet_has_its_own_flag(
+        tiny_base, fill_dir, tmp_path):
     models = prepared_models(tiny_base, fill_dir, tmp_path, gradient_checkpointing=True)
-    assert models.controlnet.is_gradient_checkpointing
-    assert models.unet.is_gradient_checkpointing  # the gradient flows through it
+    assert models.controlnet.is_gradient_checkpointing and not models.unet.is_gradient_checkpointing
+    models = prepared_models(tiny_base, fill_dir, tmp_path, checkpoint_frozen_unet=True)
+    assert models.unet.is_gradient_checkpointing and not models.controlnet.is_gradient_checkpointing
     assert not prepared_models(tiny_base, fill_dir, tmp_path).unet.is_gradient_checkpointing
 
 
@@ -100,48 +103,73 @@ def test_deepspeed_yaml_has_the_guides_keys(tmp_path):
     assert config["compute_environment"] == "LOCAL_MACHINE"
     assert config["mixed_precision"] == "fp16"
     assert config["deepspeed_config"] == {"gradient_accumulation_steps": 4, "offload_optimizer_device": "cpu",
-                                          "offload_param_device": "cpu", "zero3_init_flag": False, "zero_stage": 2}
+                                          "offload_param_device": "none", "zero3_init_flag": False, "zero_stage": 2}
     assert deepspeed_accelerate_config(zero_stage=3)["deepspeed_config"]["zero_stage"] == 3
 
 
-def test_ladder_rungs_add_up_and_offload_drops_8bit_adam():
-    assert [r.number for r in LADDER] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert rung_flags(1) == {"cache": "never"}
-    assert rung_flags(4) == {"cache": "never", "gradient_accumulation_steps": 4, "gradient_checkpointing": True,
-                             "use_8bit_adam": True, "set_grads_to_none": True}
-    assert rung_flags(6)["cache"] == "always" and rung_flags(6)["mixed_precision"] == "fp16"
-    assert "use_8bit_adam" not in rung_flags(8)
+def test_the_guides_rungs_have_the_guides_batch_sizes_and_flags():
+    assert [r.number for r in LADDER] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    # the guide: batch 4 by default (~38 GB); batch 1 with 4 accumulated (~20 GB); + checkpointing and 8-bit
+    # Adam (16 GB); + xFormers and grads to None (12 GB; SDPA is PyTorch's default, on at every rung here)
+    assert rung_flags(1) == {"cache": "never", "train_batch_size": 4}
+    assert rung_flags(2) == {"cache": "never", "train_batch_size": 1, "gradient_accumulation_steps": 4}
+    assert rung_flags(4) == rung_flags(2) | {"gradient_checkpointing": True, "use_8bit_adam": True,
+                                             "set_grads_to_none": True}
+    assert {r.number: r.guide_gb for r in LADDER if r.guide_gb} == {1: 38.0, 2: 20.0, 3: 16.0, 4: 12.0, 9: 8.0}
     assert rung_flags(4, use_xformers=True)["enable_xformers_memory_efficient_attention"]
-    assert "mixed_precision" not in rung_flags(6, skipped={5})
+
+
+def test_the_courses_rungs_add_unet_checkpointing_precision_and_the_cache_one_at_a_time():
+    assert rung_flags(5) == rung_flags(4) | {"checkpoint_frozen_unet": True}
+    assert rung_flags(7)["cache"] == "always" and rung_flags(7)["mixed_precision"] == "fp16"
+    assert "mixed_precision" not in rung_flags(7, skipped={6})
 
 
 def test_the_step_in_backward_rung_drops_what_it_cannot_do_and_offload_gets_it_back():
-    assert rung_flags(7) == {"cache": "always", "gradient_checkpointing": True, "use_8bit_adam": True,
-                             "set_grads_to_none": True, "mixed_precision": "bf16", "optimizer_in_backward": True,
-                             "max_grad_norm": 0}
-    assert "mixed_precision" not in rung_flags(7, skipped={5})  # on a CPU: fp32, like rung 6 there
-    assert rung_flags(8) == {k: v for k, v in rung_flags(6).items() if k != "use_8bit_adam"}
+    assert rung_flags(8) == {"cache": "always", "train_batch_size": 1, "gradient_checkpointing": True,
+                             "use_8bit_adam": True, "set_grads_to_none": True, "checkpoint_frozen_unet": True,
+                             "mixed_precision": "bf16", "optimizer_in_backward": True, "max_grad_norm": 0}
+    assert "mixed_precision" not in rung_flags(8, skipped={6})  # on a CPU: fp32, like rung 7 there
+    # offload: the guide's 8 GB flags on rung 7's cache, DeepSpeed's CPU Adam for 8-bit Adam
+    assert rung_flags(9) == {k: v for k, v in rung_flags(7).items() if k not in ("use_8bit_adam",
+                                                                                 "checkpoint_frozen_unet")}
 
 
 def test_half_bf16_runs_the_fp16_rungs_in_bf16_and_lets_a_cpu_run_them():
-    assert rung_flags(5, half="bf16")["mixed_precision"] == "bf16"
-    assert rung_flags(6, half="bf16") == rung_flags(6) | {"mixed_precision": "bf16"}
-    assert rung_flags(7, half="bf16") == rung_flags(7)
+    assert rung_flags(6, half="bf16")["mixed_precision"] == "bf16"
+    assert rung_flags(7, half="bf16") == rung_flags(7) | {"mixed_precision": "bf16"}
+    assert rung_flags(8, half="bf16") == rung_flags(8)
     if not torch.cuda.is_available():
-        assert "needs a CUDA GPU" in missing_requirements(LADDER[4])
-        assert missing_requirements(LADDER[4], half="bf16") is None
-        assert "needs a CUDA GPU" in missing_requirements(LADDER[7], half="bf16")  # DeepSpeed's offload
+        assert "needs a CUDA GPU" in missing_requirements(LADDER[5])
+        assert missing_requirements(LADDER[5], half="bf16") is None
+        assert "needs a CUDA GPU" in missing_requirements(LADDER[8], half="bf16")  # DeepSpeed's offload
 
 
-def test_old_ladder_files_land_on_todays_rungs_and_unmeasured_rungs_stay_empty(tmp_path):
-    old = {"device": "GPU", "rows": [{"rung": 6, "name": "+ cached latents and text embeddings", "peak_gb": 6.4},
-                                     {"rung": 7, "name": "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", "peak_gb": 3.8}]}
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps(old))
-    rows = {row["rung"]: row for row in load_ladder_results(path)}
-    assert rows[8]["peak_gb"] == 3.8 and rows[6]["peak_gb"] == 6.4
-    assert rows[7]["peak_gb"] is None and rows[7]["skipped"] == "not measured yet"
-    assert recommend_rung(list(rows.values()), 8)["rung"] == 6
+def test_ladder_files_of_another_numbering_are_refused_and_unmeasured_rungs_stay_empty(tmp_path):
+    rows = [{"rung": 7, "name": "+ cached latents and text embeddings", "peak_gb": 6.4},
+            {"rung": 9, "name": "ZeRO-2 CPU offload (DeepSpeed), no 8-bit Adam", "peak_gb": 3.8}]
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"device": "GPU", "rows": rows}))
+    new.write_text(json.dumps({"device": "GPU", "rows": rows, "ladder_version": LADDER_VERSION}))
+    with pytest.raises(ValueError, match="ladder version 1, today's is"):
+        load_ladder_results(old)
+    rows = {row["rung"]: row for row in load_ladder_results(new)}
+    assert rows[9]["peak_gb"] == 3.8 and rows[7]["peak_gb"] == 6.4
+    assert rows[8]["peak_gb"] is None and rows[8]["skipped"] == "not measured yet"
+    assert recommend_rung(list(rows.values()), 8)["rung"] == 7
+
+
+def test_the_relabelled_2026_11_26_rows_ran_exactly_their_rungs_flags(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import relabel_ladder
+
+    for target, sources in relabel_ladder.SOURCES.items():
+        stored = json.loads((relabel_ladder.RESULTS / target).read_text())
+        assert stored == json.loads(json.dumps(relabel_ladder.relabel(target, sources)))  # regenerated, not edited
+    h200 = {row["rung"]: row for row in load_ladder_results(relabel_ladder.RESULTS / next(iter(relabel_ladder.SOURCES)))}
+    assert h200[1]["peak_gb"] is None  # batch 4 was never measured
+    assert "run1" in h200[3]["source"] or "run1" in h200[3]["measured_as"]  # ControlNet-only checkpointing
+    assert "run2" in h200[5]["measured_as"]  # the run that checkpointed the frozen UNet
 
 
 def test_recommend_rung_picks_the_first_that_fits():
@@ -331,15 +359,15 @@ def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatc
     import memory_ladder
 
     out = tmp_path / "ladder.json"
-    memory_ladder.main(["--arch", "tiny", "--rungs", "1,5,6,7", "--steps", "3", "--work", str(tmp_path / "w"),
+    memory_ladder.main(["--arch", "tiny", "--rungs", "1,6,7,8", "--steps", "3", "--work", str(tmp_path / "w"),
                         "--json", str(out), "--markdown", str(tmp_path / "ladder.md")])
     rows = {row["rung"]: row for row in json.loads(out.read_text())["rows"]}
-    assert all(rows[n]["peak_gb"] > 0 and rows[n]["s_per_step"] > 0 for n in (1, 6, 7))
+    assert all(rows[n]["peak_gb"] > 0 and rows[n]["s_per_step"] > 0 for n in (1, 7, 8))
     if not torch.cuda.is_available():
-        assert rows[5]["peak_gb"] is None and "needs a CUDA GPU" in rows[5]["skipped"]
-        assert rows[6]["name"].endswith("(without rung 5)") and rows[7]["name"].endswith("(without rung 5)")
+        assert rows[6]["peak_gb"] is None and "needs a CUDA GPU" in rows[6]["skipped"]
+        assert rows[7]["name"].endswith("(without rung 6)") and rows[8]["name"].endswith("(without rung 6)")
     table = (tmp_path / "ladder.md").read_text()
-    assert "| 1 | fp32 AdamW |" in table and "38 GB" in table
+    assert "| 1 | fp32 AdamW, batch 4 (upstream's defaults) |" in table and "38 GB" in table
 
 
 @needs_bitsandbytes
@@ -348,16 +376,16 @@ def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path,
     import memory_ladder
 
     out = tmp_path / "ladder.json"
-    memory_ladder.main(["--arch", "tiny", "--rungs", "5,6,7", "--steps", "2", "--count-tensors", "--half", "bf16",
+    memory_ladder.main(["--arch", "tiny", "--rungs", "6,7,8", "--steps", "2", "--count-tensors", "--half", "bf16",
                         "--work", str(tmp_path / "w"), "--json", str(out), "--markdown", str(tmp_path / "ladder.md")])
     ladder = json.loads(out.read_text())
     rows = {row["rung"]: row for row in ladder["rows"]}
     assert "counted op by op" in ladder["measure"]
-    assert all(rows[n]["mixed_precision"] == "bf16" and rows[n]["peak_gb"] > 0 for n in (5, 6, 7))
+    assert all(rows[n]["mixed_precision"] == "bf16" and rows[n]["peak_gb"] > 0 for n in (6, 7, 8))
     for row in rows.values():
         assert sum(row["breakdown_gb"].values()) == pytest.approx(row["peak_gb"])
         assert row["device_peak_gb"] > row["peak_gb"]  # here the process's peak RSS: Python and libraries too
-    assert rows[6]["breakdown_gb"]["gradients"] > 0 and rows[7]["breakdown_gb"]["gradients"] == 0
+    assert rows[7]["breakdown_gb"]["gradients"] > 0 and rows[8]["breakdown_gb"]["gradients"] == 0
     assert "What the counted peak is made of" in (tmp_path / "ladder.md").read_text()
 
 
