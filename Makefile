@@ -20,13 +20,14 @@ LEG ?= $(SHELL) $(CURDIR)/.ci/leg
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-flax setup-colab course test test-python test-notebooks test-real-paths test-flax test-colab outputs lab clean help
+.PHONY: setup setup-flax setup-colab course test test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
 	@echo "make setup-flax  create .venv-flax (notebook 05's Flax stack) and the '$(KERNEL_FLAX)' Jupyter kernel"
 	@echo "make course   run every notebook headless into build/course/ (the main job)"
 	@echo "make test     pytest for cnhelpers, then nbval over every notebook (what CI runs)"
+	@echo "make test-notebooks-twice  Run All twice in one kernel per notebook: the checked outputs must not change (part of make test)"
 	@echo "make test-flax  tests_flax, then nbval over notebook 05 in the '$(KERNEL_FLAX)' kernel (part of make test)"
 	@echo "make test-real-paths  notebooks 00, 01, 03, 06 on sd15 and 07 on sdxl, small, from a loopback Hub (part of make test)"
 	@echo "make test-colab  pytest and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
@@ -69,13 +70,17 @@ course: setup setup-flax
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --in-place
 
-test: test-python test-notebooks test-real-paths test-flax test-colab
+test: test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab
 
 test-python: setup
 	$(LEG) test-python $(BIN)/python -m pytest tests
 
 test-notebooks: setup
 	$(LEG) test-notebooks $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
+
+# Run All twice in one kernel: the checked outputs of both runs equal the stored (fresh-kernel) ones.
+test-notebooks-twice: setup setup-flax
+	$(LEG) notebooks-twice $(BIN)/python tests/notebooks_twice.py
 
 # The Flax notebook runs in its own kernel (cn-flax, the .venv-flax Python), not in the current one.
 test-flax: setup-flax

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--checkpoint_frozen_unet", action="store_true",
                         help="Checkpoint the frozen UNet too: the loss reaches the ControlNet through it, so its "
                              "activations are kept for backward as well. Saves ~0.5 GB on SD 1.5 at fp32, costs "
-                             "15-70 %% more time a step (the course's addition; upstream has no such flag).")
+                             "28-69 %% more time a step on an H200 (the course's addition; upstream has no such flag).")
     memory.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere and newer GPUs.")
     memory.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
                         help="Default: the accelerate config's value.")
