@@ -12,7 +12,8 @@ What is here, in the order notebook 05 uses it:
 - :func:`controlnet_from_unet`: a ``FlaxControlNetModel`` whose shared blocks are copies of the UNet's;
 - :func:`compute_snr`, :func:`min_snr_weights`, :func:`per_sample_mse`: Min-SNR, broadcast per sample;
 - :func:`create_train_state`, :func:`make_train_step`: optax AdamW and the step to ``jax.pmap``;
-- :func:`replicate`, :func:`shard_batch`, :func:`pmapped`: placing state and batches on the devices.
+- :func:`replicate`, :func:`shard_batch`, :func:`pmapped`: placing state and batches on the devices;
+- :func:`flax_sampler`: the scheduler to generate with, one that the PyTorch pipeline can match step for step.
 """
 
 from __future__ import annotations
@@ -445,3 +446,27 @@ class CompileCounter:
 def unreplicate(tree):
     """The first device's copy of a replicated tree, fetched to host memory (what you save)."""
     return jax.device_get(jax_utils.unreplicate(tree))
+
+
+# --------------------------------------------------------------------------------------------------
+# Generating
+# --------------------------------------------------------------------------------------------------
+
+#: What ``DPMSolverMultistepScheduler`` (PyTorch) needs to compute the steps of :func:`flax_sampler`'s
+#: scheduler: its default final step goes to zero noise, which the Flax scheduler has no option for.
+PYTORCH_SAMPLER_MATCH = {"final_sigmas_type": "sigma_min"}
+
+
+def flax_sampler(base: str | Path):
+    """``(scheduler, state)``: DPM-Solver++ (2M) on ``base``'s noise schedule, to generate with.
+
+    The PyTorch notebooks sample with UniPC, which has no Flax version; DPM-Solver++ is the nearest Flax
+    multistep solver, and like UniPC it draws clean pictures in 20 steps. A PyTorch
+    ``DPMSolverMultistepScheduler`` built from the same config with :data:`PYTORCH_SAMPLER_MATCH`
+    takes the same steps. Not the base's own PNDM: with ``skip_prk_steps`` its timesteps have one more
+    entry than ``num_inference_steps``, and diffusers' Flax pipelines loop ``num_inference_steps``
+    times, so they never take its last step (the PyTorch pipelines loop over every timestep).
+    """
+    from diffusers import FlaxDPMSolverMultistepScheduler
+
+    return FlaxDPMSolverMultistepScheduler.from_pretrained(base, subfolder="scheduler")
