@@ -13,7 +13,8 @@ What is here, in the order notebook 05 uses it:
 - :func:`compute_snr`, :func:`min_snr_weights`, :func:`per_sample_mse`: Min-SNR, broadcast per sample;
 - :func:`create_train_state`, :func:`make_train_step`: optax AdamW and the step to ``jax.pmap``;
 - :func:`replicate`, :func:`shard_batch`, :func:`pmapped`: placing state and batches on the devices;
-- :func:`flax_sampler`: the scheduler to generate with, one that the PyTorch pipeline can match step for step.
+- :func:`flax_sampler`: the scheduler to generate with, one that the PyTorch pipeline can match step for step;
+- :func:`torch_controlnet_from_flax`: a saved Flax ControlNet as a PyTorch one, to compare the two pipelines.
 """
 
 from __future__ import annotations
@@ -470,3 +471,26 @@ def flax_sampler(base: str | Path):
     from diffusers import FlaxDPMSolverMultistepScheduler
 
     return FlaxDPMSolverMultistepScheduler.from_pretrained(base, subfolder="scheduler")
+
+
+def torch_controlnet_from_flax(folder: str | Path):
+    """A PyTorch ``ControlNetModel`` (eval mode) with the weights of the ``FlaxControlNetModel`` saved in ``folder``.
+
+    diffusers 0.39's ``ControlNetModel.from_pretrained(folder, from_flax=True)`` converts the weights, then
+    goes on to read the msgpack file as a PyTorch checkpoint and fails; this runs its conversion alone.
+    """
+    import warnings
+
+    from diffusers import ControlNetModel
+    from diffusers.models.modeling_pytorch_flax_utils import load_flax_checkpoint_in_pytorch_model
+    from diffusers.utils import FLAX_WEIGHTS_NAME
+
+    folder = Path(folder)
+    if not (folder / FLAX_WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {FLAX_WEIGHTS_NAME}; pass the folder that "
+                                "FlaxControlNetModel.save_pretrained wrote")
+    model = ControlNetModel.from_config(ControlNetModel.load_config(folder))
+    with warnings.catch_warnings():  # torch.from_numpy on the read-only arrays of the msgpack file
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        model = load_flax_checkpoint_in_pytorch_model(model, folder / FLAX_WEIGHTS_NAME)
+    return model.eval()

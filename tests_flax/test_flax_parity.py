@@ -28,7 +28,7 @@ import torch
 
 from cnhelpers.base_models import PRETRAINED_TINY_BASE
 from cnhelpers.data import fill_example
-from cnhelpers.flax_training import PYTORCH_SAMPLER_MATCH, flax_sampler, with_bin_weights
+from cnhelpers.flax_training import PYTORCH_SAMPLER_MATCH, flax_sampler, torch_controlnet_from_flax, with_bin_weights
 
 PIPELINE_STEPS = 20  # notebook 06's count
 GUIDANCE = 3.0  # the tiny profile's guidance_scale (7.5 saturates the tiny base's colours)
@@ -213,3 +213,21 @@ def test_flax_and_pytorch_pipelines_draw_the_same_images_from_the_same_latents(
     flax_base_only, torch_base_only = _pipeline_images(flax_parts, torch_parts, torch_controlnet, pretrained_bin, 0.0)
     assert np.abs(flax_base_only - torch_base_only).mean() < 1e-3
     assert np.abs(flax_images - flax_base_only).mean() > 1e-2
+
+
+def test_a_saved_flax_controlnet_comes_back_to_pytorch_with_the_same_weights(torch_controlnet, tmp_path):
+    from diffusers import FlaxControlNetModel
+
+    controlnet, folder = torch_controlnet
+    flax_controlnet, params = FlaxControlNetModel.from_pretrained(folder, from_pt=True)
+    flax_controlnet.save_pretrained(tmp_path, params=params)
+    back = torch_controlnet_from_flax(tmp_path).state_dict()
+    expected = controlnet.state_dict()
+    assert back.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(back[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_folder_without_flax_weights_gets_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="diffusion_flax_model.msgpack"):
+        torch_controlnet_from_flax(tmp_path)
