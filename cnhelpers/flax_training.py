@@ -19,6 +19,7 @@ What is here, in the order notebook 05 uses it:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -86,8 +87,9 @@ def with_bin_weights(base: str | Path, target: str | Path | None = None) -> Path
     not safetensors, so a base saved with safetensors alone (like the course's tiny base) needs a copy
     with ``.bin`` files. The CLIP text encoder's keys get the ``text_model.`` prefix back (see
     :func:`text_model_prefixed`). A base that already has ``.bin`` weights (SD 1.5's hub snapshot) is
-    returned as it is. The copy is kept in ``target`` (default: ``<build>/<name>-bin``) and redone
-    only when the base changes.
+    returned as it is. The copy is kept in ``target`` (default: ``<build>/<name>-<hash of the base's
+    path>-bin``, so two bases in folders of the same name get copies of their own) and redone only when
+    the base changes.
     """
     import torch
     from safetensors.torch import load_file
@@ -98,7 +100,10 @@ def with_bin_weights(base: str | Path, target: str | Path | None = None) -> Path
                                 "that holds unet/, vae/, text_encoder/ and model_index.json")
     if not _needs_bin(base):
         return base
-    target = Path(target) if target is not None else build_dir() / f"{base.name}-bin"
+    if target is None:
+        source_hash = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:8]
+        target = build_dir() / f"{base.name}-{source_hash}-bin"
+    target = Path(target)
     stamp = _source_stamp(base)
     stamp_file = target / "converted-from.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:

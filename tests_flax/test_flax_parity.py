@@ -37,10 +37,9 @@ PROMPTS = [example["text"] for example in EXAMPLES]
 
 
 @pytest.fixture(scope="module")
-def pretrained_bin(tmp_path_factory):
-    """The shipped base's ``.bin`` copy, in a folder of its own (the default one is named after the base's
-    folder, ``tiny-sd-bin``, like the copy of the random tiny base the other tests use)."""
-    return with_bin_weights(PRETRAINED_TINY_BASE, tmp_path_factory.mktemp("pretrained") / "tiny-sd-bin")
+def pretrained_bin():
+    """The shipped base's ``.bin`` copy (its folder is named ``tiny-sd``, like the random base of conftest's)."""
+    return with_bin_weights(PRETRAINED_TINY_BASE)
 
 
 @pytest.fixture(scope="module")
