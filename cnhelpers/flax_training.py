@@ -12,11 +12,14 @@ What is here, in the order notebook 05 uses it:
 - :func:`controlnet_from_unet`: a ``FlaxControlNetModel`` whose shared blocks are copies of the UNet's;
 - :func:`compute_snr`, :func:`min_snr_weights`, :func:`per_sample_mse`: Min-SNR, broadcast per sample;
 - :func:`create_train_state`, :func:`make_train_step`: optax AdamW and the step to ``jax.pmap``;
-- :func:`replicate`, :func:`shard_batch`, :func:`pmapped`: placing state and batches on the devices.
+- :func:`replicate`, :func:`shard_batch`, :func:`pmapped`: placing state and batches on the devices;
+- :func:`flax_sampler`: the scheduler to generate with, one that the PyTorch pipeline can match step for step;
+- :func:`torch_controlnet_from_flax`: a saved Flax ControlNet as a PyTorch one, to compare the two pipelines.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -84,8 +87,9 @@ def with_bin_weights(base: str | Path, target: str | Path | None = None) -> Path
     not safetensors, so a base saved with safetensors alone (like the course's tiny base) needs a copy
     with ``.bin`` files. The CLIP text encoder's keys get the ``text_model.`` prefix back (see
     :func:`text_model_prefixed`). A base that already has ``.bin`` weights (SD 1.5's hub snapshot) is
-    returned as it is. The copy is kept in ``target`` (default: ``<build>/<name>-bin``) and redone
-    only when the base changes.
+    returned as it is. The copy is kept in ``target`` (default: ``<build>/<name>-<hash of the base's
+    path>-bin``, so two bases in folders of the same name get copies of their own) and redone only when
+    the base changes.
     """
     import torch
     from safetensors.torch import load_file
@@ -96,7 +100,10 @@ def with_bin_weights(base: str | Path, target: str | Path | None = None) -> Path
                                 "that holds unet/, vae/, text_encoder/ and model_index.json")
     if not _needs_bin(base):
         return base
-    target = Path(target) if target is not None else build_dir() / f"{base.name}-bin"
+    if target is None:
+        source_hash = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:8]
+        target = build_dir() / f"{base.name}-{source_hash}-bin"
+    target = Path(target)
     stamp = _source_stamp(base)
     stamp_file = target / "converted-from.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
@@ -445,3 +452,50 @@ class CompileCounter:
 def unreplicate(tree):
     """The first device's copy of a replicated tree, fetched to host memory (what you save)."""
     return jax.device_get(jax_utils.unreplicate(tree))
+
+
+# --------------------------------------------------------------------------------------------------
+# Generating
+# --------------------------------------------------------------------------------------------------
+
+#: What ``DPMSolverMultistepScheduler`` (PyTorch) needs to compute the steps of :func:`flax_sampler`'s
+#: scheduler: its default final step goes to zero noise, which the Flax scheduler has no option for.
+PYTORCH_SAMPLER_MATCH = {"final_sigmas_type": "sigma_min"}
+
+
+def flax_sampler(base: str | Path):
+    """``(scheduler, state)``: DPM-Solver++ (2M) on ``base``'s noise schedule, to generate with.
+
+    The PyTorch notebooks sample with UniPC, which has no Flax version; DPM-Solver++ is the nearest Flax
+    multistep solver, and like UniPC it draws clean pictures in 20 steps. A PyTorch
+    ``DPMSolverMultistepScheduler`` built from the same config with :data:`PYTORCH_SAMPLER_MATCH`
+    takes the same steps. Not the base's own PNDM: with ``skip_prk_steps`` its timesteps have one more
+    entry than ``num_inference_steps``, and diffusers' Flax pipelines loop ``num_inference_steps``
+    times, so they never take its last step (the PyTorch pipelines loop over every timestep).
+    """
+    from diffusers import FlaxDPMSolverMultistepScheduler
+
+    return FlaxDPMSolverMultistepScheduler.from_pretrained(base, subfolder="scheduler")
+
+
+def torch_controlnet_from_flax(folder: str | Path):
+    """A PyTorch ``ControlNetModel`` (eval mode) with the weights of the ``FlaxControlNetModel`` saved in ``folder``.
+
+    diffusers 0.39's ``ControlNetModel.from_pretrained(folder, from_flax=True)`` converts the weights, then
+    goes on to read the msgpack file as a PyTorch checkpoint and fails; this runs its conversion alone.
+    """
+    import warnings
+
+    from diffusers import ControlNetModel
+    from diffusers.models.modeling_pytorch_flax_utils import load_flax_checkpoint_in_pytorch_model
+    from diffusers.utils import FLAX_WEIGHTS_NAME
+
+    folder = Path(folder)
+    if not (folder / FLAX_WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {FLAX_WEIGHTS_NAME}; pass the folder that "
+                                "FlaxControlNetModel.save_pretrained wrote")
+    model = ControlNetModel.from_config(ControlNetModel.load_config(folder))
+    with warnings.catch_warnings():  # torch.from_numpy on the read-only arrays of the msgpack file
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        model = load_flax_checkpoint_in_pytorch_model(model, folder / FLAX_WEIGHTS_NAME)
+    return model.eval()

@@ -58,6 +58,15 @@ def test_the_converted_copy_is_reused_until_the_base_changes(tmp_path):
     assert not marker.exists()
 
 
+def test_bases_in_folders_of_the_same_name_get_copies_of_their_own(tmp_path):
+    _clip_base_saved_like_transformers_5(tmp_path / "one" / "base")
+    _clip_base_saved_like_transformers_5(tmp_path / "two" / "base")
+    first, second = with_bin_weights(tmp_path / "one" / "base"), with_bin_weights(tmp_path / "two" / "base")
+    assert first != second
+    assert json.loads((first / "converted-from.json").read_text())["source"] == str((tmp_path / "one" / "base").resolve())
+    assert json.loads((second / "converted-from.json").read_text())["source"] == str((tmp_path / "two" / "base").resolve())
+
+
 def test_a_base_with_bin_weights_is_used_as_it_is(tiny_base_bin):
     assert with_bin_weights(tiny_base_bin) == tiny_base_bin
 
