@@ -18,6 +18,7 @@ from .data import canny_conditioning, image_transforms
 from .images import png_bytes, to_picture
 from .losses import min_snr_weights
 from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
+from .widgets import WithStaticForm, log_slider, round_log_values
 
 
 def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), title_column: str = "text"):
@@ -37,14 +38,20 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
     return fig
 
 
-def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None):
-    """Min-SNR weight against the timestep, for several γ, for epsilon and for v-prediction."""
+def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None, reference_gammas=()):
+    """Min-SNR weight against the timestep, for several γ, for epsilon and for v-prediction.
+
+    ``reference_gammas`` are drawn first, thin and grey (they also fix the axes' range).
+    """
     timesteps = torch.arange(noise_scheduler.config.num_train_timesteps)
     if ax is None:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for panel, prediction_type in zip(ax, ("epsilon", "v_prediction")):
         # a copy per prediction type: the caller's scheduler keeps its own
         scheduler = type(noise_scheduler).from_config(noise_scheduler.config, prediction_type=prediction_type)
+        for gamma in reference_gammas:
+            panel.plot(timesteps, min_snr_weights(scheduler, timesteps, gamma), color="0.75", lw=1,
+                       label=f"γ = {gamma:g}")
         for gamma in gammas:
             panel.plot(timesteps, min_snr_weights(scheduler, timesteps, gamma), label=f"γ = {gamma:g}")
         panel.set_title(f"{prediction_type}")
@@ -57,17 +64,36 @@ def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None):
     return ax[0].figure
 
 
+def _live_picture(fig, text: str):
+    """An Image widget for a figure redrawn during a run, displayed now; ``plt.close`` keeps matplotlib's own
+    copy out of the cell. The stored notebook gets the last picture from the saved widget state
+    (``cnhelpers.course``)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    plt.close(fig)
+    picture = widgets.Image(format="png")
+    display(WithStaticForm(picture, text=text))
+    return picture
+
+
+def _png(fig, dpi: int = 80) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
 class LiveLossPlot:
-    """A training callback that redraws the loss curve in place every ``every`` steps (and at the end)."""
+    """A training callback that redraws the loss curve in place every ``every`` steps (and at the end).
+
+    The curve is an ``ipywidgets.Image``: a reloaded page keeps showing it redrawn.
+    """
 
     def __init__(self, total_steps: int, every: int = 10, smoothing: int = 10):
-        from IPython.display import display
-
         self.total_steps, self.every, self.smoothing = total_steps, every, smoothing
         self.steps, self.losses = [], []
         self.fig, self.ax = plt.subplots(figsize=(7, 3))
-        plt.close(self.fig)  # shown through the display handle only
-        self.handle = display(self.fig, display_id=True)
+        self.picture = _live_picture(self.fig, f"the loss curve of a {total_steps}-step run, redrawn while it trains")
 
     def __call__(self, logs: dict):
         self.steps.append(logs["step"])
@@ -78,7 +104,7 @@ class LiveLossPlot:
     def redraw(self):
         draw_loss(self.ax, self.steps, self.losses, self.total_steps, self.smoothing)
         self.fig.tight_layout()
-        self.handle.update(self.fig)
+        self.picture.value = _png(self.fig)
 
 
 def draw_loss(ax, steps, losses, total_steps: int, smoothing: int = 10):
@@ -102,14 +128,12 @@ class LiveLossAndIoUPlot:
 
     def __init__(self, total_steps: int, checkpoint_iou, every: int = 10, smoothing: int = 10,
                  target: float | None = None):
-        from IPython.display import display
-
         self.total_steps, self.every, self.smoothing, self.target = total_steps, every, smoothing, target
         self.checkpoint_iou = checkpoint_iou
         self.steps, self.losses = [], []
         self.fig, (self.loss_ax, self.iou_ax) = plt.subplots(1, 2, figsize=(10, 3))
-        plt.close(self.fig)
-        self.handle = display(self.fig, display_id=True)
+        self.picture = _live_picture(self.fig, f"the loss and the checkpoints' circle IoU of a {total_steps}-step "
+                                     "run, redrawn while it trains")
 
     def __call__(self, logs: dict):
         self.steps.append(logs["step"])
@@ -132,7 +156,7 @@ class LiveLossAndIoUPlot:
                ylabel=f"circle IoU ({self.checkpoint_iou.n} held-out)")
         ax.grid(alpha=0.3)
         self.fig.tight_layout()
-        self.handle.update(self.fig)
+        self.picture.value = _png(self.fig)
 
 
 def _bare(ax):
@@ -208,9 +232,10 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
     """Two sliders for canny's thresholds beside the image and the edges they give, redrawn as you move them.
 
     Built from ``Image`` widgets updated by the sliders, not from ``interact``: ``interact`` draws into an
-    ``Output`` widget, which can stall headless runs (nbclient issue #312). Headless, the static copy of
-    the notebook shows the widget's text form; the pictures need a live kernel.
+    ``Output`` widget, which can stall headless runs (nbclient issue #312). Without a kernel, the notebook
+    shows the two pictures at the given thresholds (:class:`cnhelpers.widgets.WithStaticForm`).
     """
+    from PIL import Image
     import ipywidgets as widgets
 
     slider = dict(min=0, max=800, step=10, continuous_update=False)
@@ -230,7 +255,13 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
     low.observe(redraw, names="value")
     high.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([low, high]), message, widgets.HBox([original, edges])])
+    box = widgets.VBox([widgets.HBox([low, high]), message, widgets.HBox([original, edges])])
+    both = Image.new("RGB", (2 * width + 8, round(image.height * width / image.width)), "white")
+    for x, picture in ((0, image), (width + 8, canny_conditioning(image, low.value, high.value))):
+        both.paste(picture.convert("RGB").resize((width, both.height), Image.NEAREST), (x, 0))
+    return WithStaticForm(box, png_bytes(both, both.width),
+                          f"the image and its canny edges at low={low.value}, high={high.value} "
+                          "(two sliders in a running notebook)")
 
 
 #: Colours of the parameter kinds of :func:`cnhelpers.anatomy.parameter_groups`.
@@ -310,24 +341,23 @@ def show_gradient_flow(history: list[dict]):
 
 def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (for ipywidgets.Image), closing the figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    picture = _png(fig)
     plt.close(fig)
-    return buffer.getvalue()
+    return picture
 
 
-def min_snr_widget(noise_scheduler, gamma: float = 5.0):
-    """A γ slider above the Min-SNR weight curves it redraws (an Image widget: safe to run headless)."""
-    import ipywidgets as widgets
+def min_snr_widget(noise_scheduler, gamma: float = 5.0, gammas=None):
+    """A γ slider above the Min-SNR weight curves it redraws (an Image widget: safe to run headless).
 
-    slider = widgets.FloatLogSlider(value=gamma, base=10, min=-1, max=2, step=0.05, description="γ")
-    picture = widgets.Image(value=figure_png(plot_min_snr_weights(noise_scheduler, gammas=(gamma,))), format="png")
+    The slider steps through round values, 0.1, 0.2, 0.5 ... 100 (``gammas``); the range's two ends stay drawn
+    in grey, so the axes stay put and each step visibly moves the curve.
+    """
+    gammas = list(gammas or round_log_values(0.1, 100))
 
-    def redraw(change):
-        picture.value = figure_png(plot_min_snr_weights(noise_scheduler, gammas=(change["new"],)))
+    def render(value):
+        return plot_min_snr_weights(noise_scheduler, gammas=(value,), reference_gammas=(gammas[0], gammas[-1]))
 
-    slider.observe(redraw, names="value")
-    return widgets.VBox([slider, picture])
+    return figure_slider(render, log_slider(gammas, gamma, description="γ"))
 
 
 def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6, title: str | None = None):
@@ -376,24 +406,23 @@ def show_masks(image, conditioning_image, prompt: str, size: float = 1.8):
     return fig
 
 
-def show_with_slider(render, slider):
-    """Show ``slider`` and the figure ``render(value)`` draws; redraw it when the slider moves.
+def figure_slider(render, slider):
+    """``slider`` above the figure ``render(value)`` draws, redrawn when the slider moves: a widget to display.
 
-    Like ``ipywidgets.interact``, but without an Output widget: headless runners (nbclient, nbval) then have
-    no widget output to route, which can make them wait forever on the next cell (jupyter/nbclient#312).
-    A stored copy shows the figure for the slider's initial value.
+    Like ``ipywidgets.interact``, but the figure is an ``Image`` widget, not an ``Output`` widget: headless
+    runners (nbclient, nbval) then have no widget output to route, which can make them wait forever on the next
+    cell (jupyter/nbclient#312), and a reloaded page keeps redrawing it (it forgets IPython display handles).
+    Without a kernel, the notebook shows the figure at the slider's first value.
     """
-    from IPython.display import display
+    import ipywidgets as widgets
 
-    def draw(value):
-        fig = render(value)
-        plt.close(fig)  # shown through the display handle only
-        return fig
-
-    display(slider)
-    handle = display(draw(slider.value), display_id=True)
-    slider.observe(lambda change: handle.update(draw(change["new"])), names="value")
-    return handle
+    first = figure_png(render(slider.value))
+    picture = widgets.Image(value=first, format="png")
+    slider.observe(lambda change: setattr(picture, "value", figure_png(render(change["new"]))), names="value")
+    readout = getattr(slider, "label", None) or slider.value  # a SelectionSlider's label: 5, not 5.0
+    name = slider.description or "value"
+    return WithStaticForm(widgets.VBox([slider, picture]), first,
+                          f"the figure at {name} = {readout} (a slider in a running notebook)")
 
 
 def show_memory_breakdown(rows: list[dict], title: str = "", unit: str = "GB", ax=None):
