@@ -21,6 +21,14 @@ from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_
 from .widgets import WithStaticForm, log_slider, round_log_values
 
 
+def _imshow(ax, picture, **kwargs):
+    """``ax.imshow`` with sharp pixels where the picture is enlarged, anti-aliased where it is shrunk (nearest
+    neighbour there keeps every n-th pixel: jagged edges, and noise that makes the stored PNG large)."""
+    width = np.asarray(picture).shape[1]
+    shown = ax.get_position().width * ax.figure.get_figwidth() * ax.figure.dpi
+    ax.imshow(picture, interpolation="nearest" if width <= shown else "antialiased", **kwargs)
+
+
 def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), title_column: str = "text"):
     """Show ``n`` rows of a data set side by side: the conditioning image above the target, with captions."""
     n = min(n, len(dataset))
@@ -28,7 +36,7 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
     for col in range(n):
         row = dataset[col]
         for line, column in enumerate(columns):
-            axes[line][col].imshow(row[column], interpolation="nearest")
+            _imshow(axes[line][col], row[column])
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
         axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
@@ -174,7 +182,7 @@ def show_transform_steps(image, resolution: int):
     widths = [step.size[0] for _, step in steps]
     fig, axes = plt.subplots(1, 3, figsize=(9, 3), gridspec_kw={"width_ratios": widths})
     for ax, (title, step) in zip(axes, steps):
-        ax.imshow(step, interpolation="nearest")
+        _imshow(ax, step)
         ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)
         _bare(ax)
     fig.tight_layout()
@@ -196,19 +204,28 @@ def show_value_ranges(pixel_values, conditioning_pixel_values):
     return fig
 
 
-def show_batch(batch: dict, tokenizer, n: int | None = None):
-    """A training batch as pictures: conditioning images above targets, each titled with its decoded prompt."""
+def show_batch(batch: dict, tokenizer, n: int | None = None, columns: int = 4):
+    """The first ``n`` examples of a training batch as pictures, ``columns`` to a row (so titles stay readable):
+    each conditioning image above its target, titled with its decoded prompt."""
     n = min(n or len(batch["pixel_values"]), len(batch["pixel_values"]))
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
-    for col in range(n):
-        prompt = tokenizer.decode(batch["input_ids"][col], skip_special_tokens=True) or "(empty prompt)"
-        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False), interpolation="nearest")
-        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True), interpolation="nearest")
-        axes[0][col].set_title(textwrap.fill(prompt, 30), fontsize=8)
-        _bare(axes[0][col])
-        _bare(axes[1][col])
-    axes[0][0].set_ylabel("conditioning_pixel_values", fontsize=8)
-    axes[1][0].set_ylabel("pixel_values", fontsize=8)
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(2.2 * columns, 2.4 * 2 * rows), squeeze=False)
+    for index in range(rows * columns):
+        top, bottom = axes[2 * (index // columns)][index % columns], axes[2 * (index // columns) + 1][index % columns]
+        if index >= n:
+            top.axis("off")
+            bottom.axis("off")
+            continue
+        prompt = tokenizer.decode(batch["input_ids"][index], skip_special_tokens=True) or "(empty prompt)"
+        top.imshow(to_picture(batch["conditioning_pixel_values"][index], normalised=False), interpolation="nearest")
+        bottom.imshow(to_picture(batch["pixel_values"][index], normalised=True), interpolation="nearest")
+        top.set_title(textwrap.fill(prompt, 30), fontsize=8)
+        _bare(top)
+        _bare(bottom)
+        if index % columns == 0:
+            top.set_ylabel("conditioning_pixel_values", fontsize=8)
+            bottom.set_ylabel("pixel_values", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -217,10 +234,10 @@ def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     """One picture and its canny edges for several ``(low, high)`` threshold pairs."""
 
     fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
-    axes[0].imshow(image, interpolation="nearest")
+    _imshow(axes[0], image)
     axes[0].set_title("image", fontsize=9)
     for ax, (low, high) in zip(axes[1:], thresholds):
-        ax.imshow(canny_conditioning(image, low, high), interpolation="nearest")
+        _imshow(ax, canny_conditioning(image, low, high))
         ax.set_title(f"canny low={low}, high={high}", fontsize=9)
     for ax in axes:
         _bare(ax)
@@ -360,8 +377,11 @@ def min_snr_widget(noise_scheduler, gamma: float = 5.0, gammas=None):
     return figure_slider(render, log_slider(gammas, gamma, description="γ"))
 
 
-def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6, title: str | None = None):
-    """Show rows of PIL images as a labelled grid (pixels kept sharp); rows may differ in length."""
+def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.3, title: str | None = None):
+    """Show rows of PIL images as a labelled grid (pixels kept sharp); rows may differ in length.
+
+    ``size``: inches per picture (1.3: a 64 px picture about twice its size, its titles readable as stored).
+    """
     columns = max(len(row) for row in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(size * columns, size * len(rows) + 0.3 * bool(title)),
                              squeeze=False)
@@ -371,7 +391,7 @@ def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(row):
-                ax.imshow(row[c], interpolation="nearest")
+                _imshow(ax, row[c])
             else:
                 ax.axis("off")
         if row_titles:
