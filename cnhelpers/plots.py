@@ -29,20 +29,54 @@ def _imshow(ax, picture, **kwargs):
     ax.imshow(picture, interpolation="nearest" if width <= shown else "antialiased", **kwargs)
 
 
+def _tile_inches(width: int, target: int = 150) -> float:
+    """How wide to draw a ``width``-pixel picture: a whole zoom up to about ``target`` pixels (so its pixels stay
+    even and its PNG small, see :func:`_whole_zoom`), or ``target`` pixels when it is larger; plus room for
+    the layout's margins."""
+    return (width * max(1, target // width) if width <= target else target) / plt.rcParams["figure.dpi"] + 0.2
+
+
+def _whole_zoom(fig):
+    """Shrink each axes that shows an enlarged picture to a whole multiple of the picture's size, in place.
+
+    Nearest-neighbour at 1.6x repeats pixels unevenly (1, 2, 1, 2 ...): the picture looks uneven and its PNG is
+    two to three times larger than at 2x. Call after ``tight_layout``.
+    """
+    pixels_per_inch = fig.dpi
+    width_px, height_px = fig.get_figwidth() * pixels_per_inch, fig.get_figheight() * pixels_per_inch
+    for ax in fig.axes:
+        if not ax.images:
+            continue
+        rows, columns = ax.images[0].get_array().shape[:2]
+        box = ax.get_position()
+        zoom = min(box.width * width_px / columns, box.height * height_px / rows)
+        if zoom < 1:
+            continue
+        zoom = int(zoom)
+        w, h = zoom * columns / width_px, zoom * rows / height_px
+        x0 = round((box.x0 + (box.width - w) / 2) * width_px) / width_px
+        y0 = round((box.y0 + (box.height - h) / 2) * height_px) / height_px
+        ax.set_position([x0, y0, w, h])
+    return fig
+
+
 def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), title_column: str = "text"):
     """Show ``n`` rows of a data set side by side: the conditioning image above the target, with captions."""
     n = min(n, len(dataset))
-    fig, axes = plt.subplots(len(columns), n, figsize=(2.2 * n, 2.3 * len(columns)), squeeze=False)
+    tile = max(_tile_inches(dataset[0][columns[-1]].width), 1.3)
+    fig, axes = plt.subplots(len(columns), n, figsize=(tile * n + 0.3, (tile + 0.1) * len(columns) + 0.3),
+                             squeeze=False)
     for col in range(n):
         row = dataset[col]
         for line, column in enumerate(columns):
             _imshow(axes[line][col], row[column])
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
-        axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
+        axes[0][col].set_title(textwrap.fill(str(row[title_column]), round(tile * 20)), fontsize=7)
     for line, column in enumerate(columns):
         axes[line][0].set_ylabel(column, fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -85,9 +119,9 @@ def _live_picture(fig, text: str):
     return picture
 
 
-def _png(fig, dpi: int = 80) -> bytes:
+def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=fig.dpi)  # the figure's own dpi keeps _whole_zoom's pixels whole
     return buffer.getvalue()
 
 
@@ -180,12 +214,13 @@ def show_transform_steps(image, resolution: int):
     cropped = transforms.CenterCrop(resolution)(resized)
     steps = [("original", image), (f"Resize({resolution})", resized), (f"CenterCrop({resolution})", cropped)]
     widths = [step.size[0] for _, step in steps]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3), gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(1, 3, figsize=(6.4, 2.4), gridspec_kw={"width_ratios": widths})
     for ax, (title, step) in zip(axes, steps):
         _imshow(ax, step)
         ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)
         _bare(ax)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -210,7 +245,7 @@ def show_batch(batch: dict, tokenizer, n: int | None = None, columns: int = 4):
     n = min(n or len(batch["pixel_values"]), len(batch["pixel_values"]))
     columns = min(columns, n)
     rows = -(-n // columns)
-    fig, axes = plt.subplots(2 * rows, columns, figsize=(2.2 * columns, 2.4 * 2 * rows), squeeze=False)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.7 * columns, 1.85 * 2 * rows), squeeze=False)
     for index in range(rows * columns):
         top, bottom = axes[2 * (index // columns)][index % columns], axes[2 * (index // columns) + 1][index % columns]
         if index >= n:
@@ -220,32 +255,34 @@ def show_batch(batch: dict, tokenizer, n: int | None = None, columns: int = 4):
         prompt = tokenizer.decode(batch["input_ids"][index], skip_special_tokens=True) or "(empty prompt)"
         top.imshow(to_picture(batch["conditioning_pixel_values"][index], normalised=False), interpolation="nearest")
         bottom.imshow(to_picture(batch["pixel_values"][index], normalised=True), interpolation="nearest")
-        top.set_title(textwrap.fill(prompt, 30), fontsize=8)
+        top.set_title(textwrap.fill(prompt, 26), fontsize=7)
         _bare(top)
         _bare(bottom)
         if index % columns == 0:
             top.set_ylabel("conditioning_pixel_values", fontsize=8)
             bottom.set_ylabel("pixel_values", fontsize=8)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
 def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     """One picture and its canny edges for several ``(low, high)`` threshold pairs."""
 
-    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
+    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(1.75 * (len(thresholds) + 1), 2.1))
     _imshow(axes[0], image)
-    axes[0].set_title("image", fontsize=9)
+    axes[0].set_title("image", fontsize=8)
     for ax, (low, high) in zip(axes[1:], thresholds):
         _imshow(ax, canny_conditioning(image, low, high))
-        ax.set_title(f"canny low={low}, high={high}", fontsize=9)
+        ax.set_title(f"canny low={low}\nhigh={high}", fontsize=8)
     for ax in axes:
         _bare(ax)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
-def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200, width: int = 256):
+def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200, width: int | None = None):
     """Two sliders for canny's thresholds beside the image and the edges they give, redrawn as you move them.
 
     Built from ``Image`` widgets updated by the sliders, not from ``interact``: ``interact`` draws into an
@@ -255,6 +292,7 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
     from PIL import Image
     import ipywidgets as widgets
 
+    width = width or image.width * max(1, 256 // image.width)  # a whole zoom: even pixels, a small PNG
     slider = dict(min=0, max=800, step=10, continuous_update=False)
     low = widgets.IntSlider(value=low_threshold, description="low", **slider)
     high = widgets.IntSlider(value=high_threshold, description="high", **slider)
@@ -377,12 +415,14 @@ def min_snr_widget(noise_scheduler, gamma: float = 5.0, gammas=None):
     return figure_slider(render, log_slider(gammas, gamma, description="γ"))
 
 
-def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.3, title: str | None = None):
+def show_image_rows(rows, row_titles=None, column_titles=None, size: float | None = None, title: str | None = None):
     """Show rows of PIL images as a labelled grid (pixels kept sharp); rows may differ in length.
 
-    ``size``: inches per picture (1.3: a 64 px picture about twice its size, its titles readable as stored).
+    ``size``: inches per picture; by default a whole zoom of the first picture to about 150 px (a 64 px picture
+    at 2x), so titles stay readable as stored and the PNG small.
     """
     columns = max(len(row) for row in rows)
+    size = size or _tile_inches(rows[0][0].width)
     fig, axes = plt.subplots(len(rows), columns, figsize=(size * columns, size * len(rows) + 0.3 * bool(title)),
                              squeeze=False)
     for r, row in enumerate(rows):
@@ -395,12 +435,13 @@ def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.3
             else:
                 ax.axis("off")
         if row_titles:
-            axes[r][0].set_ylabel(row_titles[r], fontsize=8)
+            axes[r][0].set_ylabel(row_titles[r], fontsize=7)
     for c, name in enumerate(column_titles or []):
-        axes[0][c].set_title(name, fontsize=8)
+        axes[0][c].set_title(name, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -423,6 +464,7 @@ def show_masks(image, conditioning_image, prompt: str, size: float = 1.8):
     fig.suptitle(f"{prompt}: IoU {scores['iou']:.2f}, colour error circle {scores['circle_colour_error']:.2f}, "
                  f"background {scores['background_colour_error']:.2f}", fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -494,6 +536,7 @@ def show_noising(vae, image, noise_scheduler, timesteps=(0, 100, 300, 500, 700, 
     axes[0][0].set_ylabel("decoded", fontsize=9)
     axes[1][0].set_ylabel("latent, ch. 0", fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -520,6 +563,7 @@ def show_denoising(pipeline, prompt: str, num_inference_steps: int = 20, shown: 
         _bare(ax)
     fig.suptitle(prompt, fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 

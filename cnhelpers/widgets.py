@@ -31,6 +31,9 @@ class WithStaticForm:
     def __getattr__(self, name):
         return getattr(self.__dict__["widget"], name)
 
+    def __repr__(self):
+        return self.text or repr(self.widget)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         """The widget's view (ipywidgets 7 and 8 both use view version 2.0), its picture and its text."""
         bundle = {WIDGET_VIEW: {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id},
