@@ -125,7 +125,11 @@ def compact_png(data: str) -> str:
 
     from PIL import Image
 
-    picture = Image.open(io.BytesIO(base64.b64decode(data)))
+    try:
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        picture.load()
+    except Exception:  # not a PNG PIL reads: keep it as it is
+        return data
     if picture.mode == "RGBA" and picture.getchannel("A").getextrema() == (255, 255):
         picture = picture.convert("RGB")
     buffer = io.BytesIO()

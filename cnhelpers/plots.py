@@ -33,7 +33,7 @@ def _tile_inches(width: int, target: int = 150) -> float:
     """How wide to draw a ``width``-pixel picture: a whole zoom up to about ``target`` pixels (so its pixels stay
     even and its PNG small, see :func:`_whole_zoom`), or ``target`` pixels when it is larger; plus room for
     the layout's margins."""
-    return (width * max(1, target // width) if width <= target else target) / plt.rcParams["figure.dpi"] + 0.2
+    return (width * max(1, target // width) if width <= target else target) / plt.rcParams["figure.dpi"] + 0.4
 
 
 def _whole_zoom(fig):
@@ -214,7 +214,7 @@ def show_transform_steps(image, resolution: int):
     cropped = transforms.CenterCrop(resolution)(resized)
     steps = [("original", image), (f"Resize({resolution})", resized), (f"CenterCrop({resolution})", cropped)]
     widths = [step.size[0] for _, step in steps]
-    fig, axes = plt.subplots(1, 3, figsize=(6.4, 2.4), gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(1, 3, figsize=(4.6, 2.0), gridspec_kw={"width_ratios": widths})
     for ax, (title, step) in zip(axes, steps):
         _imshow(ax, step)
         ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)

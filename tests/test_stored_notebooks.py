@@ -84,7 +84,7 @@ def test_nbconvert_to_html_shows_each_widgets_picture_not_a_blank(tmp_path):
     pictures = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": path.stem, "path": str(NOTEBOOKS)}})
     assert WIDGET_VIEW not in body and WIDGET_STATE not in body
-    assert body.count("data:image/png;base64,") == pictures > 0
+    assert body.count('src="data:image/png;base64,') == pictures > 0
     slider = [o["data"]["image/png"] for c in nb.cells for o in c.get("outputs", [])
               if "a slider in a running notebook" in o.get("data", {}).get("text/plain", "")]
     assert len(slider) == 1 and slider[0].strip() in body  # the slider's figure, at its default value
@@ -141,3 +141,29 @@ def test_the_runner_stores_a_finished_bar_and_a_widgets_picture(tmp_path):
     assert stored.cells[1].outputs[0]["data"] == {"text/plain": "n = 3 (a slider)",
                                                   "image/png": base64.b64encode(b"\x89PNG fake").decode()}
     assert "widgets" not in stored.metadata
+
+
+def test_the_runner_recompresses_a_figure_without_changing_a_pixel():
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from cnhelpers.course import compact_png
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.imshow(np.random.default_rng(0).random((16, 16)), interpolation="nearest")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    original = base64.b64encode(buffer.getvalue()).decode()
+    smaller = compact_png(original)
+
+    def pixels(data):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGBA"))
+
+    assert len(smaller) < len(original) and np.array_equal(pixels(smaller), pixels(original))
