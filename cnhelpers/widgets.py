@@ -29,6 +29,8 @@ class WithStaticForm:
         self.widget, self.picture, self.text = widget, picture, text
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # not the widget's display hooks (ipywidgets 7's _ipython_display_): ours
+            raise AttributeError(name)
         return getattr(self.__dict__["widget"], name)
 
     def __repr__(self):
