@@ -6,7 +6,7 @@ One job per module, in layers that import only downward (``tests/test_package_la
    ``profiles`` (tiny, sd15, sdxl: plain data), ``tokenizer`` (the tiny bases' CLIP BPE tokenizer);
 1. ``data`` (fill data, loaders, transforms), ``images`` (PIL grids), ``losses`` (target, Min-SNR, loss,
    ``predict_noise``), ``metrics`` (scoring pixels), ``base_models`` (the tiny base, SD 1.5's architecture),
-   ``sdxl`` (the SDXL variant);
+   ``sdxl`` (the SDXL variant), ``widgets`` (widgets shown with a static form for kernel-less viewers);
 2. ``config`` (train_controlnet.py's flags), ``recipes`` (the course's flags, once), ``optim``, ``cache``,
    ``checkpoints``, ``outputs`` (validation, final save, model card, log), ``loading`` (models to train);
 3. ``training`` (the loop, as named steps), ``inference`` (pipelines, generation);

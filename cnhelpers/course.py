@@ -2,14 +2,26 @@
 
 Each notebook runs in a fresh kernel with the notebooks folder as its working directory. One line per
 notebook says how long it took and whether it passed, or which cell failed and why.
+
+The executed copy keeps each widget's *static form* instead of the widget (:func:`static_widget_outputs`): a
+stored notebook has no kernel, so its widgets can never come alive again, and every viewer (a code host,
+JupyterLab without a kernel, ``jupyter nbconvert --to html`` offline) then shows what the widget showed at the
+end of the run: a progress bar's last line, a slider's value, its picture.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
+import re
 import sys
 import time
 from pathlib import Path
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+_BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
 def course_notebooks(folder: Path) -> list[Path]:
@@ -23,6 +35,120 @@ def _first_error(nb) -> str:
             if output.get("output_type") == "error":
                 return f"code cell {index}: {output.get('ename')}: {output.get('evalue')}"
     return "unknown cell"
+
+
+def _children(state: dict, model: dict) -> list[dict]:
+    ids = [c.removeprefix("IPY_MODEL_") for c in model["state"].get("children", [])]
+    return [state[i] for i in ids if i in state]
+
+
+def _plain(markup: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", markup or "")).replace("\u200b", "").strip()
+
+
+def _bar_text(left: str, progress: dict, right: str) -> str:
+    """tqdm's text line from its notebook widget: ``Steps: 100%|██████████| 1200/1200 [03:56<00:00, ...]``."""
+    maximum = progress["state"].get("max") or 1
+    eighths = round(8 * 10 * min(max(progress["state"].get("value", 0) / maximum, 0), 1))
+    bar = "█" * (eighths // 8) + (_BLOCKS[eighths % 8] if eighths % 8 else "")
+    return f"{html.unescape(left)}|{bar:<10}|{html.unescape(right)}".replace("\u2007", " ").strip()
+
+
+def widget_static_form(model_id: str, state: dict) -> dict:
+    """What the widget ``model_id`` showed at the end of the run, as a mime bundle, from the widget ``state``
+    nbclient saved: a tqdm bar's last text line; a slider's ``description: value``; an HTML or Label widget's
+    text; a box's parts, one per line; its picture (``image/png``) when it holds exactly one PNG Image widget.
+    An empty dict when the state does not have the widget."""
+    if model_id not in state:
+        return {}
+    lines, pictures = [], []
+
+    def visit(model):
+        name, values = model["model_name"], model["state"]
+        children = _children(state, model)
+        kinds = [child["model_name"] for child in children]
+        if name == "HBoxModel" and len(kinds) == 3 and kinds[0] == kinds[2] == "HTMLModel" \
+                and kinds[1] in ("FloatProgressModel", "IntProgressModel"):  # a tqdm bar
+            lines.append(_bar_text(children[0]["state"].get("value", ""), children[1],
+                                   children[2]["state"].get("value", "")))
+        elif children:
+            for child in children:
+                visit(child)
+        elif name == "ImageModel":
+            data = [b["data"] for b in model.get("buffers", []) if b.get("path") == ["value"]]
+            if data and values.get("format", "png") == "png":
+                pictures.append(data[0])
+        elif name in ("HTMLModel", "LabelModel", "HTMLMathModel"):
+            if _plain(values.get("value", "")):
+                lines.append(_plain(values.get("value", "")))
+        elif "value" in values or "index" in values:  # sliders and other controls
+            value = values.get("value")
+            if "_options_labels" in values and values.get("index") is not None:
+                value = values["_options_labels"][values["index"]]
+            lines.append(f"{_plain(values.get('description', '')) or name.removesuffix('Model')}: {value}")
+
+    visit(state[model_id])
+    bundle = {"text/plain": "\n".join(lines)} if lines else {}
+    if len(pictures) == 1:
+        bundle["image/png"] = pictures[0]
+    return bundle
+
+
+def static_widget_outputs(nb) -> int:
+    """Replace every widget output of ``nb`` by its static form, then drop the saved widget state.
+
+    An output that already carries a picture (``cnhelpers.widgets.show`` adds one) keeps it and its text; any
+    other takes :func:`widget_static_form`. Returns how many outputs changed.
+    """
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    changed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW not in data:
+                continue
+            static = {k: v for k, v in data.items() if k != WIDGET_VIEW}
+            if not any(k.startswith("image/") for k in static):
+                static.update(widget_static_form(data[WIDGET_VIEW].get("model_id", ""), state))
+            output["data"] = static
+            changed += 1
+    nb.metadata.pop("widgets", None)
+    return changed
+
+
+def compact_png(data: str) -> str:
+    """A base64 PNG re-encoded losslessly, smaller: RGB when no pixel is transparent, zlib at its best.
+
+    matplotlib writes RGBA at zlib's default level; the pixels stay exactly the same. Returns ``data`` when
+    re-encoding does not make it smaller."""
+    import io
+
+    from PIL import Image
+
+    try:
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        picture.load()
+    except Exception:  # not a PNG PIL reads: keep it as it is
+        return data
+    if picture.mode == "RGBA" and picture.getchannel("A").getextrema() == (255, 255):
+        picture = picture.convert("RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    smaller = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return smaller + "\n" if len(smaller) < len(data.replace("\n", "")) else data
+
+
+def compact_pictures(nb) -> int:
+    """Re-encode every stored PNG of ``nb`` with :func:`compact_png`; returns the bytes saved."""
+    saved = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                before = len(data["image/png"])
+                data["image/png"] = compact_png(data["image/png"])
+                saved += before - len(data["image/png"])
+    return saved
 
 
 def run_notebook(path: Path, out_path: Path, timeout: int = 1800) -> tuple[bool, float, str]:
@@ -53,6 +179,8 @@ def run_notebook(path: Path, out_path: Path, timeout: int = 1800) -> tuple[bool,
     except Exception as error:  # kernel died, timeout: still report and keep going
         passed, message = False, f"FAILED: {type(error).__name__}: {error}"
     seconds = time.perf_counter() - start
+    static_widget_outputs(nb)
+    compact_pictures(nb)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_path)
     return passed, seconds, message

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .inference import generate, held_out_examples, load_controlnet_pipeline
+from .loading import dtype_kwargs
 from .metrics import score_fill_image
 
 
@@ -64,9 +65,9 @@ class CheckpointIoU:
         """Mean circle IoU of the ControlNet in ``controlnet_folder`` on the held-out outlines."""
         from diffusers import ControlNetModel
 
-        controlnet = ControlNetModel.from_pretrained(controlnet_folder, torch_dtype=self.dtype)
+        controlnet = ControlNetModel.from_pretrained(controlnet_folder, **dtype_kwargs(self.dtype))
         if self._pipeline is None:
-            self._pipeline = load_controlnet_pipeline(self.base, controlnet, torch_dtype=self.dtype, device=self.device)
+            self._pipeline = load_controlnet_pipeline(self.base, controlnet, dtype=self.dtype, device=self.device)
             resolution = self.resolution or self._pipeline.unet.config.sample_size * self._pipeline.vae_scale_factor
             self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution)
         else:

@@ -40,3 +40,12 @@ def png_bytes(image, width: int) -> bytes:
     buffer = io.BytesIO()
     scaled.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def as_png(image):
+    """``image`` (PIL) for ``display``, as one PNG: a PIL image displays as a JPEG and a PNG copy of itself."""
+    from IPython.display import Image as Picture
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return Picture(data=buffer.getvalue(), format="png")

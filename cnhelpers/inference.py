@@ -19,7 +19,7 @@ import torch
 from .data import fill_example
 from .hub import resolve_base
 from .base_models import base_model_path
-from .loading import check_controlnet_fits, is_controlnet_folder, load_controlnet
+from .loading import check_controlnet_fits, dtype_kwargs, is_controlnet_folder, load_controlnet
 from .paths import build_dir
 from .profiles import get_profile
 from .recipes import course_training_args, how_to_make_controlnet
@@ -40,23 +40,23 @@ def default_controlnet_path() -> Path:
     return build_dir() / CONTROLNET_DIRNAME
 
 
-def load_controlnet_pipeline(base, controlnet, torch_dtype: torch.dtype | None = None, device=None,
+def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None, device=None,
                              progress_bar: bool = False):
     """``StableDiffusionControlNetPipeline`` of ``base`` with ``controlnet``, the UniPC scheduler, no safety checker.
 
     ``base``: an SD-layout folder or hub id. ``controlnet``: a folder, a hub id or a ControlNetModel, or a
-    list of them for a MultiControlNet. ``torch_dtype=torch.float16`` with ``device="cuda"`` is the usual
+    list of them for a MultiControlNet. ``dtype=torch.float16`` with ``device="cuda"`` is the usual
     GPU set-up. Progress bars are off unless ``progress_bar`` is True.
     """
     from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
 
     if isinstance(controlnet, (list, tuple)):
-        nets = [load_controlnet(c, torch_dtype) for c in controlnet]
+        nets = [load_controlnet(c, dtype) for c in controlnet]
     else:
-        nets = load_controlnet(controlnet, torch_dtype)
+        nets = load_controlnet(controlnet, dtype)
     pipeline = StableDiffusionControlNetPipeline.from_pretrained(
         resolve_base(base), controlnet=nets, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, torch_dtype=torch_dtype)
+        requires_safety_checker=False, **dtype_kwargs(dtype))
     for net in nets if isinstance(nets, list) else [nets]:
         check_controlnet_fits(net, pipeline.unet, pipeline.vae_scale_factor)
     # UniPC: a multistep solver that gives good pictures in 20-25 steps (the PNDM default needs ~50).

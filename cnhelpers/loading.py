@@ -8,7 +8,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+from packaging.version import Version
 
 from .base_models import conditioning_downsampling, count_parameters, vae_scale_factor
 from .env import available_memory, format_bytes
@@ -236,10 +238,20 @@ def resolve_controlnet(name_or_path: str | Path) -> Path:
     return local
 
 
-def load_controlnet(name_or_path, torch_dtype: torch.dtype | None = None):
-    """A ``ControlNetModel`` from a folder or hub id (a ControlNetModel passes through, cast to ``torch_dtype``)."""
+#: ``from_pretrained``'s precision keyword: diffusers 0.40 renamed ``torch_dtype`` to ``dtype`` (the old name now
+#: warns); Colab's diffusers 0.39 knows only ``torch_dtype``.
+DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
+
+
+def dtype_kwargs(dtype: torch.dtype | None) -> dict:
+    """``{DTYPE_KEYWORD: dtype}`` for a diffusers ``from_pretrained`` call, ``{}`` for None (keep the stored one)."""
+    return {} if dtype is None else {DTYPE_KEYWORD: dtype}
+
+
+def load_controlnet(name_or_path, dtype: torch.dtype | None = None):
+    """A ``ControlNetModel`` from a folder or hub id (a ControlNetModel passes through, cast to ``dtype``)."""
     from diffusers import ControlNetModel
 
     if isinstance(name_or_path, ControlNetModel):
-        return name_or_path.to(dtype=torch_dtype) if torch_dtype is not None else name_or_path
-    return ControlNetModel.from_pretrained(resolve_controlnet(name_or_path), torch_dtype=torch_dtype)
+        return name_or_path.to(dtype=dtype) if dtype is not None else name_or_path
+    return ControlNetModel.from_pretrained(resolve_controlnet(name_or_path), **dtype_kwargs(dtype))

@@ -17,6 +17,19 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as the notebooks print it: relative to the checkout when inside it (commands run from its
+    root), ``~/...`` under the home folder, otherwise unchanged. So stored outputs name no machine's folders."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    root = project_root()
+    for base, prefix in ((root, ""), (Path.home(), "~/")):
+        if base is not None and path.is_relative_to(base.resolve()):
+            return prefix + (path.relative_to(base.resolve()).as_posix() or ".")
+    return str(path)
+
+
 def build_dir() -> Path:
     """Folder for everything the course generates.
 

@@ -18,33 +18,82 @@ from .data import canny_conditioning, image_transforms
 from .images import png_bytes, to_picture
 from .losses import min_snr_weights
 from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
+from .widgets import WithStaticForm, log_slider, round_log_values
+
+
+def _imshow(ax, picture, **kwargs):
+    """``ax.imshow`` with sharp pixels where the picture is enlarged, anti-aliased where it is shrunk (nearest
+    neighbour there keeps every n-th pixel: jagged edges, and noise that makes the stored PNG large)."""
+    width = np.asarray(picture).shape[1]
+    shown = ax.get_position().width * ax.figure.get_figwidth() * ax.figure.dpi
+    ax.imshow(picture, interpolation="nearest" if width <= shown else "antialiased", **kwargs)
+
+
+def _tile_inches(width: int, target: int = 150) -> float:
+    """How wide to draw a ``width``-pixel picture: a whole zoom up to about ``target`` pixels (so its pixels stay
+    even and its PNG small, see :func:`_whole_zoom`), or ``target`` pixels when it is larger; plus room for
+    the layout's margins."""
+    return (width * max(1, target // width) if width <= target else target) / plt.rcParams["figure.dpi"] + 0.4
+
+
+def _whole_zoom(fig):
+    """Shrink each axes that shows an enlarged picture to a whole multiple of the picture's size, in place.
+
+    Nearest-neighbour at 1.6x repeats pixels unevenly (1, 2, 1, 2 ...): the picture looks uneven and its PNG is
+    two to three times larger than at 2x. Call after ``tight_layout``.
+    """
+    pixels_per_inch = fig.dpi
+    width_px, height_px = fig.get_figwidth() * pixels_per_inch, fig.get_figheight() * pixels_per_inch
+    for ax in fig.axes:
+        if not ax.images:
+            continue
+        rows, columns = ax.images[0].get_array().shape[:2]
+        box = ax.get_position()
+        zoom = min(box.width * width_px / columns, box.height * height_px / rows)
+        if zoom < 1:
+            continue
+        zoom = int(zoom)
+        w, h = zoom * columns / width_px, zoom * rows / height_px
+        x0 = round((box.x0 + (box.width - w) / 2) * width_px) / width_px
+        y0 = round((box.y0 + (box.height - h) / 2) * height_px) / height_px
+        ax.set_position([x0, y0, w, h])
+    return fig
 
 
 def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), title_column: str = "text"):
     """Show ``n`` rows of a data set side by side: the conditioning image above the target, with captions."""
     n = min(n, len(dataset))
-    fig, axes = plt.subplots(len(columns), n, figsize=(2.2 * n, 2.3 * len(columns)), squeeze=False)
+    tile = max(_tile_inches(dataset[0][columns[-1]].width), 1.3)
+    fig, axes = plt.subplots(len(columns), n, figsize=(tile * n + 0.3, (tile + 0.1) * len(columns) + 0.3),
+                             squeeze=False)
     for col in range(n):
         row = dataset[col]
         for line, column in enumerate(columns):
-            axes[line][col].imshow(row[column], interpolation="nearest")
+            _imshow(axes[line][col], row[column])
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
-        axes[0][col].set_title(textwrap.fill(str(row[title_column]), 30), fontsize=8)
+        axes[0][col].set_title(textwrap.fill(str(row[title_column]), round(tile * 20)), fontsize=7)
     for line, column in enumerate(columns):
         axes[line][0].set_ylabel(column, fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
-def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None):
-    """Min-SNR weight against the timestep, for several γ, for epsilon and for v-prediction."""
+def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None, reference_gammas=()):
+    """Min-SNR weight against the timestep, for several γ, for epsilon and for v-prediction.
+
+    ``reference_gammas`` are drawn first, thin and grey (they also fix the axes' range).
+    """
     timesteps = torch.arange(noise_scheduler.config.num_train_timesteps)
     if ax is None:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for panel, prediction_type in zip(ax, ("epsilon", "v_prediction")):
         # a copy per prediction type: the caller's scheduler keeps its own
         scheduler = type(noise_scheduler).from_config(noise_scheduler.config, prediction_type=prediction_type)
+        for gamma in reference_gammas:
+            panel.plot(timesteps, min_snr_weights(scheduler, timesteps, gamma), color="0.75", lw=1,
+                       label=f"γ = {gamma:g}")
         for gamma in gammas:
             panel.plot(timesteps, min_snr_weights(scheduler, timesteps, gamma), label=f"γ = {gamma:g}")
         panel.set_title(f"{prediction_type}")
@@ -57,17 +106,36 @@ def plot_min_snr_weights(noise_scheduler, gammas=(1.0, 5.0, 20.0), ax=None):
     return ax[0].figure
 
 
+def _live_picture(fig, text: str):
+    """An Image widget for a figure redrawn during a run, displayed now; ``plt.close`` keeps matplotlib's own
+    copy out of the cell. The stored notebook gets the last picture from the saved widget state
+    (``cnhelpers.course``)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    plt.close(fig)
+    picture = widgets.Image(format="png")
+    display(WithStaticForm(picture, text=text))
+    return picture
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)  # the figure's own dpi keeps _whole_zoom's pixels whole
+    return buffer.getvalue()
+
+
 class LiveLossPlot:
-    """A training callback that redraws the loss curve in place every ``every`` steps (and at the end)."""
+    """A training callback that redraws the loss curve in place every ``every`` steps (and at the end).
+
+    The curve is an ``ipywidgets.Image``: a reloaded page keeps showing it redrawn.
+    """
 
     def __init__(self, total_steps: int, every: int = 10, smoothing: int = 10):
-        from IPython.display import display
-
         self.total_steps, self.every, self.smoothing = total_steps, every, smoothing
         self.steps, self.losses = [], []
         self.fig, self.ax = plt.subplots(figsize=(7, 3))
-        plt.close(self.fig)  # shown through the display handle only
-        self.handle = display(self.fig, display_id=True)
+        self.picture = _live_picture(self.fig, f"the loss curve of a {total_steps}-step run, redrawn while it trains")
 
     def __call__(self, logs: dict):
         self.steps.append(logs["step"])
@@ -78,7 +146,7 @@ class LiveLossPlot:
     def redraw(self):
         draw_loss(self.ax, self.steps, self.losses, self.total_steps, self.smoothing)
         self.fig.tight_layout()
-        self.handle.update(self.fig)
+        self.picture.value = _png(self.fig)
 
 
 def draw_loss(ax, steps, losses, total_steps: int, smoothing: int = 10):
@@ -102,14 +170,12 @@ class LiveLossAndIoUPlot:
 
     def __init__(self, total_steps: int, checkpoint_iou, every: int = 10, smoothing: int = 10,
                  target: float | None = None):
-        from IPython.display import display
-
         self.total_steps, self.every, self.smoothing, self.target = total_steps, every, smoothing, target
         self.checkpoint_iou = checkpoint_iou
         self.steps, self.losses = [], []
         self.fig, (self.loss_ax, self.iou_ax) = plt.subplots(1, 2, figsize=(10, 3))
-        plt.close(self.fig)
-        self.handle = display(self.fig, display_id=True)
+        self.picture = _live_picture(self.fig, f"the loss and the checkpoints' circle IoU of a {total_steps}-step "
+                                     "run, redrawn while it trains")
 
     def __call__(self, logs: dict):
         self.steps.append(logs["step"])
@@ -132,7 +198,7 @@ class LiveLossAndIoUPlot:
                ylabel=f"circle IoU ({self.checkpoint_iou.n} held-out)")
         ax.grid(alpha=0.3)
         self.fig.tight_layout()
-        self.handle.update(self.fig)
+        self.picture.value = _png(self.fig)
 
 
 def _bare(ax):
@@ -148,12 +214,13 @@ def show_transform_steps(image, resolution: int):
     cropped = transforms.CenterCrop(resolution)(resized)
     steps = [("original", image), (f"Resize({resolution})", resized), (f"CenterCrop({resolution})", cropped)]
     widths = [step.size[0] for _, step in steps]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3), gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(1, 3, figsize=(4.6, 2.0), gridspec_kw={"width_ratios": widths})
     for ax, (title, step) in zip(axes, steps):
-        ax.imshow(step, interpolation="nearest")
+        _imshow(ax, step)
         ax.set_title(f"{title}\n{step.size[0]} x {step.size[1]} px", fontsize=9)
         _bare(ax)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -172,47 +239,60 @@ def show_value_ranges(pixel_values, conditioning_pixel_values):
     return fig
 
 
-def show_batch(batch: dict, tokenizer, n: int | None = None):
-    """A training batch as pictures: conditioning images above targets, each titled with its decoded prompt."""
+def show_batch(batch: dict, tokenizer, n: int | None = None, columns: int = 4):
+    """The first ``n`` examples of a training batch as pictures, ``columns`` to a row (so titles stay readable):
+    each conditioning image above its target, titled with its decoded prompt."""
     n = min(n or len(batch["pixel_values"]), len(batch["pixel_values"]))
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.8), squeeze=False)
-    for col in range(n):
-        prompt = tokenizer.decode(batch["input_ids"][col], skip_special_tokens=True) or "(empty prompt)"
-        axes[0][col].imshow(to_picture(batch["conditioning_pixel_values"][col], normalised=False), interpolation="nearest")
-        axes[1][col].imshow(to_picture(batch["pixel_values"][col], normalised=True), interpolation="nearest")
-        axes[0][col].set_title(textwrap.fill(prompt, 30), fontsize=8)
-        _bare(axes[0][col])
-        _bare(axes[1][col])
-    axes[0][0].set_ylabel("conditioning_pixel_values", fontsize=8)
-    axes[1][0].set_ylabel("pixel_values", fontsize=8)
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.7 * columns, 1.85 * 2 * rows), squeeze=False)
+    for index in range(rows * columns):
+        top, bottom = axes[2 * (index // columns)][index % columns], axes[2 * (index // columns) + 1][index % columns]
+        if index >= n:
+            top.axis("off")
+            bottom.axis("off")
+            continue
+        prompt = tokenizer.decode(batch["input_ids"][index], skip_special_tokens=True) or "(empty prompt)"
+        top.imshow(to_picture(batch["conditioning_pixel_values"][index], normalised=False), interpolation="nearest")
+        bottom.imshow(to_picture(batch["pixel_values"][index], normalised=True), interpolation="nearest")
+        top.set_title(textwrap.fill(prompt, 26), fontsize=7)
+        _bare(top)
+        _bare(bottom)
+        if index % columns == 0:
+            top.set_ylabel("conditioning_pixel_values", fontsize=8)
+            bottom.set_ylabel("pixel_values", fontsize=8)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
 def show_canny_thresholds(image, thresholds=((30, 60), (100, 200), (300, 600))):
     """One picture and its canny edges for several ``(low, high)`` threshold pairs."""
 
-    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(2.6 * (len(thresholds) + 1), 2.9))
-    axes[0].imshow(image, interpolation="nearest")
-    axes[0].set_title("image", fontsize=9)
+    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(1.75 * (len(thresholds) + 1), 2.1))
+    _imshow(axes[0], image)
+    axes[0].set_title("image", fontsize=8)
     for ax, (low, high) in zip(axes[1:], thresholds):
-        ax.imshow(canny_conditioning(image, low, high), interpolation="nearest")
-        ax.set_title(f"canny low={low}, high={high}", fontsize=9)
+        _imshow(ax, canny_conditioning(image, low, high))
+        ax.set_title(f"canny low={low}\nhigh={high}", fontsize=8)
     for ax in axes:
         _bare(ax)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
-def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200, width: int = 256):
+def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int = 200, width: int | None = None):
     """Two sliders for canny's thresholds beside the image and the edges they give, redrawn as you move them.
 
     Built from ``Image`` widgets updated by the sliders, not from ``interact``: ``interact`` draws into an
-    ``Output`` widget, which can stall headless runs (nbclient issue #312). Headless, the static copy of
-    the notebook shows the widget's text form; the pictures need a live kernel.
+    ``Output`` widget, which can stall headless runs (nbclient issue #312). Without a kernel, the notebook
+    shows the two pictures at the given thresholds (:class:`cnhelpers.widgets.WithStaticForm`).
     """
+    from PIL import Image
     import ipywidgets as widgets
 
+    width = width or image.width * max(1, 256 // image.width)  # a whole zoom: even pixels, a small PNG
     slider = dict(min=0, max=800, step=10, continuous_update=False)
     low = widgets.IntSlider(value=low_threshold, description="low", **slider)
     high = widgets.IntSlider(value=high_threshold, description="high", **slider)
@@ -230,7 +310,13 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
     low.observe(redraw, names="value")
     high.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([low, high]), message, widgets.HBox([original, edges])])
+    box = widgets.VBox([widgets.HBox([low, high]), message, widgets.HBox([original, edges])])
+    both = Image.new("RGB", (2 * width + 8, round(image.height * width / image.width)), "white")
+    for x, picture in ((0, image), (width + 8, canny_conditioning(image, low.value, high.value))):
+        both.paste(picture.convert("RGB").resize((width, both.height), Image.NEAREST), (x, 0))
+    return WithStaticForm(box, png_bytes(both, both.width),
+                          f"the image and its canny edges at low={low.value}, high={high.value} "
+                          "(two sliders in a running notebook)")
 
 
 #: Colours of the parameter kinds of :func:`cnhelpers.anatomy.parameter_groups`.
@@ -310,29 +396,33 @@ def show_gradient_flow(history: list[dict]):
 
 def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (for ipywidgets.Image), closing the figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    picture = _png(fig)
     plt.close(fig)
-    return buffer.getvalue()
+    return picture
 
 
-def min_snr_widget(noise_scheduler, gamma: float = 5.0):
-    """A γ slider above the Min-SNR weight curves it redraws (an Image widget: safe to run headless)."""
-    import ipywidgets as widgets
+def min_snr_widget(noise_scheduler, gamma: float = 5.0, gammas=None):
+    """A γ slider above the Min-SNR weight curves it redraws (an Image widget: safe to run headless).
 
-    slider = widgets.FloatLogSlider(value=gamma, base=10, min=-1, max=2, step=0.05, description="γ")
-    picture = widgets.Image(value=figure_png(plot_min_snr_weights(noise_scheduler, gammas=(gamma,))), format="png")
+    The slider steps through round values, 0.1, 0.2, 0.5 ... 100 (``gammas``); the range's two ends stay drawn
+    in grey, so the axes stay put and each step visibly moves the curve.
+    """
+    gammas = list(gammas or round_log_values(0.1, 100))
 
-    def redraw(change):
-        picture.value = figure_png(plot_min_snr_weights(noise_scheduler, gammas=(change["new"],)))
+    def render(value):
+        return plot_min_snr_weights(noise_scheduler, gammas=(value,), reference_gammas=(gammas[0], gammas[-1]))
 
-    slider.observe(redraw, names="value")
-    return widgets.VBox([slider, picture])
+    return figure_slider(render, log_slider(gammas, gamma, description="γ"))
 
 
-def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6, title: str | None = None):
-    """Show rows of PIL images as a labelled grid (pixels kept sharp); rows may differ in length."""
+def show_image_rows(rows, row_titles=None, column_titles=None, size: float | None = None, title: str | None = None):
+    """Show rows of PIL images as a labelled grid (pixels kept sharp); rows may differ in length.
+
+    ``size``: inches per picture; by default a whole zoom of the first picture to about 150 px (a 64 px picture
+    at 2x), so titles stay readable as stored and the PNG small.
+    """
     columns = max(len(row) for row in rows)
+    size = size or _tile_inches(rows[0][0].width)
     fig, axes = plt.subplots(len(rows), columns, figsize=(size * columns, size * len(rows) + 0.3 * bool(title)),
                              squeeze=False)
     for r, row in enumerate(rows):
@@ -341,16 +431,17 @@ def show_image_rows(rows, row_titles=None, column_titles=None, size: float = 1.6
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(row):
-                ax.imshow(row[c], interpolation="nearest")
+                _imshow(ax, row[c])
             else:
                 ax.axis("off")
         if row_titles:
-            axes[r][0].set_ylabel(row_titles[r], fontsize=8)
+            axes[r][0].set_ylabel(row_titles[r], fontsize=7)
     for c, name in enumerate(column_titles or []):
-        axes[0][c].set_title(name, fontsize=8)
+        axes[0][c].set_title(name, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -373,27 +464,27 @@ def show_masks(image, conditioning_image, prompt: str, size: float = 1.8):
     fig.suptitle(f"{prompt}: IoU {scores['iou']:.2f}, colour error circle {scores['circle_colour_error']:.2f}, "
                  f"background {scores['background_colour_error']:.2f}", fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
-def show_with_slider(render, slider):
-    """Show ``slider`` and the figure ``render(value)`` draws; redraw it when the slider moves.
+def figure_slider(render, slider):
+    """``slider`` above the figure ``render(value)`` draws, redrawn when the slider moves: a widget to display.
 
-    Like ``ipywidgets.interact``, but without an Output widget: headless runners (nbclient, nbval) then have
-    no widget output to route, which can make them wait forever on the next cell (jupyter/nbclient#312).
-    A stored copy shows the figure for the slider's initial value.
+    Like ``ipywidgets.interact``, but the figure is an ``Image`` widget, not an ``Output`` widget: headless
+    runners (nbclient, nbval) then have no widget output to route, which can make them wait forever on the next
+    cell (jupyter/nbclient#312), and a reloaded page keeps redrawing it (it forgets IPython display handles).
+    Without a kernel, the notebook shows the figure at the slider's first value.
     """
-    from IPython.display import display
+    import ipywidgets as widgets
 
-    def draw(value):
-        fig = render(value)
-        plt.close(fig)  # shown through the display handle only
-        return fig
-
-    display(slider)
-    handle = display(draw(slider.value), display_id=True)
-    slider.observe(lambda change: handle.update(draw(change["new"])), names="value")
-    return handle
+    first = figure_png(render(slider.value))
+    picture = widgets.Image(value=first, format="png")
+    slider.observe(lambda change: setattr(picture, "value", figure_png(render(change["new"]))), names="value")
+    readout = getattr(slider, "label", None) or slider.value  # a SelectionSlider's label: 5, not 5.0
+    name = slider.description or "value"
+    return WithStaticForm(widgets.VBox([slider, picture]), first,
+                          f"the figure at {name} = {readout} (a slider in a running notebook)")
 
 
 def show_memory_breakdown(rows: list[dict], title: str = "", unit: str = "GB", ax=None):
@@ -445,6 +536,7 @@ def show_noising(vae, image, noise_scheduler, timesteps=(0, 100, 300, 500, 700, 
     axes[0][0].set_ylabel("decoded", fontsize=9)
     axes[1][0].set_ylabel("latent, ch. 0", fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 
@@ -471,6 +563,7 @@ def show_denoising(pipeline, prompt: str, num_inference_steps: int = 20, shown: 
         _bare(ax)
     fig.suptitle(prompt, fontsize=9)
     fig.tight_layout()
+    _whole_zoom(fig)
     return fig
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import training_args
 from .data import ensure_fill_dataset, fill_dataset_path
-from .paths import build_dir
+from .paths import build_dir, shown_path
 from .profiles import Profile, get_profile
 
 #: What the course adds to a profile's batch size, learning rate and steps: Min-SNR γ = 5 (the paper's
@@ -55,15 +55,22 @@ def course_training_args(profile: Profile, base, output_dir, **overrides):
 
 
 def command_line(flags: dict) -> str:
-    """The ``python -m cnhelpers.train`` command that trains with ``flags``."""
+    """The ``python -m cnhelpers.train`` command that trains with ``flags``.
+
+    Paths inside the course checkout are written relative to it (run the command from its root).
+    """
+    def word(value) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        return shown_path(value) if isinstance(value, Path) or str(value).startswith("/") else str(value)
+
     words = ["python -m cnhelpers.train"]
     for name, value in flags.items():
         if value is None or value is False:
             continue
         words.append(f"--{name}")
         if value is not True:
-            words.extend(map(str, value) if isinstance(value, (list, tuple)) else [f"{value:g}" if isinstance(
-                value, float) else str(value)])
+            words.extend(map(word, value) if isinstance(value, (list, tuple)) else [word(value)])
     return " ".join(words)
 
 

@@ -53,6 +53,7 @@ from .loading import Models, check_step_fits_memory, load_models
 from .losses import controlnet_loss, diffusion_target, predict_noise
 from .optim import check_optimizer_in_backward, configure_attention, make_optimizer, match_state_layout
 from .outputs import TrainLog, log_validation, push_to_hub, save_final_controlnet
+from .paths import shown_path
 from .sdxl import added_conditions, encode_prompt_sdxl, encode_token_ids_sdxl, make_add_time_ids
 from .tokenizer import check_tokenizer_fits
 
@@ -321,7 +322,7 @@ def resume(args, accelerator, optimizer) -> int:
     if checkpoint is None:
         accelerator.print(f"No checkpoint in {args.output_dir}: starting a new run.")
         return 0
-    accelerator.print(f"Resuming from {checkpoint}")
+    accelerator.print(f"Resuming from {shown_path(checkpoint)}")
     accelerator.load_state(str(checkpoint))
     match_state_layout(optimizer)
     return int(checkpoint.name.split("-")[1])

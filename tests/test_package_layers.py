@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnhelpers"
 #: From the bottom up. A module may import modules of its own layer or lower ones (and no circle).
 LAYERS = (
     ("paths", "env", "hub", "profiles", "tokenizer"),
-    ("data", "images", "losses", "metrics", "base_models", "sdxl"),
+    ("data", "images", "losses", "metrics", "base_models", "sdxl", "widgets"),
     ("config", "recipes", "optim", "cache", "checkpoints", "outputs", "loading"),
     ("training", "inference"),
     ("evaluation", "anatomy", "memory"),

@@ -36,3 +36,48 @@ def test_the_drawn_residual_shapes_are_the_controlnets_real_ones(tiny_base):
     assert len(shapes) == 13 and shapes[0] == (320, 64, 64) and shapes[-1] == (1280, 8, 8)
     figure = draw_controlnet(sd15, 512)
     assert "13 residuals" in " ".join(t.get_text() for t in figure.axes[0].texts)
+
+
+def test_round_log_values_are_the_1_2_5_steps_of_the_range():
+    from cnhelpers.widgets import round_log_values
+
+    assert round_log_values(0.1, 100) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    assert round_log_values(0.3, 7) == [0.5, 1, 2, 5]
+
+
+def test_a_widget_is_displayed_with_its_picture_and_a_plain_text_beside_its_view():
+    import base64
+
+    import ipywidgets as widgets
+
+    from cnhelpers.widgets import WIDGET_VIEW, WithStaticForm
+
+    slider = widgets.IntSlider(value=3, description="n")
+    bundle = WithStaticForm(slider, b"\x89PNG fake", "n = 3")._repr_mimebundle_()
+    assert bundle[WIDGET_VIEW]["model_id"] == slider.model_id
+    assert base64.b64decode(bundle["image/png"]) == b"\x89PNG fake" and bundle["text/plain"] == "n = 3"
+
+
+def test_the_gamma_slider_reads_round_values_and_each_step_redraws_its_picture():
+    from cnhelpers.plots import min_snr_widget
+
+    widget = min_snr_widget(DDPMScheduler(), gamma=5.0)
+    slider, picture = widget.children
+    assert slider.label == "5" and [label for label, _ in slider.options][:4] == ["0.1", "0.2", "0.5", "1"]
+    assert widget.picture == picture.value and "γ = 5" in widget.text  # the static form: the default's figure
+    seen = {picture.value}
+    for value in (10.0, 20.0, 0.1):
+        slider.value = value
+        seen.add(picture.value)
+    assert len(seen) == 4 and slider.label == "0.1"
+
+
+def test_the_live_loss_plot_redraws_an_image_widget():
+    from cnhelpers.plots import LiveLossPlot
+
+    plot = LiveLossPlot(total_steps=20, every=10)
+    assert not plot.picture.value
+    plot({"step": 10, "loss": 0.5})
+    first = plot.picture.value
+    plot({"step": 20, "loss": 0.25})
+    assert bytes(first).startswith(b"\x89PNG") and plot.picture.value != first
