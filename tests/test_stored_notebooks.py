@@ -20,8 +20,7 @@ RAW_WIDGET = re.compile(r"^[A-Z]\w*\((children|value|description|layout|options|
 BAR = re.compile(r"(\d+)%\|")
 MACHINE_PATH = re.compile(r"(?<![\w.~])/(root|work|tmp|home|check|Users|content)/")
 #: Stored before the runner kept widgets' static forms; their owners regenerate them (make outputs).
-PENDING = {"04_memory_tricks.ipynb": "stored with widget state and a raw widget repr; its kernelspec is python3",
-           "05_flax_tpu.ipynb": "stored with widget state and a 0 % bar"}
+PENDING: dict[str, str] = {}
 
 
 def _texts(output) -> list[str]:
