@@ -195,6 +195,7 @@ def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int,
                 "text": example["text"],
             }
             metadata.write(json.dumps(row) + "\n")
+        (tmp / GENERATOR_FILE).write_text(json.dumps(generator_signature()))
     return Path(path)
 
 
@@ -446,10 +447,26 @@ def fill_dataset_path(num_examples: int, resolution: int, seed: int = 0) -> Path
     return build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}"
 
 
+def generator_signature() -> dict:
+    """What decides the generated circles: a data set written under another signature is out of date."""
+    return {"radius_range": list(RADIUS_RANGE), "border_cut_share": BORDER_CUT_SHARE,
+            "inside_margin": INSIDE_MARGIN, "min_overhang": MIN_OVERHANG}
+
+
+#: The file in a generated data set's folder that records :func:`generator_signature`.
+GENERATOR_FILE = "generator.json"
+
+
 def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0) -> Path:
-    """Generate the tiny profile's data set under the build folder once; return its path."""
+    """Generate the tiny profile's data set under the build folder once; return its path.
+
+    A folder written by another version of the generator (its ``generator.json`` differs, or is missing) is
+    written again, so a build folder kept from an older course never trains on out-of-date circles.
+    """
     path = fill_dataset_path(num_examples, resolution, seed)
-    if not (path / "metadata.jsonl").is_file():
+    recorded = path / GENERATOR_FILE
+    current = recorded.is_file() and json.loads(recorded.read_text()) == generator_signature()
+    if not (path / "metadata.jsonl").is_file() or not current:
         write_fill_imagefolder(path, num_examples, resolution, seed)
     return path
 

@@ -206,6 +206,17 @@ def test_ensure_fill_dataset_generates_once(tmp_path, monkeypatch):
     assert (path / "metadata.jsonl").stat().st_mtime_ns == stamp
 
 
+def test_ensure_fill_dataset_rewrites_a_set_of_an_older_generator(tmp_path, monkeypatch):
+    monkeypatch.setenv("CN_BUILD_DIR", str(tmp_path))
+    path = ensure_fill_dataset(4, 32)
+    first_row = (path / "metadata.jsonl").read_text()
+    (path / "metadata.jsonl").write_text(first_row.replace("circle", "square"))  # what an old generator left
+    (path / "generator.json").write_text(json.dumps({"radius_range": [0.12, 0.32]}))
+    assert ensure_fill_dataset(4, 32) == path
+    assert (path / "metadata.jsonl").read_text() == first_row
+    assert load_imagefolder(path).column_names == list(COLUMNS)  # the record file is not taken for data
+
+
 def test_resolution_must_be_an_integer_of_at_least_8(tmp_path):
     with pytest.raises(ValueError, match="resolution"):
         write_fill_imagefolder(tmp_path / "x", 1, 4)
