@@ -77,11 +77,17 @@ def evaluate_breakdown(pipeline, n: int = 64, seed: int = 10_000, *, placement: 
     circles = held_out_circles(n, seed=seed, placement=placement)
     scores = held_out_scores(pipeline, examples, seed, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, batch_size=batch_size)
-    table = {}
+    return pd.DataFrame(breakdown_rows(scores, circles)).set_index("group")
+
+
+def breakdown_rows(scores: dict[str, list[dict]], circles) -> list[dict]:
+    """Rows ``{"group", "n", "with ControlNet", "without ControlNet"}``: the mean IoU of each run of ``scores``
+    (:func:`held_out_scores`) per group of :func:`cnhelpers.metrics.iou_breakdown` (None for an empty group)."""
+    rows: dict[str, dict] = {}
     for label, run in scores.items():
         for row in iou_breakdown([s["iou"] for s in run], circles):
-            table.setdefault(row["group"], {"n": row["n"]})[label] = row["iou"]
-    return pd.DataFrame.from_dict(table, orient="index")
+            rows.setdefault(row["group"], {"group": row["group"], "n": row["n"]})[label] = row["iou"]
+    return list(rows.values())
 
 
 class CheckpointIoU:

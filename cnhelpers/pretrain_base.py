@@ -495,6 +495,10 @@ def _tiny_guidance_scale() -> float:
     return get_profile("tiny").guidance_scale
 
 
+#: The held-out outlines every ControlNet is scored on: as the training data places them, and anywhere.
+PLACEMENT_LABELS = {"course": "held-out outlines placed as the training data", "anywhere": "outlines anywhere in the frame"}
+
+
 def format_scores(scores: dict) -> list[str]:
     """Lines of text for the evaluation figures in ``scores``."""
     lines = []
@@ -503,25 +507,47 @@ def format_scores(scores: dict) -> list[str]:
         lines.append(f"base colour accuracy on {base['n']} held-out prompts (guidance {base['guidance_scale']}): "
                      f"circle {base['circle_accuracy']:.1%}, background {base['background_accuracy']:.1%}")
     for key, label in (("controlnet", "ControlNet"), ("short_run", "short ControlNet run")):
-        if key in scores:
-            run = scores[key]
-            line = (f"{label} ({run['source']}): mean circle IoU on {run['n']} held-out outlines "
-                    f"{run['iou_with']:.3f} with it, {run['iou_without']:.3f} without")
-            if "train_seconds" in run:
-                line += f"; trained {run['steps']} steps in {run['train_seconds']:.0f} s"
-            lines.append(line)
+        if key not in scores:
+            continue
+        run = scores[key]
+        line = f"{label} ({run['source']})"
+        if "train_seconds" in run:
+            line += f", trained {run['steps']} steps in {run['train_seconds']:.0f} s"
+        lines.append(line + ": mean circle IoU with it / without it (the base alone)")
+        for placement, result in run["placements"].items():
+            lines.append(f"  {result['n']} {PLACEMENT_LABELS[placement]}: "
+                         f"{result['iou_with']:.3f} / {result['iou_without']:.3f}")
+            lines += [f"    {row['group']} ({row['n']}): " + (
+                "-" if row["with ControlNet"] is None else
+                f"{row['with ControlNet']:.3f} / {row['without ControlNet']:.3f}")
+                for row in result["breakdown"] if row["group"] != "all"]
     return lines
 
 
-def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | None = None) -> dict:
-    """Mean circle IoU of a ControlNet on held-out outlines, with and without it (scale 0)."""
+def placement_scores(pipeline, n: int, placement: str, guidance_scale: float, seed: int = HELD_OUT_SEED) -> dict:
+    """Circle IoU of ``n`` held-out outlines placed as ``placement`` says, with the ControlNet and without:
+    the means, the mean scores per run, and the IoU per group (:func:`cnhelpers.metrics.iou_breakdown`)."""
+    resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
+    circles = held_out_circles(n, seed=seed, placement=placement)
+    scores = held_out_scores(pipeline, examples, seed, guidance_scale=guidance_scale)
+    table = {label: {key: round(float(np.mean([s[key] for s in run])), 4) for key in run[0]}
+             for label, run in scores.items()}
+    return {"n": n, "iou_with": float(np.mean([s["iou"] for s in scores["with ControlNet"]])),
+            "iou_without": float(np.mean([s["iou"] for s in scores["without ControlNet"]])),
+            "table": table, "breakdown": breakdown_rows(scores, circles)}
+
+
+def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | None = None,
+                      placements: tuple[str, ...] = ("course", "anywhere")) -> dict:
+    """Mean circle IoU of a ControlNet on ``n`` held-out outlines of each placement, with and without it
+    (scale 0), split by inside the frame / cut by the border and by radius."""
 
     guidance_scale = guidance_scale or _tiny_guidance_scale()
-    table = evaluate_control(load_controlnet_pipeline(base, controlnet), n=n, seed=HELD_OUT_SEED,
-                             guidance_scale=guidance_scale)
-    return {"source": str(controlnet), "n": n, "guidance_scale": guidance_scale, "iou_with": float(table.loc["with ControlNet", "iou"]),
-            "iou_without": float(table.loc["without ControlNet", "iou"]),
-            "table": table.round(4).to_dict(orient="index")}
+    pipeline = load_controlnet_pipeline(base, controlnet)
+    return {"source": str(controlnet), "guidance_scale": guidance_scale,
+            "placements": {placement: placement_scores(pipeline, n, placement, guidance_scale)
+                           for placement in placements}}
 
 
 def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -> dict:
@@ -535,14 +561,14 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
     scores = {"base": {"n": n, "guidance_scale": guidance_scale,
                        **base_colour_accuracy(base, n=n, guidance_scale=guidance_scale)}}
     if controlnet is not None:
-        scores["controlnet"] = controlnet_scores(base, controlnet, n=n // 2)
+        scores["controlnet"] = controlnet_scores(base, controlnet, n=n)
     if short_run:
         output_dir = work_dir() / "short-run"
         profile = get_profile("tiny")
         start = time.perf_counter()
         result = train(course_training_args(profile, base, output_dir))
         seconds = time.perf_counter() - start
-        scores["short_run"] = {**controlnet_scores(base, output_dir, n=n // 2), "steps": result.global_step,
+        scores["short_run"] = {**controlnet_scores(base, output_dir, n=n), "steps": result.global_step,
                                "train_seconds": seconds,
                                "source": f"tiny profile, notebook 03's flags: batch {profile.train_batch_size}, "
                                          f"lr {profile.learning_rate:g}, {profile.max_train_steps} steps"}
@@ -575,7 +601,7 @@ def evaluate_main(argv) -> int:
     parser.add_argument("--base", type=Path, default=None, help="base folder (default: the tiny profile's)")
     parser.add_argument("--controlnet", type=Path, default=None, help="a trained ControlNet folder to score")
     parser.add_argument("--short-run", action="store_true", help="train a ControlNet at notebook 03's budget")
-    parser.add_argument("-n", type=int, default=64, help="held-out prompts (half as many outlines)")
+    parser.add_argument("-n", type=int, default=64, help="held-out prompts, and outlines of each placement")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--update-card", action="store_true",
                         help="write the figures into the base's model card (README.md); needs --base")

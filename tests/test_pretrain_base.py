@@ -91,3 +91,18 @@ def test_the_shipped_tiny_base_is_pretrained_complete_and_under_25_mb(build):
     assert "base colour accuracy" in card and "mean circle IoU" in card  # the evaluation's figures
     copy = ensure_tiny_base()
     assert copy == build / "tiny-sd" and (copy / "README.md").read_text() == card
+
+
+def test_the_evaluation_prints_iou_split_by_placement_and_radius():
+    breakdown = [{"group": "all", "n": 4, "with ControlNet": 0.9, "without ControlNet": 0.2},
+                 {"group": "inside the frame", "n": 1, "with ControlNet": 0.95, "without ControlNet": 0.3},
+                 {"group": "cut by the border", "n": 3, "with ControlNet": 0.88, "without ControlNet": 0.17},
+                 {"group": "radius 0.08-0.16", "n": 0, "with ControlNet": None, "without ControlNet": None}]
+    run = {"n": 4, "iou_with": 0.9, "iou_without": 0.2, "breakdown": breakdown}
+    scores = {"controlnet": {"source": "cn", "placements": {"anywhere": run, "course": {**run, "iou_with": 0.8}}}}
+    lines = pretrain_base.format_scores(scores)
+    assert "  4 outlines anywhere in the frame: 0.900 / 0.200" in lines
+    assert "  4 held-out outlines placed as the training data: 0.800 / 0.200" in lines
+    assert "    cut by the border (3): 0.880 / 0.170" in lines
+    assert "    inside the frame (1): 0.950 / 0.300" in lines
+    assert "    radius 0.08-0.16 (0): -" in lines
