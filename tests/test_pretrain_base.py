@@ -106,3 +106,20 @@ def test_the_evaluation_prints_iou_split_by_placement_and_radius():
     assert "    cut by the border (3): 0.880 / 0.170" in lines
     assert "    inside the frame (1): 0.950 / 0.300" in lines
     assert "    radius 0.08-0.16 (0): -" in lines
+
+
+def test_the_unet_stage_starts_from_the_base_that_unet_init_names(build, tiny_base):
+    from diffusers import UNet2DConditionModel
+
+    assert pretrain_base.main(SMOKE + ["--unet_init", str(tiny_base), "--unet_steps", "0"]) == 0
+    start = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet").state_dict()
+    trained = UNet2DConditionModel.from_pretrained(build / "pretrain" / "tiny-sd", subfolder="unet").state_dict()
+    assert all(torch.equal(start[name], trained[name]) for name in start)  # no step taken: the start itself
+    assert json.loads((build / "pretrain" / "tiny-sd" / "pretrain_config.json").read_text())["unet_init"] == str(tiny_base)
+
+
+def test_a_unet_init_that_is_not_a_base_is_refused_in_one_line(build, tmp_path, capsys):
+    assert pretrain_base.main(SMOKE + ["--stage", "unet", "--unet_init", str(tmp_path / "nothing")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is not a complete base folder" in error and "leave it out" in error
+    assert not (build / "pretrain" / "unet").exists()
