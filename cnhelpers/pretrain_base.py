@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from .base_models import build_tiny_base, ensure_tiny_base, is_complete_base
 from .data import BORDER_CUT_SHARE, PALETTE, RADIUS_RANGE, draw_circle, sample_circle
-from .evaluation import evaluate_control
-from .inference import HELD_OUT_SEED, image_generators, load_controlnet_pipeline
+from .evaluation import breakdown_rows, held_out_scores
+from .inference import HELD_OUT_SEED, held_out_circles, held_out_examples, image_generators, load_controlnet_pipeline
 from .losses import controlnet_loss
 from .metrics import circle_mask, colour_accuracy, mask_iou
 from .paths import build_dir, staged_folder
@@ -434,7 +434,8 @@ def model_card(config: PretrainConfig, scores: dict | None) -> str:
     recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
     figures = "Not evaluated yet: run `python -m cnhelpers.pretrain_base evaluate`."
     if scores:
-        figures = "\n".join(f"- {line}" for line in format_scores(scores))
+        # format_scores indents a run's placements and groups; as markdown, nested list items
+        figures = "\n".join(" " * (len(line) - len(line.lstrip())) + f"- {line.lstrip()}" for line in format_scores(scores))
     return TRAINED_MODEL_CARD.format(recipe=recipe, figures=figures, seed=PRETRAIN_SEED, held_out=HELD_OUT_SEED,
                                      radius_range="-".join(f"{r:.2f}" for r in RADIUS_RANGE),
                                      cut_share=BORDER_CUT_SHARE)
@@ -457,15 +458,17 @@ on a background of another, caption "{{circle}} circle with {{background}} backg
 ## Recipe
 
 History of this copy. The data's generator changed (issue 17): radii 0.12-0.32 wholly inside the frame
-became radii 0.08-0.40 with 30 % of the circles cut by the border. The previous copy had run the VAE stage
-2,400 steps, resumed with `--vae_steps 4800` (its cosine schedule restarted at step 2,400; about 24 minutes),
-and the UNet stage 4,000 steps from scratch (45 minutes), all on one CPU thread. This copy keeps that VAE
-(convolutional, it reconstructs the new circles as well as the old: held-out circle IoU of its reconstructions
-0.94 inside the frame, 0.93 cut by the border), encodes the new data's latents again (`--stage latents`,
-HISTORY_LATENTS), and fine-tunes the previous copy's UNet and text encoder on them (`--stage unet --unet_init
-<previous copy>`, the table's settings: HISTORY_UNET). The table is that invocation's configuration.
+became radii 0.08-0.40 with 30 % of the circles cut by the border. The previous copy (this folder's git
+history) had run the VAE stage 2,400 steps, resumed with `--vae_steps 4800` (its cosine schedule restarted at
+step 2,400; about 24 minutes), and the UNet stage 4,000 steps from scratch (45 minutes), all on one CPU thread.
+This copy keeps that VAE, which is convolutional and reconstructs the new circles too (held-out circle IoU of
+its reconstructions 0.94 inside the frame, 0.93 cut by the border, 0.87 for radii under 0.16, circles of 5-10
+px at 64 px); encodes the new data's latents again (`--stage latents`, about 3 minutes); and fine-tunes the
+previous copy's UNet and text encoder on them (`--stage unet --unet_init build/pretrain/previous-tiny-sd`, a
+copy of the previous base, with the table's settings: 1,000 steps, 13 minutes on one thread of a shared
+2-core CPU, a quarter of the previous UNet stage's steps). The table is that invocation's configuration.
 
-Data: fill images of seed {seed} from `cnhelpers.data.sample_circle` (radius uniform in {radius_range}, a share
+Data: fill images of seed {seed} from `cnhelpers.data.sample_circle` (radius uniform in {radius_range},
 {cut_share:.0%} of the circles cut by the border), generated on the fly (VAE) or encoded once (UNet stage);
 every evaluation uses seed {held_out}, which no training stage sees.
 
