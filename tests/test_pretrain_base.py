@@ -123,3 +123,21 @@ def test_a_unet_init_that_is_not_a_base_is_refused_in_one_line(build, tmp_path, 
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "is not a complete base folder" in error and "leave it out" in error
     assert not (build / "pretrain" / "unet").exists()
+
+
+def test_controlnet_scores_split_each_placement(tiny_base, tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from cnhelpers.data import is_cut_by_border
+    from cnhelpers.inference import held_out_circles
+
+    controlnet = tmp_path / "controlnet"
+    ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")).save_pretrained(controlnet)
+    scores = pretrain_base.controlnet_scores(tiny_base, controlnet, n=3, guidance_scale=3.0)
+    assert list(scores["placements"]) == ["course", "anywhere"]
+    for placement, result in scores["placements"].items():
+        rows = {row["group"]: row for row in result["breakdown"]}
+        assert rows["all"]["with ControlNet"] == pytest.approx(result["iou_with"])
+        cut = rows["cut by the border"]["n"]
+        assert cut == sum(is_cut_by_border(c) for c in held_out_circles(3, placement=placement))
+    assert len(pretrain_base.format_scores({"controlnet": scores})) == 1 + 2 * 7
