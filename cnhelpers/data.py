@@ -73,13 +73,77 @@ class Circle:
         return CAPTION_TEMPLATE.format(circle=self.colour, background=self.background)
 
 
+#: Radii of the generated circles (fractions of the image side): small dots to circles that nearly fill the frame.
+RADIUS_RANGE = (0.08, 0.40)
+#: Share of generated circles that the image border cuts, as a user's own outlines often are; the rest lie
+#: wholly inside the frame, at least :data:`INSIDE_MARGIN` from its edge.
+BORDER_CUT_SHARE = 0.3
+#: Least gap between a wholly-inside circle and the frame's edge.
+INSIDE_MARGIN = 0.02
+#: Least overhang of a cut circle past the border, so the cut is plain at any resolution (1.3 px at 64).
+MIN_OVERHANG = 0.02
+
+
+def border_overhang(circle: Circle) -> float:
+    """How far the circle reaches past the nearest image edge (fraction of the side); negative when it lies
+    wholly inside, by that much."""
+    return max(circle.radius - circle.cx, circle.radius - circle.cy,
+               circle.cx + circle.radius - 1, circle.cy + circle.radius - 1)
+
+
+def is_cut_by_border(circle: Circle) -> bool:
+    """True when the image border cuts the circle: part of its disc lies outside the frame."""
+    return border_overhang(circle) > 0
+
+
 def sample_circle(seed: int, index: int) -> Circle:
-    """The ``index``-th circle of the data set with this ``seed``; independent of the set's size."""
+    """The ``index``-th circle of the data set with this ``seed``; independent of the set's size.
+
+    The radius is uniform in :data:`RADIUS_RANGE`. A seeded draw picks, with probability
+    :data:`BORDER_CUT_SHARE`, a circle that the border cuts: its centre is uniform in the frame among the
+    places where the disc overhangs an edge by at least :data:`MIN_OVERHANG` (so at least a quarter of it
+    shows). Otherwise the centre is uniform among the places that keep the circle :data:`INSIDE_MARGIN`
+    inside the frame.
+    """
     rng = np.random.default_rng([seed, index])
-    radius = rng.uniform(0.12, 0.32)
-    cx, cy = rng.uniform(radius + 0.04, 1 - radius - 0.04, size=2)
+    radius = float(rng.uniform(*RADIUS_RANGE))
+    cut = bool(rng.uniform() < BORDER_CUT_SHARE)
     colour, background = rng.choice(list(PALETTE), size=2, replace=False)
-    return Circle(float(cx), float(cy), float(radius), str(colour), str(background))
+    if cut:
+        while True:  # rejection sampling: deterministic, since every draw comes from the seeded rng
+            cx, cy = rng.uniform(0.0, 1.0, size=2)
+            if border_overhang(Circle(float(cx), float(cy), radius, "", "")) >= MIN_OVERHANG:
+                break
+    else:
+        cx, cy = rng.uniform(radius + INSIDE_MARGIN, 1 - radius - INSIDE_MARGIN, size=2)
+    return Circle(float(cx), float(cy), radius, str(colour), str(background))
+
+
+def anywhere_circle(seed: int, index: int) -> Circle:
+    """The ``index``-th circle of an evaluation set drawn anywhere in the frame, as a user might draw one.
+
+    The radius is uniform in :data:`RADIUS_RANGE` and the centre uniform over the whole frame, with no share
+    imposed: the border cuts about 70 % of them (a small circle can show as a quarter disc in a corner).
+    Unlike :func:`sample_circle`, it is not the training distribution, so it tests control where a user's
+    outlines are, not only where the data was.
+    """
+    rng = np.random.default_rng([seed, index, 1])  # a stream of its own, apart from sample_circle's
+    radius = float(rng.uniform(*RADIUS_RANGE))
+    cx, cy = rng.uniform(0.0, 1.0, size=2)
+    colour, background = rng.choice(list(PALETTE), size=2, replace=False)
+    return Circle(float(cx), float(cy), radius, str(colour), str(background))
+
+
+#: The circle samplers by placement: ``"course"`` the training data's (:func:`sample_circle`), ``"anywhere"``
+#: anywhere in the frame (:func:`anywhere_circle`).
+PLACEMENTS = {"course": sample_circle, "anywhere": anywhere_circle}
+
+
+def placed_circle(seed: int, index: int, placement: str = "course") -> Circle:
+    """The ``index``-th circle of ``seed`` under ``placement`` (a key of :data:`PLACEMENTS`)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"Unknown placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
+    return PLACEMENTS[placement](seed, index)
 
 
 def outline_width(resolution: int) -> int:
@@ -102,9 +166,10 @@ def draw_circle(circle: Circle, resolution: int) -> tuple[Image.Image, Image.Ima
     return image, conditioning
 
 
-def fill_example(seed: int, index: int, resolution: int) -> dict:
-    """One example as a dict with the fill50k columns (PIL images and the caption)."""
-    circle = sample_circle(seed, index)
+def fill_example(seed: int, index: int, resolution: int, placement: str = "course") -> dict:
+    """One example as a dict with the fill50k columns (PIL images and the caption); ``placement`` as in
+    :func:`placed_circle`."""
+    circle = placed_circle(seed, index, placement)
     image, conditioning = draw_circle(circle, resolution)
     return {"image": image, "conditioning_image": conditioning, "text": circle.text}
 
@@ -130,6 +195,7 @@ def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int,
                 "text": example["text"],
             }
             metadata.write(json.dumps(row) + "\n")
+        (tmp / GENERATOR_FILE).write_text(json.dumps(generator_signature()))
     return Path(path)
 
 
@@ -381,10 +447,26 @@ def fill_dataset_path(num_examples: int, resolution: int, seed: int = 0) -> Path
     return build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}"
 
 
+def generator_signature() -> dict:
+    """What decides the generated circles: a data set written under another signature is out of date."""
+    return {"radius_range": list(RADIUS_RANGE), "border_cut_share": BORDER_CUT_SHARE,
+            "inside_margin": INSIDE_MARGIN, "min_overhang": MIN_OVERHANG}
+
+
+#: The file in a generated data set's folder that records :func:`generator_signature`.
+GENERATOR_FILE = "generator.json"
+
+
 def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0) -> Path:
-    """Generate the tiny profile's data set under the build folder once; return its path."""
+    """Generate the tiny profile's data set under the build folder once; return its path.
+
+    A folder written by another version of the generator (its ``generator.json`` differs, or is missing) is
+    written again, so a build folder kept from an older course never trains on out-of-date circles.
+    """
     path = fill_dataset_path(num_examples, resolution, seed)
-    if not (path / "metadata.jsonl").is_file():
+    recorded = path / GENERATOR_FILE
+    current = recorded.is_file() and json.loads(recorded.read_text()) == generator_signature()
+    if not (path / "metadata.jsonl").is_file() or not current:
         write_fill_imagefolder(path, num_examples, resolution, seed)
     return path
 

@@ -8,35 +8,87 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import generate, held_out_examples, load_controlnet_pipeline
+from .inference import generate, held_out_circles, held_out_examples, load_controlnet_pipeline
 from .loading import dtype_kwargs
-from .metrics import score_fill_image
+from .metrics import iou_breakdown, score_fill_image
 
 
-def evaluate_control(pipeline, n: int = 16, seed: int = 10_000, *, resolution: int | None = None,
-                     num_inference_steps: int = 20, guidance_scale: float = 7.5, batch_size: int = 8):
-    """Mean scores of ``n`` held-out outlines, with the pipeline's ControlNet and without it.
+#: The two runs of every comparison: the ControlNet at full scale, and the base alone (scale 0).
+RUNS = (("with ControlNet", 1.0), ("without ControlNet", 0.0))
 
-    The outlines are those of the fill data with ``seed`` (use one the training data does not use; the
-    course trains on seed 0). Both runs use the same prompts and the same per-image seeds, so the only
-    difference is the ControlNet: "without" is ``controlnet_conditioning_scale=0``, which multiplies its
-    residuals by zero, leaving the base model alone. Returns a pandas DataFrame, one row per run.
-    """
-    import pandas as pd
 
+def _check_single(pipeline) -> None:
     if type(pipeline.controlnet).__name__.startswith("MultiControlNet"):
         raise ValueError("evaluate_control scores one ControlNet: build the pipeline with a single ControlNet")
-    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    examples = held_out_examples(n, seed=seed, resolution=resolution)
-    rows = {}
-    for label, scale in (("with ControlNet", 1.0), ("without ControlNet", 0.0)):
+
+
+def held_out_scores(pipeline, examples, seed: int, *, num_inference_steps: int = 20, guidance_scale: float = 7.5,
+                    batch_size: int = 8) -> dict[str, list[dict]]:
+    """Scores (:func:`cnhelpers.metrics.score_fill_image`) of each example, per run of :data:`RUNS`.
+
+    Both runs use the same prompts and the same per-image seeds, so the only difference is the ControlNet:
+    "without" is ``controlnet_conditioning_scale=0``, which multiplies its residuals by zero.
+    """
+    _check_single(pipeline)
+    scores = {}
+    for label, scale in RUNS:
         images = generate(pipeline, examples, seed=seed, controlnet_conditioning_scale=scale,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           batch_size=batch_size)
-        scores = [score_fill_image(image, example["conditioning_image"], example["text"])
-                  for image, example in zip(images, examples)]
-        rows[label] = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+        scores[label] = [score_fill_image(image, example["conditioning_image"], example["text"])
+                         for image, example in zip(images, examples)]
+    return scores
+
+
+def evaluate_control(pipeline, n: int = 16, seed: int = 10_000, *, resolution: int | None = None,
+                     num_inference_steps: int = 20, guidance_scale: float = 7.5, batch_size: int = 8,
+                     placement: str = "course"):
+    """Mean scores of ``n`` held-out outlines, with the pipeline's ControlNet and without it.
+
+    The outlines are those of the fill data with ``seed`` (use one the training data does not use; the
+    course trains on seed 0), placed as ``placement`` says (:data:`cnhelpers.data.PLACEMENTS`). Both runs use
+    the same prompts and per-image seeds (:func:`held_out_scores`). Returns a pandas DataFrame, one row per run.
+    """
+    import pandas as pd
+
+    _check_single(pipeline)
+    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
+    scores = held_out_scores(pipeline, examples, seed, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, batch_size=batch_size)
+    rows = {label: {key: float(np.mean([s[key] for s in run])) for key in run[0]} for label, run in scores.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def evaluate_breakdown(pipeline, n: int = 64, seed: int = 10_000, *, placement: str = "anywhere",
+                       resolution: int | None = None, num_inference_steps: int = 20, guidance_scale: float = 7.5,
+                       batch_size: int = 8):
+    """Mean circle IoU of ``n`` held-out outlines with and without the ControlNet, split by where they lie.
+
+    The outlines are drawn ``placement`` (``"anywhere"`` in the frame by default, as a user's would be;
+    ``"course"`` as the training data). Rows: all, inside the frame, cut by the border, and each radius bin
+    (:func:`cnhelpers.metrics.breakdown_groups`); columns ``n``, ``with ControlNet``, ``without ControlNet``.
+    Returns a pandas DataFrame indexed by group.
+    """
+    import pandas as pd
+
+    _check_single(pipeline)
+    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
+    circles = held_out_circles(n, seed=seed, placement=placement)
+    scores = held_out_scores(pipeline, examples, seed, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, batch_size=batch_size)
+    return pd.DataFrame(breakdown_rows(scores, circles)).set_index("group")
+
+
+def breakdown_rows(scores: dict[str, list[dict]], circles) -> list[dict]:
+    """Rows ``{"group", "n", "with ControlNet", "without ControlNet"}``: the mean IoU of each run of ``scores``
+    (:func:`held_out_scores`) per group of :func:`cnhelpers.metrics.iou_breakdown` (None for an empty group)."""
+    rows: dict[str, dict] = {}
+    for label, run in scores.items():
+        for row in iou_breakdown([s["iou"] for s in run], circles):
+            rows.setdefault(row["group"], {"group": row["group"], "n": row["n"]})[label] = row["iou"]
+    return list(rows.values())
 
 
 class CheckpointIoU:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import fill_example
+from .data import fill_example, placed_circle
 from .hub import resolve_base
 from .base_models import base_model_path
 from .loading import check_controlnet_fits, dtype_kwargs, is_controlnet_folder, load_controlnet
@@ -65,12 +65,21 @@ def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None,
     return pipeline.to(device) if device is not None else pipeline
 
 
-def held_out_examples(n: int, seed: int = HELD_OUT_SEED, resolution: int = 64) -> list[dict]:
-    """``n`` fill examples (image, conditioning_image, text) of a seed the training data does not use."""
+def held_out_examples(n: int, seed: int = HELD_OUT_SEED, resolution: int = 64, placement: str = "course") -> list[dict]:
+    """``n`` fill examples (image, conditioning_image, text) of a seed the training data does not use.
+
+    ``placement``: ``"course"`` places them as the training data does, ``"anywhere"`` anywhere in the frame
+    (:data:`cnhelpers.data.PLACEMENTS`); :func:`held_out_circles` gives their circles.
+    """
 
     if seed == 0:
         raise ValueError("Seed 0 is the training data's: held-out outlines need another seed (e.g. 10_000)")
-    return [fill_example(seed, index, resolution) for index in range(n)]
+    return [fill_example(seed, index, resolution, placement) for index in range(n)]
+
+
+def held_out_circles(n: int, seed: int = HELD_OUT_SEED, placement: str = "course") -> list:
+    """The circles (:class:`cnhelpers.data.Circle`) that :func:`held_out_examples` draws, in the same order."""
+    return [placed_circle(seed, index, placement) for index in range(n)]
 
 
 def image_generators(seed: int, n: int) -> list[torch.Generator]:

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from .data import PALETTE
+from .data import PALETTE, RADIUS_RANGE, is_cut_by_border
 
 
 #: Largest RGB distance (black to white), the unit of the colour errors.
@@ -60,15 +60,47 @@ def _pixels(image) -> np.ndarray:
     return array
 
 
+def outline_touches_border(conditioning_image) -> bool:
+    """True when the outline (white on black) reaches the image's edge: the border may cut the shape it draws."""
+    outline = _pixels(conditioning_image).mean(axis=2) > 127
+    return bool(outline[0].any() or outline[-1].any() or outline[:, 0].any() or outline[:, -1].any())
+
+
+def fit_circle(points: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares circle ``(cx, cy, r)`` through ``points`` (an (N, 2) array of x, y), an arc of it suffices.
+
+    The algebraic fit: ``x² + y² + D x + E y + F = 0`` solved for D, E, F (Kåsa's method).
+    """
+    x, y = points[:, 0].astype(float), points[:, 1].astype(float)
+    if len(points) < 3:
+        raise ValueError(f"A circle needs at least 3 outline pixels to be fitted, got {len(points)}")
+    design = np.column_stack([x, y, np.ones_like(x)])
+    (d, e, f), *_ = np.linalg.lstsq(design, -(x * x + y * y), rcond=None)
+    cx, cy = -d / 2, -e / 2
+    return float(cx), float(cy), float(np.sqrt(max(cx * cx + cy * cy - f, 0.0)))
+
+
 def disc_from_outline(conditioning_image) -> np.ndarray:
     """The filled disc of a conditioning outline (white on black), as a boolean mask (outline included).
 
-    Everything the image border can reach without crossing the outline is outside; the rest is the disc.
+    An outline inside the frame: everything the image border can reach without crossing the outline is
+    outside; the rest is the disc. An outline that reaches the border (a circle the border cuts, whose
+    inside the border pixels reach too): the circle fitted to its pixels (:func:`fit_circle`), filled to the
+    outline's outer edge, so a cut circle scores against the part of its disc that the frame shows.
     """
     import cv2
 
     outline = _pixels(conditioning_image).mean(axis=2) > 127
+    if not outline.any():
+        raise ValueError("The conditioning image has no outline (no pixel brighter than 127)")
     height, width = outline.shape
+    if outline_touches_border(conditioning_image):
+        ys, xs = np.nonzero(outline)
+        cx, cy, radius = fit_circle(np.column_stack([xs, ys]) + 0.5)  # pixel centres
+        # The fit runs through the middle of the outline's stroke; fill out to its outer edge.
+        stroke = outline_stroke_width(outline, cx, cy, radius)
+        y, x = np.mgrid[0:height, 0:width] + 0.5
+        return ((x - cx) ** 2 + (y - cy) ** 2 <= (radius + stroke / 2) ** 2) | outline
     reachable = (~outline).astype(np.uint8)  # 1 = may be flooded
     flood_mask = np.zeros((height + 2, width + 2), np.uint8)
     border = [(x, y) for x in range(width) for y in (0, height - 1)] + \
@@ -76,9 +108,17 @@ def disc_from_outline(conditioning_image) -> np.ndarray:
     for x, y in border:  # flood the outside from every border pixel it touches
         if reachable[y, x] == 1:
             cv2.floodFill(reachable, flood_mask, (x, y), 2)
-    if not outline.any():
-        raise ValueError("The conditioning image has no outline (no pixel brighter than 127)")
     return reachable != 2
+
+
+def outline_stroke_width(outline: np.ndarray, cx: float, cy: float, radius: float) -> float:
+    """The stroke width of a circle's outline: its pixel count over the length of the arc the frame shows."""
+    height, width = outline.shape
+    angles = np.linspace(0, 2 * np.pi, 3600, endpoint=False)
+    x, y = cx + radius * np.cos(angles), cy + radius * np.sin(angles)
+    shown = ((x >= 0) & (x < width) & (y >= 0) & (y < height)).mean()
+    length = 2 * np.pi * radius * shown
+    return float(outline.sum() / length) if length > 0 else 1.0
 
 
 def circle_mask(image, circle_rgb, background_rgb) -> np.ndarray:
@@ -133,8 +173,8 @@ def nearest_palette_colour(rgb) -> str:
 def measured_fill_colours(image, border: int = 2):
     """The (circle, background) colours a generated fill image shows, measured without an outline.
 
-    The background is the median colour of a ``border``-pixel frame (the fill circles never touch the
-    edge); the circle is the median of the pixels farther than :data:`CIRCLE_THRESHOLD` from it. The
+    The background is the median colour of a ``border``-pixel frame (a circle the border cuts covers less
+    than half of it); the circle is the median of the pixels farther than :data:`CIRCLE_THRESHOLD` from it. The
     circle colour is None when no pixel is (the image shows no circle).
     """
     pixels = _pixels(image)
@@ -158,3 +198,35 @@ def colour_accuracy(images, prompts) -> dict[str, float]:
         circle_hits.append(circle is not None and nearest_palette_colour(circle) == match["circle"].strip().lower())
         background_hits.append(nearest_palette_colour(background) == match["background"].strip().lower())
     return {"circle_accuracy": float(np.mean(circle_hits)), "background_accuracy": float(np.mean(background_hits))}
+
+
+#: Radius bins of :func:`iou_breakdown`: :data:`cnhelpers.data.RADIUS_RANGE` in four equal parts.
+RADIUS_BINS = tuple(zip(np.linspace(*RADIUS_RANGE, 5)[:-1].round(2).tolist(),
+                        np.linspace(*RADIUS_RANGE, 5)[1:].round(2).tolist()))
+
+
+def breakdown_groups(circles) -> dict[str, list[int]]:
+    """Which circles (by position) fall in each group: all, inside the frame, cut by the border, each radius bin.
+
+    A circle whose radius is exactly a bin's upper edge falls in that bin only for the last bin.
+    """
+    circles = list(circles)
+    groups = {"all": list(range(len(circles))),
+              "inside the frame": [i for i, c in enumerate(circles) if not is_cut_by_border(c)],
+              "cut by the border": [i for i, c in enumerate(circles) if is_cut_by_border(c)]}
+    for number, (low, high) in enumerate(RADIUS_BINS):
+        last = number == len(RADIUS_BINS) - 1
+        groups[f"radius {low:.2f}-{high:.2f}"] = [
+            i for i, c in enumerate(circles) if low <= c.radius < high or (last and c.radius == high)]
+    return groups
+
+
+def iou_breakdown(ious, circles) -> list[dict]:
+    """Mean IoU per group of :func:`breakdown_groups`: rows ``{"group", "n", "iou"}`` (``iou`` None for an
+    empty group), ``ious[i]`` being the score of ``circles[i]``."""
+    ious, circles = list(ious), list(circles)
+    if len(ious) != len(circles):
+        raise ValueError(f"{len(ious)} IoUs but {len(circles)} circles: give one score per circle")
+    return [{"group": group, "n": len(members),
+             "iou": float(np.mean([ious[i] for i in members])) if members else None}
+            for group, members in breakdown_groups(circles).items()]

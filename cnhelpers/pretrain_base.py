@@ -16,6 +16,7 @@ each of which saves checkpoints atomically and resumes where it stopped:
 
     python -m cnhelpers.pretrain_base                  # every stage, resuming what is done
     python -m cnhelpers.pretrain_base --stage vae      # one stage
+    python -m cnhelpers.pretrain_base --stage unet --unet_init cnhelpers/assets/tiny-sd   # fine-tune a base
     python -m cnhelpers.pretrain_base evaluate         # the figures of the model card (see evaluate_base)
 
 The data never includes the held-out seed that the evaluations use (:data:`HELD_OUT_SEED`).
@@ -38,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from .base_models import build_tiny_base, ensure_tiny_base, is_complete_base
-from .data import PALETTE, draw_circle, sample_circle
-from .evaluation import evaluate_control
-from .inference import HELD_OUT_SEED, image_generators, load_controlnet_pipeline
+from .data import BORDER_CUT_SHARE, PALETTE, RADIUS_RANGE, draw_circle, sample_circle
+from .evaluation import breakdown_rows, held_out_scores
+from .inference import HELD_OUT_SEED, held_out_circles, held_out_examples, image_generators, load_controlnet_pipeline
 from .losses import controlnet_loss
 from .metrics import circle_mask, colour_accuracy, mask_iou
 from .paths import build_dir, staged_folder
@@ -76,6 +77,7 @@ class PretrainConfig:
     snr_gamma: float = 5.0
     proportion_empty_prompts: float = 0.1
     ema_decay: float = 0.999
+    unet_init: str = ""  # a base folder whose UNet and text encoder the stage fine-tunes; "": random init
     # all stages
     warmup_steps: int = 100
     checkpoint_every: int = 250
@@ -297,6 +299,18 @@ def caption_token_table(tokenizer) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
+def unet_start(config: PretrainConfig) -> Path:
+    """The base whose UNet and text encoder the UNet stage starts from: ``unet_init`` (fine-tuning a trained base
+    on the current data), else the random init. A ``unet_init`` that is not a complete base is refused."""
+    if not config.unet_init:
+        return init_base(config)
+    start = Path(config.unet_init).expanduser()
+    if not is_complete_base(start):
+        raise ValueError(f"--unet_init {start} is not a complete base folder (model_index.json, unet/, text_encoder/ "
+                         "...): name a base such as cnhelpers/assets/tiny-sd, or leave it out to start from scratch")
+    return start
+
+
 def train_unet(config: PretrainConfig) -> Path:
     """Stage 3: train the UNet and the text encoder on the cached latents; returns ``build/pretrain/unet``."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -309,9 +323,10 @@ def train_unet(config: PretrainConfig) -> Path:
         return final
     init = init_base(config)
     cache = load_state(encode_latents(config))
+    start = unet_start(config)
     tokenizer = CLIPTokenizer.from_pretrained(init, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(init, subfolder="text_encoder")
-    unet = UNet2DConditionModel.from_pretrained(init, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(start, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(start, subfolder="unet")
     noise_scheduler = DDPMScheduler.from_pretrained(init, subfolder="scheduler")
     tokens = caption_token_table(tokenizer)
     empty_prompt = len(tokens) - 1
@@ -419,8 +434,11 @@ def model_card(config: PretrainConfig, scores: dict | None) -> str:
     recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
     figures = "Not evaluated yet: run `python -m cnhelpers.pretrain_base evaluate`."
     if scores:
-        figures = "\n".join(f"- {line}" for line in format_scores(scores))
-    return TRAINED_MODEL_CARD.format(recipe=recipe, figures=figures, seed=PRETRAIN_SEED, held_out=HELD_OUT_SEED)
+        # format_scores indents a run's placements and groups; as markdown, nested list items
+        figures = "\n".join(" " * (len(line) - len(line.lstrip())) + f"- {line.lstrip()}" for line in format_scores(scores))
+    return TRAINED_MODEL_CARD.format(recipe=recipe, figures=figures, seed=PRETRAIN_SEED, held_out=HELD_OUT_SEED,
+                                     radius_range="-".join(f"{r:.2f}" for r in RADIUS_RANGE),
+                                     cut_share=BORDER_CUT_SHARE)
 
 
 TRAINED_MODEL_CARD = """\
@@ -439,12 +457,20 @@ on a background of another, caption "{{circle}} circle with {{background}} backg
 
 ## Recipe
 
-History of this copy: the VAE stage ran 2,400 steps, then was resumed from its checkpoint with
-`--vae_steps 4800` (its cosine schedule restarted at step 2,400); the other stages ran once, on one CPU thread
-(VAE about 24 minutes, latents 2, UNet and text encoder 45). The table is the final invocation's configuration.
+History of this copy. The data's generator changed (issue 17): radii 0.12-0.32 wholly inside the frame
+became radii 0.08-0.40 with 30 % of the circles cut by the border. The previous copy (this folder's git
+history) had run the VAE stage 2,400 steps, resumed with `--vae_steps 4800` (its cosine schedule restarted at
+step 2,400; about 24 minutes), and the UNet stage 4,000 steps from scratch (45 minutes), all on one CPU thread.
+This copy keeps that VAE, which is convolutional and reconstructs the new circles too (held-out circle IoU of
+its reconstructions 0.94 inside the frame, 0.93 cut by the border, 0.87 for radii under 0.16, circles of 5-10
+px at 64 px); encodes the new data's latents again (`--stage latents`, about 3 minutes); and fine-tunes the
+previous copy's UNet and text encoder on them (`--stage unet --unet_init build/pretrain/previous-tiny-sd`, a
+copy of the previous base, with the table's settings: 1,000 steps, 13 minutes on one thread of a shared
+2-core CPU, a quarter of the previous UNet stage's steps). The table is that invocation's configuration.
 
-Data: fill images of seed {seed}, generated on the fly (VAE) or encoded once (UNet stage); every evaluation
-uses seed {held_out}, which no training stage sees.
+Data: fill images of seed {seed} from `cnhelpers.data.sample_circle` (radius uniform in {radius_range},
+{cut_share:.0%} of the circles cut by the border), generated on the fly (VAE) or encoded once (UNet stage);
+every evaluation uses seed {held_out}, which no training stage sees.
 
 | field | value |
 | --- | --- |
@@ -495,6 +521,10 @@ def _tiny_guidance_scale() -> float:
     return get_profile("tiny").guidance_scale
 
 
+#: The held-out outlines every ControlNet is scored on: as the training data places them, and anywhere.
+PLACEMENT_LABELS = {"course": "held-out outlines placed as the training data", "anywhere": "outlines anywhere in the frame"}
+
+
 def format_scores(scores: dict) -> list[str]:
     """Lines of text for the evaluation figures in ``scores``."""
     lines = []
@@ -503,25 +533,47 @@ def format_scores(scores: dict) -> list[str]:
         lines.append(f"base colour accuracy on {base['n']} held-out prompts (guidance {base['guidance_scale']}): "
                      f"circle {base['circle_accuracy']:.1%}, background {base['background_accuracy']:.1%}")
     for key, label in (("controlnet", "ControlNet"), ("short_run", "short ControlNet run")):
-        if key in scores:
-            run = scores[key]
-            line = (f"{label} ({run['source']}): mean circle IoU on {run['n']} held-out outlines "
-                    f"{run['iou_with']:.3f} with it, {run['iou_without']:.3f} without")
-            if "train_seconds" in run:
-                line += f"; trained {run['steps']} steps in {run['train_seconds']:.0f} s"
-            lines.append(line)
+        if key not in scores:
+            continue
+        run = scores[key]
+        line = f"{label} ({run['source']})"
+        if "train_seconds" in run:
+            line += f", trained {run['steps']} steps in {run['train_seconds']:.0f} s"
+        lines.append(line + ": mean circle IoU with it / without it (the base alone)")
+        for placement, result in run["placements"].items():
+            lines.append(f"  {result['n']} {PLACEMENT_LABELS[placement]}: "
+                         f"{result['iou_with']:.3f} / {result['iou_without']:.3f}")
+            lines += [f"    {row['group']} ({row['n']}): " + (
+                "-" if row["with ControlNet"] is None else
+                f"{row['with ControlNet']:.3f} / {row['without ControlNet']:.3f}")
+                for row in result["breakdown"] if row["group"] != "all"]
     return lines
 
 
-def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | None = None) -> dict:
-    """Mean circle IoU of a ControlNet on held-out outlines, with and without it (scale 0)."""
+def placement_scores(pipeline, n: int, placement: str, guidance_scale: float, seed: int = HELD_OUT_SEED) -> dict:
+    """Circle IoU of ``n`` held-out outlines placed as ``placement`` says, with the ControlNet and without:
+    the means, the mean scores per run, and the IoU per group (:func:`cnhelpers.metrics.iou_breakdown`)."""
+    resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
+    circles = held_out_circles(n, seed=seed, placement=placement)
+    scores = held_out_scores(pipeline, examples, seed, guidance_scale=guidance_scale)
+    table = {label: {key: round(float(np.mean([s[key] for s in run])), 4) for key in run[0]}
+             for label, run in scores.items()}
+    return {"n": n, "iou_with": float(np.mean([s["iou"] for s in scores["with ControlNet"]])),
+            "iou_without": float(np.mean([s["iou"] for s in scores["without ControlNet"]])),
+            "table": table, "breakdown": breakdown_rows(scores, circles)}
+
+
+def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | None = None,
+                      placements: tuple[str, ...] = ("course", "anywhere")) -> dict:
+    """Mean circle IoU of a ControlNet on ``n`` held-out outlines of each placement, with and without it
+    (scale 0), split by inside the frame / cut by the border and by radius."""
 
     guidance_scale = guidance_scale or _tiny_guidance_scale()
-    table = evaluate_control(load_controlnet_pipeline(base, controlnet), n=n, seed=HELD_OUT_SEED,
-                             guidance_scale=guidance_scale)
-    return {"source": str(controlnet), "n": n, "guidance_scale": guidance_scale, "iou_with": float(table.loc["with ControlNet", "iou"]),
-            "iou_without": float(table.loc["without ControlNet", "iou"]),
-            "table": table.round(4).to_dict(orient="index")}
+    pipeline = load_controlnet_pipeline(base, controlnet)
+    return {"source": str(controlnet), "guidance_scale": guidance_scale,
+            "placements": {placement: placement_scores(pipeline, n, placement, guidance_scale)
+                           for placement in placements}}
 
 
 def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -> dict:
@@ -535,14 +587,14 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
     scores = {"base": {"n": n, "guidance_scale": guidance_scale,
                        **base_colour_accuracy(base, n=n, guidance_scale=guidance_scale)}}
     if controlnet is not None:
-        scores["controlnet"] = controlnet_scores(base, controlnet, n=n // 2)
+        scores["controlnet"] = controlnet_scores(base, controlnet, n=n)
     if short_run:
         output_dir = work_dir() / "short-run"
         profile = get_profile("tiny")
         start = time.perf_counter()
         result = train(course_training_args(profile, base, output_dir))
         seconds = time.perf_counter() - start
-        scores["short_run"] = {**controlnet_scores(base, output_dir, n=n // 2), "steps": result.global_step,
+        scores["short_run"] = {**controlnet_scores(base, output_dir, n=n), "steps": result.global_step,
                                "train_seconds": seconds,
                                "source": f"tiny profile, notebook 03's flags: batch {profile.train_batch_size}, "
                                          f"lr {profile.learning_rate:g}, {profile.max_train_steps} steps"}
@@ -575,7 +627,7 @@ def evaluate_main(argv) -> int:
     parser.add_argument("--base", type=Path, default=None, help="base folder (default: the tiny profile's)")
     parser.add_argument("--controlnet", type=Path, default=None, help="a trained ControlNet folder to score")
     parser.add_argument("--short-run", action="store_true", help="train a ControlNet at notebook 03's budget")
-    parser.add_argument("-n", type=int, default=64, help="held-out prompts (half as many outlines)")
+    parser.add_argument("-n", type=int, default=64, help="held-out prompts, and outlines of each placement")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--update-card", action="store_true",
                         help="write the figures into the base's model card (README.md); needs --base")
@@ -603,6 +655,12 @@ def main(argv=None) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    if namespace.stage in ("all", "unet"):
+        try:
+            unet_start(config)
+        except ValueError as error:  # a bad flag: one line, no traceback
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     stages = STAGES if namespace.stage == "all" else (namespace.stage,)
     runners = {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "assemble": assemble}
     for stage in stages:

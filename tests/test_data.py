@@ -4,13 +4,22 @@ import numpy as np
 import pytest
 
 from cnhelpers.data import (
+    BORDER_CUT_SHARE,
     COLUMNS,
+    INSIDE_MARGIN,
+    MIN_OVERHANG,
     PALETTE,
+    RADIUS_RANGE,
+    Circle,
+    anywhere_circle,
+    border_overhang,
     draw_circle,
     ensure_fill_dataset,
     fill_example,
     load_fill50k,
     load_imagefolder,
+    is_cut_by_border,
+    placed_circle,
     sample_circle,
     write_fill50k_raw,
     write_fill_imagefolder,
@@ -32,6 +41,69 @@ def test_generator_is_deterministic_for_a_seed():
 def test_different_seeds_give_different_data():
     texts = {seed: [sample_circle(seed, i).text for i in range(20)] for seed in (0, 1)}
     assert texts[0] != texts[1]
+
+
+def test_a_circle_does_not_depend_on_how_many_are_drawn():
+    later = [sample_circle(4, i) for i in range(50)]
+    assert sample_circle(4, 37) == later[37]
+
+
+@pytest.mark.parametrize("circle, cut", [
+    (Circle(0.5, 0.5, 0.3, "red", "blue"), False),
+    (Circle(0.5, 0.5, 0.5, "red", "blue"), False),  # touching every edge is not cut
+    (Circle(0.1, 0.5, 0.2, "red", "blue"), True),  # past the left edge
+    (Circle(0.5, 0.95, 0.1, "red", "blue"), True),  # past the bottom edge
+    (Circle(0.0, 0.0, 0.08, "red", "blue"), True),  # a quarter disc in the corner
+])
+def test_is_cut_by_border_on_hand_made_circles(circle, cut):
+    assert is_cut_by_border(circle) is cut
+
+
+def test_border_overhang_is_the_reach_past_the_nearest_edge():
+    assert border_overhang(Circle(0.1, 0.5, 0.25, "red", "blue")) == pytest.approx(0.15)
+    assert border_overhang(Circle(0.5, 0.5, 0.3, "red", "blue")) == pytest.approx(-0.2)
+
+
+def test_radii_cover_the_radius_range():
+    radii = np.array([sample_circle(0, i).radius for i in range(3000)])
+    low, high = RADIUS_RANGE
+    assert radii.min() >= low and radii.max() <= high
+    assert radii.min() < low + 0.01 and radii.max() > high - 0.01  # both ends are drawn
+
+
+def test_the_border_cuts_the_documented_share_of_circles():
+    n = 4000
+    share = np.mean([is_cut_by_border(sample_circle(0, i)) for i in range(n)])
+    tolerance = 4 * np.sqrt(BORDER_CUT_SHARE * (1 - BORDER_CUT_SHARE) / n)  # four binomial standard deviations
+    assert share == pytest.approx(BORDER_CUT_SHARE, abs=tolerance)
+
+
+def test_cut_circles_overhang_plainly_and_inside_ones_keep_the_margin():
+    circles = [sample_circle(1, i) for i in range(2000)]
+    overhangs = np.array([border_overhang(c) for c in circles])
+    cut = overhangs > 0
+    assert overhangs[cut].min() >= MIN_OVERHANG - 1e-12
+    assert overhangs[~cut].max() <= -INSIDE_MARGIN + 1e-12
+    centres = np.array([(c.cx, c.cy) for c in circles])
+    assert centres.min() >= 0 and centres.max() <= 1  # a cut circle's centre stays in the frame
+
+
+def test_anywhere_circles_put_their_centres_all_over_the_frame():
+    circles = [anywhere_circle(0, i) for i in range(4000)]
+    # Centre uniform in the frame, radius uniform in RADIUS_RANGE: the share the border cuts is
+    # 1 - E[(1 - 2r)^2], in closed form below.
+    low, high = RADIUS_RANGE
+    expected = 1 - ((1 - 2 * low) ** 3 - (1 - 2 * high) ** 3) / (6 * (high - low))
+    assert np.mean([is_cut_by_border(c) for c in circles]) == pytest.approx(expected, abs=0.03)
+    centres = np.array([(c.cx, c.cy) for c in circles])
+    assert centres.min() < 0.01 and centres.max() > 0.99
+
+
+def test_placements_are_named_and_an_unknown_one_is_refused():
+    assert placed_circle(3, 5, "course") == sample_circle(3, 5)
+    assert placed_circle(3, 5, "anywhere") == anywhere_circle(3, 5)
+    with pytest.raises(ValueError, match="Unknown placement 'corner': choose one of course, anywhere"):
+        placed_circle(3, 5, "corner")
 
 
 def test_written_data_set_is_reproducible(tmp_path):
@@ -132,6 +204,17 @@ def test_ensure_fill_dataset_generates_once(tmp_path, monkeypatch):
     stamp = (path / "metadata.jsonl").stat().st_mtime_ns
     assert ensure_fill_dataset(4, 32) == path
     assert (path / "metadata.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_ensure_fill_dataset_rewrites_a_set_of_an_older_generator(tmp_path, monkeypatch):
+    monkeypatch.setenv("CN_BUILD_DIR", str(tmp_path))
+    path = ensure_fill_dataset(4, 32)
+    first_row = (path / "metadata.jsonl").read_text()
+    (path / "metadata.jsonl").write_text(first_row.replace("circle", "square"))  # what an old generator left
+    (path / "generator.json").write_text(json.dumps({"radius_range": [0.12, 0.32]}))
+    assert ensure_fill_dataset(4, 32) == path
+    assert (path / "metadata.jsonl").read_text() == first_row
+    assert load_imagefolder(path).column_names == list(COLUMNS)  # the record file is not taken for data
 
 
 def test_resolution_must_be_an_integer_of_at_least_8(tmp_path):

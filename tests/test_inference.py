@@ -5,13 +5,14 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
 
-from cnhelpers.evaluation import evaluate_control
+from cnhelpers.evaluation import evaluate_breakdown, evaluate_control
 from cnhelpers.hub import HubUnavailableError
 from cnhelpers.inference import (
     active_control_steps,
     decode_in_float32,
     ensure_controlnet,
     generate,
+    held_out_circles,
     held_out_examples,
     is_black,
     load_controlnet_pipeline,
@@ -96,6 +97,34 @@ def test_evaluate_control_tables_with_and_without(tiny_base, untrained_controlne
     assert ((table >= 0) & (table <= 1)).all().all()
     # zero convolutions: an untrained ControlNet changes nothing, so both rows agree
     assert np.allclose(table.loc["with ControlNet"], table.loc["without ControlNet"], atol=0.01)
+
+
+def test_evaluate_breakdown_splits_anywhere_outlines_by_placement_and_radius(tiny_base, active_controlnet):
+    from cnhelpers.data import is_cut_by_border
+    from cnhelpers.metrics import RADIUS_BINS
+
+    n = 6
+    table = evaluate_breakdown(load_controlnet_pipeline(tiny_base, active_controlnet), n=n, **STEPS)
+    radius_groups = [f"radius {low:.2f}-{high:.2f}" for low, high in RADIUS_BINS]
+    assert list(table.index) == ["all", "inside the frame", "cut by the border"] + radius_groups
+    assert list(table.columns) == ["n", "with ControlNet", "without ControlNet"]
+    cut = sum(is_cut_by_border(c) for c in held_out_circles(n, placement="anywhere"))
+    assert table.loc["cut by the border", "n"] == cut and table.loc["inside the frame", "n"] == n - cut
+    assert table.loc[radius_groups, "n"].sum() == n
+    scores = table[["with ControlNet", "without ControlNet"]].dropna()
+    assert ((scores >= 0) & (scores <= 1)).all().all()
+    overall = evaluate_control(load_controlnet_pipeline(tiny_base, active_controlnet), n=n, placement="anywhere",
+                               **STEPS)
+    assert table.loc["all", "with ControlNet"] == pytest.approx(overall.loc["with ControlNet", "iou"])
+
+
+def test_held_out_circles_are_those_the_examples_draw():
+    from cnhelpers.data import draw_circle
+
+    for placement in ("course", "anywhere"):
+        example, circle = held_out_examples(1, placement=placement)[0], held_out_circles(1, placement=placement)[0]
+        assert example["text"] == circle.text
+        assert np.array_equal(np.asarray(example["conditioning_image"]), np.asarray(draw_circle(circle, 64)[1]))
 
 
 def test_a_missing_controlnet_folder_says_how_to_make_it(tmp_path):

@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnhelpers.data import PALETTE, Circle, draw_circle
+from cnhelpers.data import PALETTE, Circle, draw_circle, sample_circle
 from cnhelpers.metrics import (
     circle_mask,
     colour_error,
     colour_rgb,
+    RADIUS_BINS,
+    breakdown_groups,
     disc_from_outline,
+    fit_circle,
+    iou_breakdown,
     mask_iou,
+    outline_touches_border,
     prompt_colours,
     score_fill_image,
 )
@@ -57,6 +62,58 @@ def test_filled_outline_is_the_drawn_disc():
     drawn = circle_mask(image, PALETTE["red"], PALETTE["blue"])
     assert mask_iou(filled, drawn) > 0.99
     assert filled.sum() == pytest.approx(math.pi * (0.25 * 256) ** 2, rel=0.03)
+
+
+@pytest.mark.parametrize("resolution, least_iou", [(64, 0.95), (256, 0.99)])
+@pytest.mark.parametrize("circle", [
+    Circle(0.05, 0.5, 0.25, "red", "blue"),  # cut by the left edge
+    Circle(0.9, 0.92, 0.3, "red", "blue"),  # cut by two edges
+    Circle(0.02, 0.03, 0.1, "red", "blue"),  # a quarter disc in the corner
+])
+def test_an_outline_the_border_cuts_fills_to_the_drawn_disc(circle, resolution, least_iou):
+    image, conditioning = draw_circle(circle, resolution)
+    assert outline_touches_border(conditioning)
+    drawn = circle_mask(image, PALETTE["red"], PALETTE["blue"])
+    assert mask_iou(disc_from_outline(conditioning), drawn) > least_iou
+
+
+def test_an_outline_inside_the_frame_does_not_touch_the_border():
+    _, conditioning = draw_circle(Circle(0.5, 0.5, 0.4, "red", "blue"), 64)
+    assert not outline_touches_border(conditioning)
+
+
+def test_fit_circle_recovers_a_circle_from_an_arc():
+    angles = np.linspace(0.2, 1.4, 40)  # under a quarter of the circle
+    points = np.column_stack([30 + 12 * np.cos(angles), -5 + 12 * np.sin(angles)])
+    assert fit_circle(points) == pytest.approx((30, -5, 12), abs=1e-6)
+
+
+def test_iou_breakdown_groups_hand_made_circles():
+    circles = [Circle(0.5, 0.5, 0.1, "red", "blue"),  # inside, first radius bin
+               Circle(0.05, 0.5, 0.2, "red", "blue"),  # cut, second bin
+               Circle(0.5, 0.5, RADIUS_BINS[-1][1], "red", "blue")]  # inside, the last bin's upper edge
+    rows = {row["group"]: row for row in iou_breakdown([0.9, 0.3, 0.6], circles)}
+    assert rows["all"] == {"group": "all", "n": 3, "iou": pytest.approx(0.6)}
+    assert rows["inside the frame"]["iou"] == pytest.approx(0.75) and rows["inside the frame"]["n"] == 2
+    assert rows["cut by the border"] == {"group": "cut by the border", "n": 1, "iou": pytest.approx(0.3)}
+    (low0, high0), (low1, high1), (low2, high2), (low3, high3) = RADIUS_BINS
+    assert rows[f"radius {low0:.2f}-{high0:.2f}"]["iou"] == pytest.approx(0.9)
+    assert rows[f"radius {low1:.2f}-{high1:.2f}"]["iou"] == pytest.approx(0.3)
+    assert rows[f"radius {low2:.2f}-{high2:.2f}"] == {"group": f"radius {low2:.2f}-{high2:.2f}", "n": 0, "iou": None}
+    assert rows[f"radius {low3:.2f}-{high3:.2f}"]["iou"] == pytest.approx(0.6)
+
+
+def test_every_circle_falls_in_exactly_one_radius_bin_and_one_placement():
+    circles = [sample_circle(0, i) for i in range(500)]
+    groups = breakdown_groups(circles)
+    radius_groups = [members for name, members in groups.items() if name.startswith("radius")]
+    assert sorted(i for members in radius_groups for i in members) == list(range(500))
+    assert sorted(groups["inside the frame"] + groups["cut by the border"]) == list(range(500))
+
+
+def test_iou_breakdown_wants_one_score_per_circle():
+    with pytest.raises(ValueError, match="2 IoUs but 1 circles"):
+        iou_breakdown([0.1, 0.2], [Circle(0.5, 0.5, 0.1, "red", "blue")])
 
 
 def test_an_outline_less_image_is_refused():

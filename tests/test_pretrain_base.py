@@ -91,3 +91,53 @@ def test_the_shipped_tiny_base_is_pretrained_complete_and_under_25_mb(build):
     assert "base colour accuracy" in card and "mean circle IoU" in card  # the evaluation's figures
     copy = ensure_tiny_base()
     assert copy == build / "tiny-sd" and (copy / "README.md").read_text() == card
+
+
+def test_the_evaluation_prints_iou_split_by_placement_and_radius():
+    breakdown = [{"group": "all", "n": 4, "with ControlNet": 0.9, "without ControlNet": 0.2},
+                 {"group": "inside the frame", "n": 1, "with ControlNet": 0.95, "without ControlNet": 0.3},
+                 {"group": "cut by the border", "n": 3, "with ControlNet": 0.88, "without ControlNet": 0.17},
+                 {"group": "radius 0.08-0.16", "n": 0, "with ControlNet": None, "without ControlNet": None}]
+    run = {"n": 4, "iou_with": 0.9, "iou_without": 0.2, "breakdown": breakdown}
+    scores = {"controlnet": {"source": "cn", "placements": {"anywhere": run, "course": {**run, "iou_with": 0.8}}}}
+    lines = pretrain_base.format_scores(scores)
+    assert "  4 outlines anywhere in the frame: 0.900 / 0.200" in lines
+    assert "  4 held-out outlines placed as the training data: 0.800 / 0.200" in lines
+    assert "    cut by the border (3): 0.880 / 0.170" in lines
+    assert "    inside the frame (1): 0.950 / 0.300" in lines
+    assert "    radius 0.08-0.16 (0): -" in lines
+
+
+def test_the_unet_stage_starts_from_the_base_that_unet_init_names(build, tiny_base):
+    from diffusers import UNet2DConditionModel
+
+    assert pretrain_base.main(SMOKE + ["--unet_init", str(tiny_base), "--unet_steps", "0"]) == 0
+    start = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet").state_dict()
+    trained = UNet2DConditionModel.from_pretrained(build / "pretrain" / "tiny-sd", subfolder="unet").state_dict()
+    assert all(torch.equal(start[name], trained[name]) for name in start)  # no step taken: the start itself
+    assert json.loads((build / "pretrain" / "tiny-sd" / "pretrain_config.json").read_text())["unet_init"] == str(tiny_base)
+
+
+def test_a_unet_init_that_is_not_a_base_is_refused_in_one_line(build, tmp_path, capsys):
+    assert pretrain_base.main(SMOKE + ["--stage", "unet", "--unet_init", str(tmp_path / "nothing")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is not a complete base folder" in error and "leave it out" in error
+    assert not (build / "pretrain" / "unet").exists()
+
+
+def test_controlnet_scores_split_each_placement(tiny_base, tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from cnhelpers.data import is_cut_by_border
+    from cnhelpers.inference import held_out_circles
+
+    controlnet = tmp_path / "controlnet"
+    ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")).save_pretrained(controlnet)
+    scores = pretrain_base.controlnet_scores(tiny_base, controlnet, n=3, guidance_scale=3.0)
+    assert list(scores["placements"]) == ["course", "anywhere"]
+    for placement, result in scores["placements"].items():
+        rows = {row["group"]: row for row in result["breakdown"]}
+        assert rows["all"]["with ControlNet"] == pytest.approx(result["iou_with"])
+        cut = rows["cut by the border"]["n"]
+        assert cut == sum(is_cut_by_border(c) for c in held_out_circles(3, placement=placement))
+    assert len(pretrain_base.format_scores({"controlnet": scores})) == 1 + 2 * 7
