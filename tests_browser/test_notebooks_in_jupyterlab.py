@@ -3,8 +3,9 @@
 For each notebook: open it, clear its outputs, then Kernel > Restart Kernel and Run All Cells… (the menu, and its
 dialog). When the kernel is done: every code cell ran; no error output and no error on stderr; every widget is
 rendered live (no text fallback such as ``VBox(...)``, no "Error displaying widget"); every image loaded; and
-moving each slider one step changes the figure its cell shows. Then the notebook is saved, the page reloaded
-(the kernel keeps running), and the widget, image and slider checks run again.
+moving each slider to an end of its range changes the pictures its cell shows (their pixels, not just their
+addresses). Then the notebook is saved, the page reloaded (the kernel keeps running), and the widget, image and
+slider checks run again.
 
 A notebook's problems are collected and reported together, each naming the cell (its index in the notebook,
 counted from 0, and its ``In [n]``) and what failed. Screenshots of each notebook, before and after the reload
@@ -302,6 +303,7 @@ def test_notebook_runs_with_live_widgets_in_jupyterlab(lab, browser, name):
     page = context.new_page()
     problems, phase = [], "opening"
     start = time.monotonic()
+    print(f"\n{name}")
     try:
         open_notebook(page, lab, name)
         phase = "Restart Kernel and Run All"
@@ -327,7 +329,7 @@ def test_notebook_runs_with_live_widgets_in_jupyterlab(lab, browser, name):
         phase = "moving the sliders after the reload"
         problems += [f"after reload: {p}" for p in slider_problems(page, cells, f"{stem}-reloaded")]
         screenshot_notebook(page, f"{stem}-reloaded")
-        print(f"{name}: Run All {ran:.0f} s, all checks {time.monotonic() - start:.0f} s, "
+        print(f"  Run All {ran:.0f} s, all checks {time.monotonic() - start:.0f} s, "
               f"{sum(len(c['outputs']) for c in cells)} outputs in {len(cells)} code cells")
     except Exception as error:  # noqa: BLE001 -- reported with the problems found so far, and a screenshot
         problems.append(f"while {phase}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
