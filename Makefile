@@ -15,12 +15,15 @@ FLAX_NOTEBOOK := notebooks/05_flax_tpu.ipynb
 VENV_COLAB := .venv-colab
 BIN_COLAB := $(CURDIR)/$(VENV_COLAB)/bin
 STAMP_COLAB := $(VENV_COLAB)/.installed
+# make test-browser: Playwright (requirements-browser.txt) in .venv, driving Debian's Chromium.
+STAMP_BROWSER := $(VENV)/.installed-browser
+CHROMIUM := /usr/bin/chromium
 # Each test leg runs through .ci/leg, which appends its wall time to $$CI_TIMES when .ci/run sets it.
 LEG ?= $(SHELL) $(CURDIR)/.ci/leg
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-flax setup-colab course test test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab outputs lab clean help
+.PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab test-browser outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
@@ -31,6 +34,7 @@ help:
 	@echo "make test-flax  tests_flax, then nbval over notebook 05 in the '$(KERNEL_FLAX)' kernel (part of make test)"
 	@echo "make test-real-paths  notebooks 00, 01, 03, 06 on sd15 and 07 on sdxl, small, from a loopback Hub (part of make test)"
 	@echo "make test-colab  pytest and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
+	@echo "make test-browser  notebooks 00-03 and 06 in JupyterLab, driven in headless Chromium: errors, live widgets, sliders (part of make test)"
 	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
 	@echo "make lab      open JupyterLab on notebooks/"
 
@@ -64,13 +68,25 @@ $(STAMP_COLAB): constraints-colab.txt pyproject.toml requirements.txt
 	$(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest)==' requirements.txt)
 	touch $(STAMP_COLAB)
 
+setup-browser: $(STAMP_BROWSER) chromium
+
+$(STAMP_BROWSER): $(STAMP) requirements-browser.txt
+	$(BIN)/python -m pip install -q -r requirements-browser.txt
+	touch $(STAMP_BROWSER)
+
+# Debian's Chromium, when it is not there yet (sudo unless root). Playwright's own browser download is never used.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  sudo=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 course: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --out build/course
 
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --in-place
 
-test: test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab
+test: test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab test-browser
 
 test-python: setup
 	$(LEG) test-python $(BIN)/python -m pytest tests
@@ -94,6 +110,11 @@ test-real-paths: setup
 test-colab: setup-colab
 	$(LEG) colab-python $(BIN_COLAB)/python -m pytest -p no:cacheprovider tests
 	$(LEG) colab-notebooks $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
+
+# JupyterLab on loopback over a copy of the notebooks in build/browser/, Chromium through Playwright
+# (tests_browser/); screenshots of every notebook in build/browser/screenshots/.
+test-browser: setup-browser
+	$(LEG) test-browser $(BIN)/python -m pytest -p no:cacheprovider -s tests_browser
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
