@@ -74,9 +74,10 @@ PROFILES: dict[str, Profile] = {
         pretrained_model_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5",
         dataset_name="fusing/fill50k",
         resolution=512,
-        # The guide's 12 GB flags (batch 1 x 4 accumulated, ControlNet checkpointing, 8-bit AdamW, grads to None)
-        # with fp16 and cached latents: 6.4 GB measured on an H200 (2026-11-26, run 1), so a 16 GB T4 holds it
-        # without also checkpointing the frozen UNet (--checkpoint_frozen_unet: 15-70 % slower steps).
+        # The ladder's rung 4, the guide's 12 GB flags (batch 1 x 4 accumulated, ControlNet checkpointing, 8-bit
+        # AdamW, grads to None: 9.3 GB measured on an H200 in fp32), with fp16 and cached latents, which only
+        # lower it (6.4 GB measured for exactly these flags, 2026-11-26 run 1): a 16 GB T4 holds it without
+        # also checkpointing the frozen UNet (--checkpoint_frozen_unet: 28-69 % slower steps).
         train_batch_size=1,
         gradient_accumulation_steps=4,
         learning_rate=1e-5,
