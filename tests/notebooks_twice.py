@@ -36,8 +36,11 @@ def checked_outputs(nb) -> dict[int, str]:
             continue
         parts = []
         for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                parts.append(f"[{output['name']}] {output['text']}")
+            if output.get("output_type") == "stream":  # one stream, however many messages it came in (as nbval)
+                if parts and parts[-1].startswith(f"[{output['name']}] "):
+                    parts[-1] += output["text"]
+                else:
+                    parts.append(f"[{output['name']}] {output['text']}")
             elif "data" in output and "text/plain" in output["data"]:
                 parts.append(f"[{output['output_type']}] {output['data']['text/plain']}")
             elif output.get("output_type") == "error":
