@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+from .widgets import WIDGET_VIEW
+
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 _BLOCKS = " ▏▎▍▌▋▊▉█"
 
