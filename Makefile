@@ -58,12 +58,14 @@ $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
 
-# Colab's stack: the course's torch (on disk here), then the package against Colab's pins, no bitsandbytes.
+# Colab's stack: the course's torch, then the package against Colab's pins, no bitsandbytes. The torch is
+# .venv's, hard-linked (scripts/share_packages.py): the same files, so its ~5 GB are on the disk once.
 setup-colab: $(STAMP_COLAB)
 
-$(STAMP_COLAB): constraints-colab.txt pyproject.toml requirements.txt
+$(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt
 	test -x $(BIN_COLAB)/python || $(PYTHON) -m venv $(VENV_COLAB)
 	$(BIN_COLAB)/python -m pip install -q --upgrade pip
+	$(BIN)/python scripts/share_packages.py $(VENV) $(VENV_COLAB) torch torchvision
 	$(BIN_COLAB)/python -m pip install -q $$(grep -E '^(torch|torchvision)==' requirements.txt)
 	$(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest)==' requirements.txt)
 	touch $(STAMP_COLAB)
