@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput-batch", type=int, default=0,
                         help="also measure samples/s at this batch size in bf16 with SDPA")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per child")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="rungs run at a time (with --count-tensors only: the counts do not depend on it, the "
+                             "s/step and a device's peak do)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per rung")
     parser.add_argument("--count-tensors", action="store_true",
                         help="peak = live tensor bytes counted op by op (any device), with a breakdown")
@@ -132,6 +136,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: run at least one rung at a time (--jobs 1, the default)")
+    if args.jobs > 1 and not args.count_tensors:
+        parser.error(f"--jobs {args.jobs} runs rungs side by side, so each one's peak and s/step would include the "
+                     "others' load: use it with --count-tensors, or leave --jobs at 1")
 
     import torch
 
@@ -156,33 +165,55 @@ def main(argv=None) -> int:
     wanted = {int(n) for n in args.rungs.split(",")} if args.rungs else {r.number for r in LADDER}
     # a rung that cannot run here leaves its flags out of the rungs above it, asked for or not
     rows, skipped = [], {r.number for r in LADDER if missing_requirements(r, args.half)}
-    for rung in (r for r in LADDER if r.number in wanted):
+    rungs = [r for r in LADDER if r.number in wanted]
+
+    def plan(rung, skipped):
+        """The row of one rung, and the flags and DeepSpeed config it runs with (None: it is skipped here)."""
         row = {"rung": rung.number, "name": rung.name, "guide_gb": rung.guide_gb, "peak_gb": None,
                "s_per_step": None, "skipped": missing_requirements(rung, args.half)}
-        if row["skipped"] is None:
-            flags = common | rung_flags(rung.number, use_xformers, skipped, args.half) | {
-                "output_dir": str(work / f"run-{rung.number}")}
-            ds_config = None
-            if "deepspeed" in rung.needs:
-                ds_config = write_deepspeed_config(work / "deepspeed.yaml",
-                                                   gradient_accumulation_steps=flags.get("gradient_accumulation_steps", 1),
-                                                   mixed_precision=flags.get("mixed_precision", "fp16"))
-            result = run_child(flags, args.steps, ds_config, args.threads, args.timeout, args.count_tensors)
-            if "error" in result:
-                row["skipped"] = f"failed: {result['error']}"
-            else:
-                row["peak_gb"] = result["peak_bytes"] / 1e9
-                row["s_per_step"] = result["s_per_step"]
-                row["mixed_precision"] = flags.get("mixed_precision", "no")
-                if "breakdown_bytes" in result:
-                    row["breakdown_gb"] = {k: v / 1e9 for k, v in result["breakdown_bytes"].items()}
-                    row["device_peak_gb"] = result["device_peak_bytes"] / 1e9
         if row["skipped"] is not None:
-            skipped.add(rung.number)
-        elif skipped & set(range(1, rung.number)):
-            row["name"] += f" (without rung {', '.join(str(n) for n in sorted(skipped) if n < rung.number)})"
+            return row, None, None
+        flags = common | rung_flags(rung.number, use_xformers, skipped, args.half) | {
+            "output_dir": str(work / f"run-{rung.number}")}
+        ds_config = None
+        if "deepspeed" in rung.needs:
+            ds_config = write_deepspeed_config(work / "deepspeed.yaml",
+                                               gradient_accumulation_steps=flags.get("gradient_accumulation_steps", 1),
+                                               mixed_precision=flags.get("mixed_precision", "fp16"))
+        return row, flags, ds_config
+
+    def run(flags, ds_config):
+        return run_child(flags, args.steps, ds_config, args.threads, args.timeout, args.count_tensors)
+
+    def record(row, flags, result):
+        if result is None:
+            pass
+        elif "error" in result:
+            row["skipped"] = f"failed: {result['error']}"
+        else:
+            row["peak_gb"] = result["peak_bytes"] / 1e9
+            row["s_per_step"] = result["s_per_step"]
+            row["mixed_precision"] = flags.get("mixed_precision", "no")
+            if "breakdown_bytes" in result:
+                row["breakdown_gb"] = {k: v / 1e9 for k, v in result["breakdown_bytes"].items()}
+                row["device_peak_gb"] = result["device_peak_bytes"] / 1e9
+        if row["skipped"] is not None:
+            skipped.add(row["rung"])
+        elif skipped & set(range(1, row["rung"])):
+            row["name"] += f" (without rung {', '.join(str(n) for n in sorted(skipped) if n < row['rung'])})"
         rows.append(row)
         print(format_row(row), flush=True)
+
+    if args.jobs == 1:  # one after the other: a rung that fails here also leaves its flags out of the rungs above
+        for rung in rungs:
+            row, flags, ds_config = plan(rung, skipped)
+            record(row, flags, run(flags, ds_config) if flags is not None else None)
+    else:  # side by side (counts only): the rungs' flags are planned from what this machine lacks
+        plans = [plan(rung, set(skipped)) for rung in rungs]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda p: run(p[1], p[2]) if p[1] is not None else None, plans))
+        for (row, flags, _), result in zip(plans, results):
+            record(row, flags, result)
 
     throughput = None
     if args.throughput_batch:
@@ -199,7 +230,8 @@ def main(argv=None) -> int:
     header = (f"Memory ladder, {args.arch} architecture, {resolution} px, batch {args.batch}, {args.steps} steps per "
               f"rung, on {device}, {date.today().isoformat()}; attention: "
               f"{'xFormers' if use_xformers else 'PyTorch SDPA'}; "
-              f"{'fp16 rungs run in bf16; ' if args.half == 'bf16' else ''}peak = {measure}")
+              f"{'fp16 rungs run in bf16; ' if args.half == 'bf16' else ''}peak = {measure}"
+              + (f"; {args.jobs} rungs at a time (their s/step are not each its own)" if args.jobs > 1 else ""))
     table = markdown_table(rows, throughput, header)
     print("\n" + table)
     if args.json:

@@ -389,6 +389,30 @@ def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path,
     assert "What the counted peak is made of" in (tmp_path / "ladder.md").read_text()
 
 
+def test_tiny_ladder_counts_the_same_bytes_two_rungs_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import memory_ladder
+
+    counted = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"ladder-{jobs}.json"
+        memory_ladder.main(["--arch", "tiny", "--rungs", "2,7", "--steps", "2", "--count-tensors", "--half", "bf16",
+                            "--jobs", str(jobs), "--work", str(tmp_path / f"w{jobs}"), "--json", str(out)])
+        ladder = json.loads(out.read_text())
+        counted[jobs] = [(row["rung"], row["name"], row["peak_gb"], row["breakdown_gb"]) for row in ladder["rows"]]
+        assert ("2 rungs at a time" in ladder["header"]) == (jobs == 2)
+    assert counted[1] == counted[2] and all(peak > 0 for _, _, peak, _ in counted[1])
+
+
+def test_ladder_refuses_rungs_side_by_side_unless_it_counts_tensors(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import memory_ladder
+
+    with pytest.raises(SystemExit) as stop:
+        memory_ladder.main(["--arch", "tiny", "--jobs", "2"])
+    assert stop.value.code == 2 and "use it with --count-tensors" in capsys.readouterr().err
+
+
 def test_memory_breakdown_bars_stack_up_to_each_rungs_peak():
     import matplotlib
 
