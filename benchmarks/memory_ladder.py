@@ -186,11 +186,9 @@ def main(argv=None) -> int:
         return run_child(flags, args.steps, ds_config, args.threads, args.timeout, args.count_tensors)
 
     def record(row, flags, result):
-        if result is None:
-            pass
-        elif "error" in result:
+        if result is not None and "error" in result:
             row["skipped"] = f"failed: {result['error']}"
-        else:
+        elif result is not None:
             row["peak_gb"] = result["peak_bytes"] / 1e9
             row["s_per_step"] = result["s_per_step"]
             row["mixed_precision"] = flags.get("mixed_precision", "no")
