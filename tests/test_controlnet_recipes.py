@@ -1,0 +1,49 @@
+"""benchmarks/controlnet_recipes.py: how a variant is written, and the schedule the course recipe takes."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnhelpers.profiles import environment_overrides, get_profile
+from cnhelpers.recipes import course_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recipes_benchmark():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import controlnet_recipes as module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def test_a_variant_is_a_name_and_the_flags_it_overrides(recipes_benchmark):
+    assert recipes_benchmark.parse_variant('cosine={"lr_scheduler": "cosine", "learning_rate": 2e-3}') == (
+        "cosine", {"lr_scheduler": "cosine", "learning_rate": 2e-3})
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("cosine={lr_scheduler: cosine}", "is not JSON"),
+    ('cosine=["cosine"]', "a JSON object of flags"),
+    ('={"seed": 1}', "a name and a JSON object"),
+])
+def test_a_malformed_variant_stops_with_one_line_naming_the_fix(recipes_benchmark, text, problem):
+    with pytest.raises(SystemExit) as stopped:
+        recipes_benchmark.parse_variant(text)
+    message = str(stopped.value)
+    assert problem in message and "NAME=" in message and "\n" not in message
+
+
+def test_the_course_recipe_takes_the_profiles_lr_schedule(tmp_path):
+    tiny, sd15 = get_profile("tiny"), get_profile("sd15")
+    assert course_flags(tiny, "base", tmp_path, train_data_dir="data")["lr_scheduler"] == tiny.lr_scheduler == "cosine"
+    assert course_flags(sd15, "base", tmp_path)["lr_scheduler"] == "constant"  # upstream's default on the real path
+
+
+def test_the_lr_schedule_can_be_overridden_from_the_environment():
+    assert environment_overrides("lr_scheduler=constant, learning_rate=1e-3") == {
+        "lr_scheduler": "constant", "learning_rate": 1e-3}
