@@ -23,15 +23,15 @@ LEG ?= $(SHELL) $(CURDIR)/.ci/leg
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab test-browser outputs lab clean help
+.PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-real-paths test-flax test-colab test-browser outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
 	@echo "make setup-flax  create .venv-flax (notebook 05's Flax stack) and the '$(KERNEL_FLAX)' Jupyter kernel"
 	@echo "make course   run every notebook headless into build/course/ (the main job)"
 	@echo "make test     pytest for cnhelpers, then nbval over every notebook (what CI runs)"
-	@echo "make test-notebooks-twice  Run All twice in one kernel per notebook: the checked outputs must not change (part of make test)"
-	@echo "make test-flax  tests_flax, then nbval over notebook 05 in the '$(KERNEL_FLAX)' kernel (part of make test)"
+	@echo "make test-notebooks  nbval over each notebook doubled: Run All twice in one fresh kernel, both runs against the stored outputs (part of make test)"
+	@echo "make test-flax  tests_flax, then nbval over notebook 05, doubled, in the '$(KERNEL_FLAX)' kernel (part of make test)"
 	@echo "make test-real-paths  notebooks 00, 01, 03, 06 on sd15 and 07 on sdxl, small, from a loopback Hub (part of make test)"
 	@echo "make test-colab  pytest and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
 	@echo "make test-browser  notebooks 00-03 and 06 in JupyterLab, driven in headless Chromium: errors, live widgets, sliders (part of make test)"
@@ -88,7 +88,7 @@ course: setup setup-flax
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course --in-place
 
-test: test-python test-notebooks test-notebooks-twice test-real-paths test-flax test-colab test-browser
+test: test-python test-notebooks test-real-paths test-flax test-colab test-browser
 
 # pytest-xdist: two workers, one torch thread each. The tests are mostly short CLI runs whose start-up is one
 # core's work, so two at a time use both cores (300 s -> 190 s here).
@@ -98,31 +98,36 @@ ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test-python: setup
 	$(LEG) test-python env $(ONE_THREAD) $(BIN)/python -m pytest $(XDIST) -p no:cacheprovider tests
 
-test-notebooks: setup
-	$(LEG) test-notebooks $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks --ignore=$(FLAX_NOTEBOOK)
+# nbval over each notebook doubled (tests/notebooks_twice.py writes them into build/twice/): its cells, then the
+# same cells again, both with the stored outputs. One fresh kernel runs both, so one execution checks the first
+# run against the stored (fresh-kernel) outputs and a second Run All in the same kernel against them too.
+# Notebook 03 trains 240 steps, not 2,400: a run that short shows what every checked cell says (its step counts
+# and checkpoint names are masked: tests/short_run_sanitize.cfg); make outputs runs the full one.
+SHORT_RUN := CN_PROFILE_OVERRIDES="course_train_steps=240"
+SHORT_RUN_SANITIZE := --nbval-sanitize-with tests/short_run_sanitize.cfg
+TWICE := build/twice
 
-# Run All twice in one kernel: the checked outputs of both runs equal the stored (fresh-kernel) ones; notebook
-# 03 trains 40 steps here, and its second run is compared with its first (nbval checks the full run).
-test-notebooks-twice: setup setup-flax
-	$(LEG) notebooks-twice $(BIN)/python tests/notebooks_twice.py --small "03_:MAX_TRAIN_STEPS = 40"
+test-notebooks: setup
+	$(BIN)/python tests/notebooks_twice.py --out $(TWICE) --skip 05_
+	$(LEG) test-notebooks env $(SHORT_RUN) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+	  $(SHORT_RUN_SANITIZE) $(TWICE)
 
 # The Flax notebook runs in its own kernel (cn-flax, the .venv-flax Python), not in the current one.
 test-flax: setup-flax
 	$(LEG) tests-flax $(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
-	$(LEG) notebook-flax $(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(FLAX_NOTEBOOK)
+	$(BIN_FLAX)/python tests/notebooks_twice.py --out $(TWICE)-flax --only 05_
+	$(LEG) notebook-flax $(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(TWICE)-flax
 
 # The sd15 and sdxl profiles, small, over HTTP from the loopback test Hub (tests/real_paths_course.py).
 test-real-paths: setup
 	$(LEG) real-paths $(BIN)/python tests/real_paths_course.py
 
-# Colab's leg trains notebook 03 for 240 steps, not 2,400: it shows the notebooks run on Colab's libraries; the
-# full run's figures are checked by test-notebooks. The step counts are masked (tests/short_run_sanitize.cfg).
-COLAB_SHORT := CN_PROFILE_OVERRIDES="course_train_steps=240"
-
+# Colab's leg runs each notebook once, in a fresh kernel, on Colab's libraries; notebook 03 trains 240 steps there
+# too, its step counts masked.
 test-colab: setup-colab
 	$(LEG) colab-python env $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider tests
-	$(LEG) colab-notebooks env $(COLAB_SHORT) $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
-	  --nbval-sanitize-with tests/short_run_sanitize.cfg notebooks --ignore=$(FLAX_NOTEBOOK)
+	$(LEG) colab-notebooks env $(SHORT_RUN) $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+	  $(SHORT_RUN_SANITIZE) notebooks --ignore=$(FLAX_NOTEBOOK)
 
 # JupyterLab on loopback over a copy of the notebooks in build/browser/, Chromium through Playwright
 # (tests_browser/); screenshots of every notebook in build/browser/screenshots/.

@@ -1,0 +1,57 @@
+"""tests/notebooks_twice.py: a doubled notebook runs every cell twice, and nbval then fails a second run that differs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from notebooks_twice import CHECK_TAG, SECOND_RUN_MARKER, checked_outputs, doubled, main  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def test_a_doubled_notebook_holds_every_cell_twice_with_the_stored_outputs():
+    stored = nbformat.read(NOTEBOOKS / "00_setup.ipynb", as_version=4)
+    twice = doubled(stored)
+    nbformat.validate(twice)
+    n = len(stored.cells)
+    assert len(twice.cells) == 2 * n + 1 and twice.cells[n].source == SECOND_RUN_MARKER
+    assert [c.source for c in twice.cells[n + 1:]] == [c.source for c in stored.cells]
+    checked = checked_outputs(twice)
+    first = {i: text for i, text in checked.items() if i < n}
+    second = {i - n - 1: text for i, text in checked.items() if i > n}
+    assert first and first == second == checked_outputs(stored)
+    ids = [c.get("id") for c in twice.cells if c.get("id")]
+    assert len(ids) == len(set(ids))
+
+
+def checked_notebook(source: str, stored_text: str):
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": [CHECK_TAG]}, execution_count=1,
+                                     outputs=[nbformat.v4.new_output("stream", name="stdout", text=stored_text)])
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+@pytest.mark.parametrize("source, passes", [
+    ("print(1)", True),
+    # a second Run All in the same kernel finds the first one's state: the figure it prints changes
+    ("runs = globals().get('runs', 0) + 1\nprint(runs)", False),
+])
+def test_nbval_on_the_doubled_notebook_fails_a_second_run_that_prints_other_figures(tmp_path, source, passes):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nbformat.write(checked_notebook(source, "1\n"), folder / "01_probe.ipynb")
+    assert main([str(folder), "--out", str(tmp_path / "twice")]) == 0
+    run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+                          "-q", str(tmp_path / "twice")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert (run.returncode == 0) == passes, run.stdout[-2000:]
+    if not passes:
+        # nbval numbers code cells only: Cell 0 is the first run's, Cell 1 the second run's copy, which alone fails
+        assert "01_probe.ipynb::Cell 1" in run.stdout and "01_probe.ipynb::Cell 0" not in run.stdout
+
+
+def test_no_matching_notebook_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
+    assert main([str(tmp_path), "--out", str(tmp_path / "twice")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
