@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from cnhelpers.inference import HELD_OUT_SEED, generate, held_out_circles, held_out_examples, load_controlnet_pipeline
-from cnhelpers.metrics import iou_breakdown, score_fill_image
+from cnhelpers.evaluation import WITH_CONTROLNET, breakdown_rows, held_out_scores
+from cnhelpers.inference import HELD_OUT_SEED, held_out_circles, held_out_examples, load_controlnet_pipeline
 from cnhelpers.paths import build_dir
 from cnhelpers.profiles import get_profile
 from cnhelpers.recipes import course_training_args
@@ -46,12 +46,11 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def score(pipeline, seed: int, n: int, guidance_scale: float) -> dict[str, float]:
-    """Mean IoU of ``n`` outlines drawn anywhere from ``seed``, by group."""
+    """Mean IoU of ``n`` outlines drawn anywhere from ``seed``, by group; the images' seeds are notebook 06's."""
     examples = held_out_examples(n, seed=seed, placement="anywhere")
-    images = generate(pipeline, examples, seed=10_000, guidance_scale=guidance_scale, num_inference_steps=20)
-    ious = [score_fill_image(image, example["conditioning_image"], example["text"])["iou"]
-            for image, example in zip(images, examples)]
-    return {r["group"]: r["iou"] for r in iou_breakdown(ious, held_out_circles(n, seed=seed, placement="anywhere"))}
+    scores = held_out_scores(pipeline, examples, HELD_OUT_SEED, guidance_scale=guidance_scale, runs=WITH_CONTROLNET)
+    rows = breakdown_rows(scores, held_out_circles(n, seed=seed, placement="anywhere"))
+    return {row["group"]: row["with ControlNet"] for row in rows}
 
 
 def main(argv=None) -> int:

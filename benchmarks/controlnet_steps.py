@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from cnhelpers.inference import generate, held_out_circles, held_out_examples, load_controlnet_pipeline
-from cnhelpers.metrics import iou_breakdown, score_fill_image
+from cnhelpers.evaluation import WITH_CONTROLNET, breakdown_rows, held_out_scores
+from cnhelpers.inference import HELD_OUT_SEED, held_out_circles, held_out_examples, load_controlnet_pipeline
 from cnhelpers.paths import build_dir
 from cnhelpers.profiles import get_profile
 from cnhelpers.recipes import course_training_args
@@ -57,11 +57,9 @@ def main(argv=None) -> int:
             pipeline.controlnet.load_state_dict(controlnet.state_dict())
         row = {}
         for placement, (examples, circles) in sets.items():
-            images = generate(pipeline, examples, seed=10_000, guidance_scale=profile.guidance_scale,
-                              num_inference_steps=20)
-            ious = [score_fill_image(image, example["conditioning_image"], example["text"])["iou"]
-                    for image, example in zip(images, examples)]
-            row[placement] = {r["group"]: r["iou"] for r in iou_breakdown(ious, circles)}
+            scores = held_out_scores(pipeline, examples, HELD_OUT_SEED, guidance_scale=profile.guidance_scale,
+                                     runs=WITH_CONTROLNET)
+            row[placement] = {r["group"]: r["with ControlNet"] for r in breakdown_rows(scores, circles)}
         results["steps"][step] = row
         print(step, json.dumps(row), flush=True)
     if args.out:

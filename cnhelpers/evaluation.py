@@ -15,6 +15,8 @@ from .metrics import iou_breakdown, score_fill_image
 
 #: The two runs of every comparison: the ControlNet at full scale, and the base alone (scale 0).
 RUNS = (("with ControlNet", 1.0), ("without ControlNet", 0.0))
+#: The first run alone, for comparing ControlNets with each other (benchmarks/).
+WITH_CONTROLNET = RUNS[:1]
 
 
 def _check_single(pipeline) -> None:
@@ -23,15 +25,16 @@ def _check_single(pipeline) -> None:
 
 
 def held_out_scores(pipeline, examples, seed: int, *, num_inference_steps: int = 20, guidance_scale: float = 7.5,
-                    batch_size: int = 8) -> dict[str, list[dict]]:
-    """Scores (:func:`cnhelpers.metrics.score_fill_image`) of each example, per run of :data:`RUNS`.
+                    batch_size: int = 8, runs=RUNS) -> dict[str, list[dict]]:
+    """Scores (:func:`cnhelpers.metrics.score_fill_image`) of each example, per run of ``runs`` (label, scale).
 
-    Both runs use the same prompts and the same per-image seeds, so the only difference is the ControlNet:
-    "without" is ``controlnet_conditioning_scale=0``, which multiplies its residuals by zero.
+    Both runs of :data:`RUNS` use the same prompts and the same per-image seeds (``seed + i``), so the only
+    difference is the ControlNet: "without" is ``controlnet_conditioning_scale=0``, which multiplies its
+    residuals by zero.
     """
     _check_single(pipeline)
     scores = {}
-    for label, scale in RUNS:
+    for label, scale in runs:
         images = generate(pipeline, examples, seed=seed, controlnet_conditioning_scale=scale,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           batch_size=batch_size)

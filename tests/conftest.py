@@ -1,4 +1,10 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,3 +30,16 @@ def tiny_base(tmp_path_factory):
     from cnhelpers.base_models import build_tiny_base
 
     return build_tiny_base(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Import a script of ``benchmarks/`` as a module, by its name: ``benchmark_script("flops")``."""
+    def load(name: str):
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # before it runs: dataclasses look their module up there
+            spec.loader.exec_module(module)
+        return sys.modules[name]
+    return load

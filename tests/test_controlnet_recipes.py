@@ -1,24 +1,14 @@
 """benchmarks/controlnet_recipes.py: how a variant is written, and the schedule the course recipe takes."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from cnhelpers.profiles import environment_overrides, get_profile
 from cnhelpers.recipes import course_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def recipes_benchmark():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import controlnet_recipes as module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+def recipes_benchmark(benchmark_script):
+    return benchmark_script("controlnet_recipes")
 
 
 def test_a_variant_is_a_name_and_the_flags_it_overrides(recipes_benchmark):

@@ -4,25 +4,16 @@ Everything runs on meta tensors (shapes only): a few seconds on one CPU thread.
 """
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def flops():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import flops as module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+def flops(benchmark_script):
+    return benchmark_script("flops")
 
 
 def counted(fn) -> int:
