@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from cnhelpers.evaluation import WITH_CONTROLNET, breakdown_rows, held_out_scores
+from cnhelpers.evaluation import iou_by_group
 from cnhelpers.inference import HELD_OUT_SEED, held_out_circles, held_out_examples, load_controlnet_pipeline
 from cnhelpers.paths import build_dir
 from cnhelpers.profiles import get_profile
@@ -48,9 +48,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def score(pipeline, seed: int, n: int, guidance_scale: float) -> dict[str, float]:
     """Mean IoU of ``n`` outlines drawn anywhere from ``seed``, by group; the images' seeds are notebook 06's."""
     examples = held_out_examples(n, seed=seed, placement="anywhere")
-    scores = held_out_scores(pipeline, examples, HELD_OUT_SEED, guidance_scale=guidance_scale, runs=WITH_CONTROLNET)
-    rows = breakdown_rows(scores, held_out_circles(n, seed=seed, placement="anywhere"))
-    return {row["group"]: row["with ControlNet"] for row in rows}
+    circles = held_out_circles(n, seed=seed, placement="anywhere")
+    return iou_by_group(pipeline, examples, circles, HELD_OUT_SEED, guidance_scale=guidance_scale)
 
 
 def main(argv=None) -> int:

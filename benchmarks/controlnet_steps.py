@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from cnhelpers.evaluation import WITH_CONTROLNET, breakdown_rows, held_out_scores
+from cnhelpers.evaluation import iou_by_group
 from cnhelpers.inference import HELD_OUT_SEED, held_out_circles, held_out_examples, load_controlnet_pipeline
 from cnhelpers.paths import build_dir
 from cnhelpers.profiles import get_profile
@@ -57,9 +57,8 @@ def main(argv=None) -> int:
             pipeline.controlnet.load_state_dict(controlnet.state_dict())
         row = {}
         for placement, (examples, circles) in sets.items():
-            scores = held_out_scores(pipeline, examples, HELD_OUT_SEED, guidance_scale=profile.guidance_scale,
-                                     runs=WITH_CONTROLNET)
-            row[placement] = {r["group"]: r["with ControlNet"] for r in breakdown_rows(scores, circles)}
+            row[placement] = iou_by_group(pipeline, examples, circles, HELD_OUT_SEED,
+                                          guidance_scale=profile.guidance_scale)
         results["steps"][step] = row
         print(step, json.dumps(row), flush=True)
     if args.out:

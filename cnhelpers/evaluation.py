@@ -15,8 +15,6 @@ from .metrics import iou_breakdown, score_fill_image
 
 #: The two runs of every comparison: the ControlNet at full scale, and the base alone (scale 0).
 RUNS = (("with ControlNet", 1.0), ("without ControlNet", 0.0))
-#: The first run alone, for comparing ControlNets with each other (benchmarks/).
-WITH_CONTROLNET = RUNS[:1]
 
 
 def _check_single(pipeline) -> None:
@@ -82,6 +80,14 @@ def evaluate_breakdown(pipeline, n: int = 64, seed: int = 10_000, *, placement: 
     scores = held_out_scores(pipeline, examples, seed, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, batch_size=batch_size)
     return pd.DataFrame(breakdown_rows(scores, circles)).set_index("group")
+
+
+def iou_by_group(pipeline, examples, circles, seed: int, **kwargs) -> dict[str, float]:
+    """Mean circle IoU of ``examples`` with the ControlNet only (no base-alone run), by group of
+    :func:`cnhelpers.metrics.iou_breakdown`: for comparing ControlNets with each other (``benchmarks/``).
+    ``seed`` and ``kwargs`` as in :func:`held_out_scores`."""
+    scores = held_out_scores(pipeline, examples, seed, runs=RUNS[:1], **kwargs)
+    return {row["group"]: row[RUNS[0][0]] for row in breakdown_rows(scores, circles)}
 
 
 def breakdown_rows(scores: dict[str, list[dict]], circles) -> list[dict]:

@@ -18,9 +18,9 @@ COURSE_FLAGS = dict(snr_gamma=5.0, proportion_empty_prompts=0.1, lr_warmup_steps
 
 def course_flags(profile: Profile, base, output_dir, **overrides) -> dict:
     """The flags of notebook 03's run for ``profile`` as a dict: its data, resolution, batch size, learning
-    rate and its schedule, steps and guidance scale (for validation images), its precision, accumulation and memory flags (the GPU
-    profiles'), plus :data:`COURSE_FLAGS`. ``overrides`` replace any of them (e.g. validation or checkpoint
-    flags)."""
+    rate and its schedule, steps and guidance scale (for validation images), its precision, accumulation and
+    memory flags (the GPU profiles'), plus :data:`COURSE_FLAGS`. ``overrides`` replace any of them (e.g.
+    validation or checkpoint flags)."""
     flags = dict(pretrained_model_name_or_path=str(base), output_dir=str(output_dir), resolution=profile.resolution,
                  train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate,
                  lr_scheduler=profile.lr_scheduler,

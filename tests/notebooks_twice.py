@@ -8,7 +8,8 @@ notebook *doubled* into ``--out``: its cells, a markdown cell that marks the sec
 again, each copy with the stored outputs (a fresh kernel's, ``make outputs``). nbval runs the doubled notebook
 top to bottom in one fresh kernel, so one execution checks both things: the first run against the stored
 outputs (a fresh kernel, as every CI run did before), and the second run, in the kernel the first one left,
-against the same outputs. nbval reports a difference by cell: an index past the marker is the second run's.
+against the same outputs. nbval names a failing cell by its index among the code cells: an index past the
+notebook's own count of code cells is the second run's.
 
 ``checked_outputs`` gives the text of the checked cells (tagged ``nbval-check-output``), as nbval compares
 them, to compare two copies of a notebook by hand (for instance before and after ``make outputs``).

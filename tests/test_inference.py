@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
 
-from cnhelpers.evaluation import evaluate_breakdown, evaluate_control
+from cnhelpers.evaluation import evaluate_breakdown, evaluate_control, iou_by_group
 from cnhelpers.hub import HubUnavailableError
 from cnhelpers.inference import (
     active_control_steps,
@@ -188,3 +188,13 @@ def test_active_control_steps_are_those_the_pipeline_scales_up(pipeline, start, 
     finally:
         hook.remove()
     assert [i for i, scale in enumerate(scales) if scale > 0] == active_control_steps(4, start, end)
+
+
+def test_iou_by_group_is_the_with_controlnet_column_of_the_breakdown(tiny_base, active_controlnet):
+    n, pipe = 4, load_controlnet_pipeline(tiny_base, active_controlnet)
+    table = evaluate_breakdown(pipe, n=n, **STEPS)
+    examples, circles = held_out_examples(n, placement="anywhere"), held_out_circles(n, placement="anywhere")
+    by_group = iou_by_group(pipe, examples, circles, seed=10_000, guidance_scale=7.5, **STEPS)
+    assert list(by_group) == list(table.index)
+    assert all(by_group[g] == table.loc[g, "with ControlNet"] or (by_group[g] is None and table.loc[g, "n"] == 0)
+               for g in by_group)
