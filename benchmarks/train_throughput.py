@@ -8,6 +8,11 @@ the runs alternate between the two scripts. Prints s/step for each, their ratio,
 CPU seconds per step (user + system, from the kernel) are printed too: on a shared machine they vary
 much less than wall time.
 Without ``--upstream`` only the course's loop is timed. Keep upstream's script outside the repository.
+
+``--variant NAME="FLAGS"`` adds a row: the course's CLI with FLAGS added to the shared ones, e.g.
+``--variant 'compiled=--torch_compile --channels_last'``. Such a row runs other flags than upstream's, and says so;
+a compiled run's start-up (its first step) cancels out of the difference, so give it a long second step count
+(``--steps 20 1020``) and read the 320- or 1020-step run's total beside it.
 """
 
 from __future__ import annotations
@@ -47,7 +52,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--examples", type=int, default=512, help="size of the generated data set")
+    parser.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
+                        help="also time the course with these flags added (other flags than upstream's)")
     args = parser.parse_args(argv)
+    variants = {}
+    for variant in args.variant:
+        name, sep, extra = variant.partition("=")
+        if not sep or not name or name in ("course", "upstream") or name in variants:
+            parser.error(f"--variant {variant!r}: give NAME=FLAGS with a new name, e.g. 'compiled=--torch_compile'")
+        variants[name] = extra.split()
 
     from cnhelpers.base_models import ensure_tiny_base
     from cnhelpers.data import ensure_fill_dataset
@@ -57,6 +70,8 @@ def main(argv=None) -> int:
              "--train_batch_size", "4", "--learning_rate", "1e-5", "--seed", "0", "--checkpointing_steps", "1000000",
              "--mixed_precision", "no", "--report_to", "tensorboard"]
     scripts = {"course": ["-m", "cnhelpers.train"]}
+    extra_flags = {name: [] for name in scripts} | variants
+    scripts |= {name: ["-m", "cnhelpers.train"] for name in variants}
     if args.upstream is not None:
         if not args.upstream.is_file():
             parser.error(f"--upstream {args.upstream} is not a file")
@@ -73,7 +88,8 @@ def main(argv=None) -> int:
                 wall, cpu = {}, {}
                 for steps in (short, long):
                     wall[steps], cpu[steps], rss = run_once(
-                        script, flags, steps, Path(tmp) / f"{name}-{repeat}-{steps}", args.threads)
+                        script, flags + extra_flags.get(name, []), steps, Path(tmp) / f"{name}-{repeat}-{steps}",
+                        args.threads)
                     peak[name] = max(peak[name], rss)
                 per_step[name].append((wall[long] - wall[short]) / (long - short))
                 cpu_per_step[name].append((cpu[long] - cpu[short]) / (long - short))
@@ -95,6 +111,13 @@ def main(argv=None) -> int:
         rss_ratio = peak["course"] / peak["upstream"]
         print(f"\ncourse / upstream: {ratio:.2f}x the steps per second ({cpu_ratio:.2f}x per CPU second), "
               f"{rss_ratio:.3f}x the peak RSS")
+        for name, extra in variants.items():
+            ratio = statistics.median(per_step["upstream"]) / statistics.median(per_step[name])
+            print(f"{name} / upstream: {ratio:.2f}x the steps per second, {peak[name] / peak['upstream']:.3f}x the "
+                  f"peak RSS (the course with {' '.join(extra)}: other flags than upstream's)")
+    for name, extra in variants.items():
+        ratio = statistics.median(per_step["course"]) / statistics.median(per_step[name])
+        print(f"{name} / course: {ratio:.2f}x the steps per second ({' '.join(extra)})")
     return 0
 
 

@@ -3,7 +3,8 @@
 Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted with the same name, default
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
-``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04) and ``--skip_bad_images``. The extra flags of
+``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04), ``--channels_last``,
+``--torch_compile`` (:mod:`cnhelpers.speed`) and ``--skip_bad_images``. The extra flags of
 train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
 
 :func:`parse_args` reads a command line; :func:`training_args` takes keyword arguments (notebooks); both
@@ -26,6 +27,7 @@ from PIL import Image
 
 from .data import check_resolution
 from .hub import HubUnavailableError, hub_offline
+from .speed import COMPILE_MODES
 
 
 class CourseArgumentParser(argparse.ArgumentParser):
@@ -171,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Default: the accelerate config's value.")
     memory.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
     memory.add_argument("--set_grads_to_none", action="store_true")
+    memory.add_argument("--channels_last", action="store_true",
+                        help="Both models in the channels-last (NHWC) layout, which cuDNN's and oneDNN's fastest "
+                             "convolutions read; the same arithmetic (the course's addition).")
+    memory.add_argument("--torch_compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="Compile the UNet's and the ControlNet's forward and backward with torch.compile "
+                             "(BACKEND: inductor when left out). The first step compiles (about 50 s for the "
+                             "tiny models on 2 CPU cores), so only a long run earns it back (the course's addition).")
+    memory.add_argument("--torch_compile_mode", default=None, choices=COMPILE_MODES,
+                        help="torch.compile's mode with --torch_compile inductor (reduce-overhead: CUDA graphs).")
     memory.add_argument("--optimizer_in_backward", action="store_true",
                         help="Update each parameter inside backward as soon as its gradient exists, then free "
                              "the gradient: saves the whole gradient buffer. Needs --max_grad_norm 0, "
@@ -239,6 +250,9 @@ def check_args(args) -> None:
             raise ValueError(f"--{name} must be 0 or more, got {getattr(args, name)}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be at least 1 (or left out to keep every checkpoint).")
+    if args.torch_compile_mode is not None and args.torch_compile != "inductor":
+        raise ValueError(f"--torch_compile_mode {args.torch_compile_mode} sets a mode of inductor, torch.compile's "
+                         "kernel-writing backend: add --torch_compile (inductor is its default), or leave the mode out.")
 
 
 def check_paths(args) -> None:

@@ -12,7 +12,8 @@ What differs from upstream, and why:
 - Min-SNR weighting (``--snr_gamma``), with diffusers' ``compute_snr``, per sample.
 - The fast path (``--cache auto``, the default when it fits in memory; :mod:`cnhelpers.cache`).
 - On a CPU the conditioning embedding runs in the channels-last memory layout (faster oneDNN convolutions
-  at its few channels and full resolution; the same arithmetic).
+  at its few channels and full resolution; the same arithmetic). ``--channels_last`` lays out both models so,
+  and ``--torch_compile`` compiles them (:mod:`cnhelpers.speed`); both are off by default.
 - Every random draw of a step comes from a generator seeded by (seed, process, step), and the data order
   by (seed, epoch), so resuming from a checkpoint continues exactly where the run was.
 - Checkpoints are written atomically and end with a manifest (:mod:`cnhelpers.checkpoints`); the log of
@@ -55,6 +56,7 @@ from .optim import check_optimizer_in_backward, configure_attention, make_optimi
 from .outputs import TrainLog, log_validation, push_to_hub, save_final_controlnet
 from .paths import shown_path
 from .sdxl import added_conditions, encode_prompt_sdxl, encode_token_ids_sdxl, make_add_time_ids
+from .speed import check_torch_compile, compile_models, set_memory_layout
 from .tokenizer import check_tokenizer_fits
 
 
@@ -95,6 +97,7 @@ class StepParts:
     #: SDXL's size and crop conditioning, one row (the same for every example).
     add_time_ids: torch.Tensor | None = None
     conditioning_layout: torch.memory_format = torch.contiguous_format
+    latent_layout: torch.memory_format = torch.contiguous_format  # (--channels_last: the models' layout)
 
 
 def training_step(parts: StepParts, batch: dict, generator: torch.Generator, snr_gamma: float | None = None,
@@ -135,7 +138,7 @@ def training_step(parts: StepParts, batch: dict, generator: torch.Generator, snr
         else:
             text = models.text_encoder(batch["input_ids"])[0]
         condition = batch["conditioning_pixel_values"].to(dtype)
-    inputs = {"latents": noisy_latents, "timesteps": timesteps, "encoder_hidden_states": text,
+    inputs = {"latents": noisy_latents.contiguous(memory_format=parts.latent_layout), "timesteps": timesteps, "encoder_hidden_states": text,
               "conditioning": condition.contiguous(memory_format=parts.conditioning_layout)}
     if models.sdxl:  # SDXL's UNet, and so its ControlNet, also read the pooled text and the size/crop ids
         inputs["added_cond_kwargs"] = added_conditions(pooled_text, parts.add_time_ids.repeat(len(latents), 1))
@@ -171,6 +174,7 @@ def setup(args):
     if args.push_to_hub:
         check_push_to_hub(args)
     check_optimizer_in_backward(args, accelerator)
+    check_torch_compile(args.torch_compile, accelerator.device.type)
     args = resolved_args(args, accelerator.num_processes)
     torch.manual_seed(args.seed)  # library internals (from_unet copies its weights: nothing random there)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -182,10 +186,10 @@ def prepare_models(args, accelerator) -> StepParts:
     models = load_models(args)
     register_controlnet_hooks(accelerator)
     configure_attention(args, models.unet, models.controlnet)
-    # On a CPU, oneDNN convolves faster in the channels-last layout at the conditioning embedding's few
-    # channels and full resolution (about a third of a step at 64 px); the same arithmetic, reordered.
-    layout = torch.channels_last if accelerator.device.type == "cpu" else torch.contiguous_format
-    models.controlnet.controlnet_cond_embedding.to(memory_format=layout)
+    # Memory layouts (the same arithmetic, reordered): --channels_last for both models; on a CPU the
+    # conditioning embedding is channels-last anyway (oneDNN's faster layout at its few channels, full size).
+    latent_layout, conditioning_layout = set_memory_layout(models.unet, models.controlnet, args.channels_last,
+                                                           accelerator.device.type)
     if args.gradient_checkpointing:
         models.controlnet.enable_gradient_checkpointing()
     if args.checkpoint_frozen_unet:
@@ -211,7 +215,10 @@ def prepare_models(args, accelerator) -> StepParts:
     check_step_fits_memory(models, args.resolution, args.train_batch_size, accelerator.device,
                            activation_bytes=2 if weight_dtype != torch.float32 else 4,
                            adam_state_bytes=1 if args.use_8bit_adam else 4)
-    parts = StepParts(models, weight_dtype, models.vae.config.scaling_factor, conditioning_layout=layout)
+    # Compiled last, on the models as they will run (device, dtype, layout, checkpointing).
+    compile_models(args.torch_compile, args.torch_compile_mode, models.unet, models.controlnet)
+    parts = StepParts(models, weight_dtype, models.vae.config.scaling_factor, conditioning_layout=conditioning_layout,
+                      latent_layout=latent_layout)
     if models.sdxl:
         # Size and crop conditioning, the same for every example: each image is resized and center-cropped
         # to --resolution, so original size = target size; the crop corner is --crops_coords_top_left_h/w

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnhelpers"
 LAYERS = (
     ("paths", "env", "hub", "profiles", "tokenizer"),
     ("data", "images", "losses", "metrics", "base_models", "sdxl", "widgets"),
-    ("config", "recipes", "optim", "cache", "checkpoints", "outputs", "loading"),
+    ("speed", "config", "recipes", "optim", "cache", "checkpoints", "outputs", "loading"),
     ("training", "inference"),
     ("evaluation", "anatomy", "memory"),
     ("plots", "checks", "train", "course", "colab", "pretrain_base", "flax_training"),
