@@ -280,11 +280,12 @@ def load_measurements(paths=LADDER_RUNS) -> list[dict]:
                 rows.append({"source": path.name, "rung": row["rung"], "name": row["name"],
                              "batch": data.get("batch", 1), "resolution": data.get("resolution"),
                              "s_per_step": row["s_per_step"]})
-        throughput = data.get("throughput") or {}
-        if throughput.get("samples_per_s"):
-            rows.append({"source": path.name, "rung": None, "name": "throughput: bf16, SDPA, cached latents",
-                         "batch": throughput["batch"], "resolution": data.get("resolution"),
-                         "samples_per_s": throughput["samples_per_s"]})
+        for key, name in (("throughput", "throughput: bf16, SDPA, cached latents"),
+                          ("throughput_fast", "throughput: bf16, SDPA, cached latents, channels-last, torch.compile")):
+            throughput = data.get(key) or {}
+            if throughput.get("samples_per_s"):
+                rows.append({"source": path.name, "rung": None, "name": name, "batch": throughput["batch"],
+                             "resolution": data.get("resolution"), "samples_per_s": throughput["samples_per_s"]})
     return rows
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/memory_ladder.py --arch tiny --resolution 64 --batch 1
     python benchmarks/memory_ladder.py --arch sd15 --resolution 512 --batch 1 --throughput-batch 8   # on a GPU
+    python benchmarks/memory_ladder.py --arch sd15 --rungs 1 --throughput-batch 8 --throughput-fast   # + compiled
     python benchmarks/memory_ladder.py --arch sd15 --steps 2 --count-tensors --half bf16 --rungs 6,7   # on a CPU
 
 The models are built from configs with random weights (memory and speed depend on the architecture, not
@@ -14,6 +15,8 @@ Peak memory is CUDA's ``max_memory_allocated`` on a GPU, else the child's peak R
 it is the peak of live tensor bytes counted op by op (``cnhelpers.memory.LiveTensorBytes``), on any device:
 on a CPU, the tensors a GPU would hold, split into weights, gradients, optimizer state and activations.
 ``--half bf16`` runs the fp16 rungs in bf16 (the same bytes; CPUs autocast bf16 only).
+``--throughput-fast`` measures the throughput run a second time with ``--channels_last --torch_compile`` (its
+compiling first step is not timed: every rung is timed from the end of step 1).
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rungs", default=None, help="which rungs, e.g. 1,3,6 (default: all)")
     parser.add_argument("--throughput-batch", type=int, default=0,
                         help="also measure samples/s at this batch size in bf16 with SDPA")
+    parser.add_argument("--throughput-fast", action="store_true",
+                        help="and again with --channels_last --torch_compile (inductor)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per child")
     parser.add_argument("--jobs", type=int, default=1,
                         help="rungs run at a time (with --count-tensors only: the counts do not depend on it, the "
@@ -213,14 +218,21 @@ def main(argv=None) -> int:
         for (row, flags, _), result in zip(plans, results):
             record(row, flags, result)
 
-    throughput = None
+    throughput = throughput_fast = None
     if args.throughput_batch:
         flags = common | {"train_batch_size": args.throughput_batch, "cache": "always", "set_grads_to_none": True,
                           "mixed_precision": "bf16", "output_dir": str(work / "run-throughput")}
-        result = run_child(flags, args.steps, None, args.threads, args.timeout, args.count_tensors)
-        throughput = ({"error": result["error"]} if "error" in result else
-                      {"batch": args.throughput_batch, "samples_per_s": args.throughput_batch / result["s_per_step"],
-                       "peak_gb": result["peak_bytes"] / 1e9})
+        throughput = measure_throughput(flags, args)
+        if args.throughput_fast:
+            # (its first step compiles both models, forward and backward: a few minutes more for SD 1.5)
+            throughput_fast = measure_throughput(flags | {"channels_last": True, "torch_compile": "inductor",
+                                                          "output_dir": str(work / "run-throughput-fast")}, args,
+                                                 timeout=args.timeout + 300)
+        for name, measured in (("throughput", throughput), ("throughput, compiled", throughput_fast)):
+            if measured is not None:
+                print(f"{name}: " + (measured["error"] if "error" in measured else
+                                     f"{measured['samples_per_s']:.1f} samples/s, peak {measured['peak_gb']:.2f} GB"),
+                      flush=True)
 
     measure = ("live tensor bytes counted op by op (LiveTensorBytes) over the timed steps" if args.count_tensors else
                "CUDA max_memory_allocated over the timed steps" if torch.cuda.is_available() else
@@ -230,14 +242,14 @@ def main(argv=None) -> int:
               f"{'xFormers' if use_xformers else 'PyTorch SDPA'}; "
               f"{'fp16 rungs run in bf16; ' if args.half == 'bf16' else ''}peak = {measure}"
               + (f"; {args.jobs} rungs at a time (their s/step are not each its own)" if args.jobs > 1 else ""))
-    table = markdown_table(rows, throughput, header)
+    table = markdown_table(rows, throughput, header, throughput_fast)
     print("\n" + table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"header": header, "device": device, "measure": measure, "arch": args.arch,
                                          "resolution": resolution, "batch": args.batch, "ladder_version": LADDER_VERSION,
                                          "rows": rows,
-                                         "throughput": throughput}, indent=2))
+                                         "throughput": throughput, "throughput_fast": throughput_fast}, indent=2))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table + "\n")
@@ -251,7 +263,16 @@ def format_row(row: dict) -> str:
     return f"rung {row['rung']}: {row['name']}: {peak}, {row['s_per_step']:.3f} s/step"
 
 
-def markdown_table(rows: list[dict], throughput: dict | None, header: str) -> str:
+def measure_throughput(flags: dict, args, timeout: int | None = None) -> dict:
+    """samples/s and the peak of one throughput run (``{"error": ...}`` if it failed)."""
+    result = run_child(flags, args.steps, None, args.threads, timeout or args.timeout, args.count_tensors)
+    if "error" in result:
+        return {"error": result["error"]}
+    return {"batch": flags["train_batch_size"], "samples_per_s": flags["train_batch_size"] / result["s_per_step"],
+            "peak_gb": result["peak_bytes"] / 1e9}
+
+
+def markdown_table(rows: list[dict], throughput: dict | None, header: str, throughput_fast: dict | None = None) -> str:
     """The ladder as a Markdown table, the guide's figure beside each measured one (in MB when all peaks are < 1 GB)."""
     unit, scale = ("GB", 1) if any((row["peak_gb"] or 0) >= 1 for row in rows) else ("MB", 1e3)
     lines = [header, "", "| rung | what | peak memory | s/step | the guide says |", "| --- | --- | --- | --- | --- |"]
@@ -269,12 +290,15 @@ def markdown_table(rows: list[dict], throughput: dict | None, header: str) -> st
                   "| rung | " + " | ".join(categories) + " |", "|" + " --- |" * (len(categories) + 1)]
         lines += [f"| {row['rung']} | " + " | ".join(f"{row['breakdown_gb'][c] * scale:.2f}" for c in categories) + " |"
                   for row in counted]
-    if throughput is not None:
-        if "error" in throughput:
-            lines += ["", f"Throughput run failed: {throughput['error']}"]
+    for measured, what in ((throughput, "Throughput"), (throughput_fast, "Throughput with --channels_last "
+                                                                         "--torch_compile")):
+        if measured is None:
+            continue
+        if "error" in measured:
+            lines += ["", f"{what} run failed: {measured['error']}"]
         else:
-            lines += ["", f"Throughput: {throughput['samples_per_s']:.1f} samples/s at batch {throughput['batch']}, "
-                          f"bf16, SDPA, cached latents (peak {throughput['peak_gb']:.2f} GB)."]
+            lines += ["", f"{what}: {measured['samples_per_s']:.1f} samples/s at batch {measured['batch']}, "
+                          f"bf16, SDPA, cached latents (peak {measured['peak_gb']:.2f} GB)."]
     return "\n".join(lines)
 
 

@@ -4,15 +4,17 @@
 
 Both run as child processes on the tiny model and generated fill data (64 px, batch 4), on one thread.
 Start-up (imports, loading, caching) is excluded by timing two step counts and taking the difference;
-the runs alternate between the two scripts. Prints s/step for each, their ratio, and each one's peak RSS.
+the runs alternate between the two scripts, after an untimed warm-up run of each (``--warmup``). Prints s/step
+for each, their ratio, and each one's peak RSS.
 CPU seconds per step (user + system, from the kernel) are printed too: on a shared machine they vary
 much less than wall time.
 Without ``--upstream`` only the course's loop is timed. Keep upstream's script outside the repository.
 
 ``--variant NAME="FLAGS"`` adds a row: the course's CLI with FLAGS added to the shared ones, e.g.
 ``--variant 'compiled=--torch_compile --channels_last'``. Such a row runs other flags than upstream's, and says so;
-a compiled run's start-up (its first step) cancels out of the difference, so give it a long second step count
-(``--steps 20 1020``) and read the 320- or 1020-step run's total beside it.
+a compiled run's start-up (its first step) cancels out of the difference only if it takes as long in both runs:
+the warm-up fills torch.compile's cache first, a long second step count (``--steps 20 1020``) shrinks what is
+left, and the table's run total shows what compiling cost.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ def run_once(script: list[str], flags: list[str], steps: int, output_dir: Path,
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     command = [sys.executable, *script, *flags, "--max_train_steps", str(steps), "--output_dir", str(output_dir)]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = process.stderr.read()
+    # stderr goes to a file, not a pipe: a long run's log would fill a pipe's buffer and block the child
+    with tempfile.TemporaryFile(mode="w+") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        stderr = log.read()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(script)} failed ({process.returncode}):\n{stderr[-3000:]}")
@@ -52,6 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--examples", type=int, default=512, help="size of the generated data set")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed short runs of each script first: they fill the file cache and torch.compile's "
+                             "cache, whose cold first fill (tens of seconds) would otherwise land in one timed run")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
                         help="also time the course with these flags added (other flags than upstream's)")
     args = parser.parse_args(argv)
@@ -83,6 +91,10 @@ def main(argv=None) -> int:
     peak: dict[str, int] = {name: 0 for name in scripts}
     total: dict[str, list[float]] = {name: [] for name in scripts}
     with tempfile.TemporaryDirectory() as tmp:
+        for warmup in range(args.warmup):
+            for name, script in scripts.items():
+                run_once(script, flags + extra_flags.get(name, []), short, Path(tmp) / f"{name}-warmup-{warmup}",
+                         args.threads)
         for repeat in range(args.repeats):
             for name, script in scripts.items():  # alternate the scripts within each repeat
                 wall, cpu = {}, {}
@@ -98,7 +110,8 @@ def main(argv=None) -> int:
                       f"{cpu_per_step[name][-1]:.4f} CPU s/step ({short} steps {wall[short]:.1f} s, "
                       f"{long} steps {wall[long]:.1f} s)", flush=True)
 
-    print(f"\n{args.threads} thread(s), 64 px, batch 4, steps {short} vs {long}, {args.repeats} repeats (median)")
+    print(f"\n{args.threads} thread(s), 64 px, batch 4, steps {short} vs {long}, {args.repeats} repeats (median), "
+          f"after {args.warmup} untimed warm-up run(s) of each")
     print(f"{'script':<10} {'s/step':>8} {'steps/s':>8} {'CPU s/step':>11} {'run of ' + str(long) + ' steps':>16} "
           f"{'peak RSS':>10}")
     for name in scripts:

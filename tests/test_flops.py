@@ -99,9 +99,9 @@ def test_mfu_reads_the_ladder_and_says_not_measured_elsewhere(flops, tmp_path):
         {"rung": 1, "name": "fp32 AdamW", "s_per_step": 0.5},
         {"rung": 2, "name": "+ gradient accumulation (4 micro-batches)", "s_per_step": 2.0},
         {"rung": 5, "name": "+ fp16 mixed precision", "s_per_step": None, "skipped": "needs a CUDA GPU"}],
-        "throughput": {"batch": 8, "samples_per_s": 16.0}}))
+        "throughput": {"batch": 8, "samples_per_s": 16.0}, "throughput_fast": {"batch": 8, "samples_per_s": 24.0}}))
     measured = flops.load_measurements([ladder])
-    assert len(measured) == 3  # the skipped rung gives no row
+    assert len(measured) == 4  # the skipped rung gives no row
     rows = [{"arch": "sd15", "label": "SD 1.5", "resolution": 512, "batch": 1, "flops_per_step": 1e12},
             {"arch": "sd15", "label": "SD 1.5", "resolution": 512, "batch": 8, "flops_per_step": 8e12},
             {"arch": "sdxl", "label": "SDXL base", "resolution": 1024, "batch": 1, "flops_per_step": 9e12}]
@@ -111,6 +111,8 @@ def test_mfu_reads_the_ladder_and_says_not_measured_elsewhere(flops, tmp_path):
     rung2 = by_what[("sd15", 1, "rung 2 (ladder)")]
     assert rung2["micro_batches"] == 4 and rung2["mfu"] == pytest.approx(4e12 * 0.5 / 1e15)
     assert rung2["mfu_with_encoders"] == pytest.approx(8e12 * 0.5 / 1e15)  # uncached: + 4 VAE encodes
-    assert by_what[("sd15", 8, "throughput")]["mfu"] == pytest.approx(8e12 * 2 / 1e15)
+    throughputs = [r for r in mfu if r["batch"] == 8 and r["measurement"].startswith("throughput")]
+    assert [r["mfu"] for r in throughputs] == pytest.approx([8e12 * 2 / 1e15, 8e12 * 3 / 1e15])
+    assert "torch.compile" in throughputs[1]["measurement"]
     sdxl = by_what[("sdxl", 1, "not measured")]
     assert sdxl["mfu"] is None and sdxl["measured"] == "not measured"

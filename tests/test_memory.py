@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -159,9 +158,8 @@ def test_ladder_files_of_another_numbering_are_refused_and_unmeasured_rungs_stay
     assert recommend_rung(list(rows.values()), 8)["rung"] == 7
 
 
-def test_the_relabelled_2026_11_26_rows_ran_exactly_their_rungs_flags(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import relabel_ladder
+def test_the_relabelled_2026_11_26_rows_ran_exactly_their_rungs_flags(benchmark_script):
+    relabel_ladder = benchmark_script("relabel_ladder")
 
     for target, sources in relabel_ladder.SOURCES.items():
         stored = json.loads((relabel_ladder.RESULTS / target).read_text())
@@ -353,10 +351,8 @@ def test_step_in_backward_resumes_exactly(tiny_base, fill_dir, tmp_path):
 
 
 @needs_bitsandbytes
-def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import memory_ladder
+def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, benchmark_script):
+    memory_ladder = benchmark_script("memory_ladder")
 
     out = tmp_path / "ladder.json"
     memory_ladder.main(["--arch", "tiny", "--rungs", "1,6,7,8", "--steps", "3", "--work", str(tmp_path / "w"),
@@ -371,9 +367,8 @@ def test_tiny_ladder_runs_on_cpu_and_skips_what_needs_a_gpu(tmp_path, monkeypatc
 
 
 @needs_bitsandbytes
-def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import memory_ladder
+def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path, benchmark_script):
+    memory_ladder = benchmark_script("memory_ladder")
 
     out = tmp_path / "ladder.json"
     memory_ladder.main(["--arch", "tiny", "--rungs", "6,7,8", "--steps", "2", "--count-tensors", "--half", "bf16",
@@ -389,9 +384,8 @@ def test_tiny_ladder_counts_tensors_with_a_breakdown_and_bf16_for_fp16(tmp_path,
     assert "What the counted peak is made of" in (tmp_path / "ladder.md").read_text()
 
 
-def test_tiny_ladder_counts_the_same_bytes_two_rungs_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import memory_ladder
+def test_tiny_ladder_counts_the_same_bytes_two_rungs_at_a_time(tmp_path, benchmark_script):
+    memory_ladder = benchmark_script("memory_ladder")
 
     counted = {}
     for jobs in (1, 2):
@@ -404,13 +398,21 @@ def test_tiny_ladder_counts_the_same_bytes_two_rungs_at_a_time(tmp_path, monkeyp
     assert counted[1] == counted[2] and all(peak > 0 for _, _, peak, _ in counted[1])
 
 
-def test_ladder_refuses_rungs_side_by_side_unless_it_counts_tensors(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import memory_ladder
+def test_ladder_refuses_rungs_side_by_side_unless_it_counts_tensors(benchmark_script, capsys):
+    memory_ladder = benchmark_script("memory_ladder")
 
     with pytest.raises(SystemExit) as stop:
         memory_ladder.main(["--arch", "tiny", "--jobs", "2"])
     assert stop.value.code == 2 and "use it with --count-tensors" in capsys.readouterr().err
+
+
+def test_ladder_table_gives_the_eager_and_the_compiled_throughput_or_the_failure(benchmark_script):
+    memory_ladder = benchmark_script("memory_ladder")
+    table = memory_ladder.markdown_table([], {"batch": 8, "samples_per_s": 54.3, "peak_gb": 30.0}, "header",
+                                         {"error": "timed out after 540 s"})
+    assert "Throughput: 54.3 samples/s at batch 8, bf16, SDPA, cached latents (peak 30.00 GB)." in table
+    assert "Throughput with --channels_last --torch_compile run failed: timed out after 540 s" in table
+    assert "--torch_compile" not in memory_ladder.markdown_table([], None, "header")
 
 
 def test_memory_breakdown_bars_stack_up_to_each_rungs_peak():
