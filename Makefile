@@ -38,16 +38,12 @@ help:
 	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
 	@echo "make lab      open JupyterLab on notebooks/"
 
-# --no-compile: pip would byte-compile every installed module (torch's thousands), where Python compiles only
-# those a run imports, on first import (90 -> 67 s for requirements.txt here).
-PIP_FLAGS := -q --no-compile
-
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install $(PIP_FLAGS) -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "ControlNet course (.venv)" >/dev/null
 	touch $(STAMP)
@@ -57,7 +53,7 @@ setup-flax: $(STAMP_FLAX)
 $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	test -x $(BIN_FLAX)/python || $(PYTHON) -m venv $(VENV_FLAX)
 	$(BIN_FLAX)/python -m pip install -q --upgrade pip
-	$(BIN_FLAX)/python -m pip install $(PIP_FLAGS) -r requirements-flax.txt
+	$(BIN_FLAX)/python -m pip install -q -r requirements-flax.txt
 	$(BIN_FLAX)/python -m pip install -q --no-deps -e .
 	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
@@ -70,14 +66,14 @@ $(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt
 	test -x $(BIN_COLAB)/python || $(PYTHON) -m venv $(VENV_COLAB)
 	$(BIN_COLAB)/python -m pip install -q --upgrade pip
 	$(BIN)/python scripts/share_packages.py $(VENV) $(VENV_COLAB) torch torchvision
-	$(BIN_COLAB)/python -m pip install $(PIP_FLAGS) $$(grep -E '^(torch|torchvision)==' requirements.txt)
-	$(BIN_COLAB)/python -m pip install $(PIP_FLAGS) -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest|pytest-xdist)==' requirements.txt)
+	$(BIN_COLAB)/python -m pip install -q $$(grep -E '^(torch|torchvision)==' requirements.txt)
+	$(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest|pytest-xdist)==' requirements.txt)
 	touch $(STAMP_COLAB)
 
 setup-browser: $(STAMP_BROWSER) chromium
 
 $(STAMP_BROWSER): $(STAMP) requirements-browser.txt
-	$(BIN)/python -m pip install $(PIP_FLAGS) -r requirements-browser.txt
+	$(BIN)/python -m pip install -q -r requirements-browser.txt
 	touch $(STAMP_BROWSER)
 
 # Debian's Chromium, when it is not there yet (sudo unless root). Playwright's own browser download is never used.
