@@ -8,6 +8,10 @@ and installs nothing more for them. A CUDA build of torch is about 5.3 GB; `make
 .venv's copy instead of writing a second one (a CI machine's disk can be short). Where a hard link cannot be made
 (another file system), the file is copied. pip never writes into an installed file (it removes, then writes anew),
 so upgrading or removing a package in one venv leaves the other's intact.
+
+A distribution TO_VENV already has (any version: a new venv's own pip and setuptools) is left as it is: linking
+another version's files over it would mix two versions in one folder (setuptools 84's files over a venv's 65 broke
+`import setuptools`, and with it torch.compile's C++ builds). pip then settles the version as it would anyway.
 """
 import argparse
 import importlib.metadata as metadata
@@ -73,6 +77,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     src, dst = site_packages(args.source), site_packages(args.target)
     dists = closure(args.names, src)
+    present = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=[str(dst)])}
+    kept = sorted(f"{name} {present[name]}" for name in dists if name in present)
+    if kept:
+        print(f"share_packages: left as installed in {args.target}: {', '.join(kept)}")
+    dists = {name: d for name, d in dists.items() if name not in present}
     total = sum(link_tree(d, src, dst) for d in dists.values())
     print(f"share_packages: {len(dists)} distributions, {total / 2**30:.1f} GiB, linked from {args.source} into {args.target}")
 

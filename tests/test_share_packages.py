@@ -69,3 +69,18 @@ def test_a_missing_requirement_stops_with_one_line_naming_it(venvs, capsys):
     with pytest.raises(SystemExit) as stop:
         share_packages.main([str(a), str(b), "broken"])
     assert "absent is not installed" in str(stop.value)
+
+
+def test_a_package_the_target_already_has_is_left_as_it_is_not_mixed_with_the_sources(venvs, capsys):
+    a, b, src, dst = venvs
+    fake_dist(dst, "dep", files=("__init__.py", "old_only.py"))  # the target's own version of a requirement
+    (dst / "dep-1.0.dist-info").rename(dst / "dep-0.5.dist-info")
+    metadata_file = dst / "dep-0.5.dist-info" / "METADATA"
+    metadata_file.write_text(metadata_file.read_text().replace("Version: 1.0", "Version: 0.5"))
+    before = (dst / "dep" / "__init__.py").read_text()
+    share_packages.main([str(a), str(b), "big"])
+    assert sorted(p.name for p in dst.glob("dep*")) == ["dep", "dep-0.5.dist-info"]  # one version, the target's
+    assert (dst / "dep" / "__init__.py").read_text() == before
+    assert not os.path.samefile(src / "dep" / "__init__.py", dst / "dep" / "__init__.py")
+    assert (dst / "big" / "__init__.py").is_file()  # the rest is linked as before
+    assert f"left as installed in {b}: dep 0.5" in capsys.readouterr().out
