@@ -224,7 +224,7 @@ def main(argv=None) -> int:
                           "mixed_precision": "bf16", "output_dir": str(work / "run-throughput")}
         throughput = measure_throughput(flags, args)
         if args.throughput_fast:
-            # (its first step compiles both models, forward and backward: a few minutes more for SD 1.5)
+            # (its first step compiles both models, forward and backward: 300 s more allowed, a guess, not measured)
             throughput_fast = measure_throughput(flags | {"channels_last": True, "torch_compile": "inductor",
                                                           "output_dir": str(work / "run-throughput-fast")}, args,
                                                  timeout=args.timeout + 300)

@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "convolutions read; the same arithmetic (the course's addition).")
     memory.add_argument("--torch_compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="Compile the UNet's and the ControlNet's forward and backward with torch.compile "
-                             "(BACKEND: inductor when left out). The first step compiles (about 50 s for the "
-                             "tiny models on 2 CPU cores), so only a long run earns it back (the course's addition).")
+                             "(BACKEND: inductor when left out). The first step compiles (for the tiny models on 2 CPU "
+                             "cores about a minute, 5 s with a filled compile cache), so only a long run earns it "
+                             "back (the course's addition).")
     memory.add_argument("--torch_compile_mode", default=None, choices=COMPILE_MODES,
                         help="torch.compile's mode with --torch_compile inductor (reduce-overhead: CUDA graphs).")
     memory.add_argument("--optimizer_in_backward", action="store_true",
