@@ -228,11 +228,6 @@ def main(argv=None) -> int:
             throughput_fast = measure_throughput(flags | {"channels_last": True, "torch_compile": "inductor",
                                                           "output_dir": str(work / "run-throughput-fast")}, args,
                                                  timeout=args.timeout + 300)
-        for name, measured in (("throughput", throughput), ("throughput, compiled", throughput_fast)):
-            if measured is not None:
-                print(f"{name}: " + (measured["error"] if "error" in measured else
-                                     f"{measured['samples_per_s']:.1f} samples/s, peak {measured['peak_gb']:.2f} GB"),
-                      flush=True)
 
     measure = ("live tensor bytes counted op by op (LiveTensorBytes) over the timed steps" if args.count_tensors else
                "CUDA max_memory_allocated over the timed steps" if torch.cuda.is_available() else
