@@ -38,13 +38,16 @@ help:
 	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
 	@echo "make lab      open JupyterLab on notebooks/"
 
+# .ci/run installs .venv and .venv-flax at once: their editable installs of this folder take turns (flock).
+EDITABLE = mkdir -p build && flock build/editable-install.lock
+
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(EDITABLE) $(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "ControlNet course (.venv)" >/dev/null
 	touch $(STAMP)
 
@@ -54,7 +57,7 @@ $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	test -x $(BIN_FLAX)/python || $(PYTHON) -m venv $(VENV_FLAX)
 	$(BIN_FLAX)/python -m pip install -q --upgrade pip
 	$(BIN_FLAX)/python -m pip install -q -r requirements-flax.txt
-	$(BIN_FLAX)/python -m pip install -q --no-deps -e .
+	$(EDITABLE) $(BIN_FLAX)/python -m pip install -q --no-deps -e .
 	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
 
@@ -67,7 +70,7 @@ $(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt
 	$(BIN_COLAB)/python -m pip install -q --upgrade pip
 	$(BIN)/python scripts/share_packages.py $(VENV) $(VENV_COLAB) torch torchvision
 	$(BIN_COLAB)/python -m pip install -q $$(grep -E '^(torch|torchvision)==' requirements.txt)
-	$(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest|pytest-xdist)==' requirements.txt)
+	$(EDITABLE) $(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest|pytest-xdist)==' requirements.txt)
 	touch $(STAMP_COLAB)
 
 setup-browser: $(STAMP_BROWSER) chromium
