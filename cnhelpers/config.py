@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--torch_compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="Compile the UNet's and the ControlNet's forward and backward with torch.compile "
                              "(BACKEND: inductor when left out). The first step compiles (for the tiny models on 2 CPU "
-                             "cores about a minute, 5 s with a filled compile cache), so only a long run earns it "
+                             "cores about two minutes, 5 s with a filled compile cache), so only a long run earns it "
                              "back (the course's addition).")
     memory.add_argument("--torch_compile_mode", default=None, choices=COMPILE_MODES,
                         help="torch.compile's mode with --torch_compile inductor (reduce-overhead: CUDA graphs).")

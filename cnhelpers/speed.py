@@ -3,9 +3,9 @@ forward and backward passes (``--torch_compile``), with the checks that refuse t
 cannot run.
 
 Both are off by default: compiling costs start-up time that only a long run earns back (for the tiny models on this
-project's 2-core CPU, about a minute with an empty compile cache and 5 s with a filled one, against 8 % off each
-step: even at 1,020 steps the run takes longer in all; not measured on a GPU yet), and a notebook that trains a few
-hundred steps never does.
+project's 2-core CPU, about two minutes with an empty compile cache, most of it the C++ compiler's, and 5 s with a
+filled one, against 8 % off each step: even at 1,020 steps the run takes longer in all; not measured on a GPU yet),
+and a notebook that trains a few hundred steps never does.
 """
 
 from __future__ import annotations
