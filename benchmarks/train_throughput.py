@@ -20,6 +20,7 @@ left, and the table's run total shows what compiling cost.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -62,6 +63,10 @@ def main(argv=None) -> int:
                              "cache, whose cold first fill (tens of seconds) would otherwise land in one timed run")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
                         help="also time the course with these flags added (other flags than upstream's)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the models' own arithmetic alone (step_floor.py: forward, backward and AdamW "
+                             "update, with each row's --torch_compile and --channels_last): upstream's s/step over it "
+                             "is the most any script can reach")
     args = parser.parse_args(argv)
     variants = {}
     for variant in args.variant:
@@ -131,7 +136,48 @@ def main(argv=None) -> int:
     for name, extra in variants.items():
         ratio = statistics.median(per_step["course"]) / statistics.median(per_step[name])
         print(f"{name} / course: {ratio:.2f}x the steps per second ({' '.join(extra)})")
+    if args.floor:
+        rows: dict[tuple[str, ...], dict[str, float]] = {}  # the floor's flags -> the rows timed with them
+        for name in scripts:
+            if name != "upstream":
+                rows.setdefault(floor_flags(extra_flags.get(name, [])), {})[name] = statistics.median(per_step[name])
+        print_floors(args.threads, rows, statistics.median(per_step["upstream"]) if "upstream" in scripts else None)
     return 0
+
+
+def floor_flags(extra: list[str]) -> tuple[str, ...]:
+    """The flags of a row that change the models' own arithmetic or kernels, as step_floor.py takes them."""
+    flags = []
+    for index, flag in enumerate(extra):
+        if flag == "--channels_last":
+            flags.append(flag)
+        elif flag == "--torch_compile":
+            backend = extra[index + 1] if index + 1 < len(extra) and not extra[index + 1].startswith("-") else None
+            flags += [flag, backend or "inductor"]
+    return tuple(flags)
+
+
+def print_floors(threads: int, rows: dict[tuple[str, ...], dict[str, float]], upstream_step: float | None) -> None:
+    """Time the models alone (step_floor.py, in a child process of ``threads``) once for each set of model flags
+    in ``rows``, and print each floor beside the s/step of the rows run with those flags: how much of a step is
+    the models' arithmetic, and the most a script could gain over upstream."""
+    print("\nthe models alone (benchmarks/step_floor.py: forward, backward and the AdamW update on fixed inputs; "
+          "no data, VAE, text encoder or logging)")
+    for flags, course_steps in rows.items():
+        command = [sys.executable, str(Path(__file__).with_name("step_floor.py")), "--threads", str(threads), *flags]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "floor.json"
+            command += ["--json", str(out)]
+            env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+            floor = json.loads(out.read_text())
+        line = (f"  {' '.join(flags) or 'default flags'}: forward + backward {floor['models_s_per_step']:.4f} + AdamW "
+                f"{floor['adamw_s_per_step']:.4f} = {floor['floor_s_per_step']:.4f} s/step")
+        if upstream_step is not None:
+            line += f"; upstream / floor: {upstream_step / floor['floor_s_per_step']:.2f}x at most"
+        print(line)
+        for name, step in course_steps.items():
+            print(f"    {name}: {step:.4f} s/step, {floor['floor_s_per_step'] / step:.0%} of it the models' floor")
 
 
 if __name__ == "__main__":
