@@ -89,7 +89,8 @@ def measure_floor(threads: int = 1, torch_compile: str | None = None, channels_l
     models_s = time_per_call(forward_backward, steps, repeats, warmup)
     optimizer = make_optimizer(args, params)  # the course's AdamW (fused), on the last backward's gradients
     update_s = time_per_call(optimizer.step, steps, repeats, warmup)
-    return {"threads": threads, "torch_compile": torch_compile, "channels_last": channels_last, "batch_size": batch_size, "resolution": resolution,
+    return {"threads": threads, "torch_compile": torch_compile, "channels_last": channels_last,
+            "batch_size": batch_size, "resolution": resolution,
             "models_s_per_step": models_s, "adamw_s_per_step": update_s, "floor_s_per_step": models_s + update_s,
             "controlnet_params_with_grad": sum(p.grad is not None for p in params), "controlnet_params": len(params)}
 
