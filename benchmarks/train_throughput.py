@@ -95,6 +95,13 @@ def main(argv=None) -> int:
     cpu_per_step: dict[str, list[float]] = {name: [] for name in scripts}  # CPU seconds per step
     peak: dict[str, int] = {name: 0 for name in scripts}
     total: dict[str, list[float]] = {name: [] for name in scripts}
+    # --floor: the models alone, once per set of model flags in each repeat, so that a floor and the runs it is
+    # compared with are timed minutes apart, not at the end (this machine's speed drifts by tens of percent)
+    floor_rows: dict[tuple[str, ...], list[str]] = {}
+    for name in scripts:
+        if args.floor and name != "upstream":
+            floor_rows.setdefault(floor_flags(extra_flags.get(name, [])), []).append(name)
+    floors: dict[tuple[str, ...], list[dict]] = {flags: [] for flags in floor_rows}
     with tempfile.TemporaryDirectory() as tmp:
         for warmup in range(args.warmup):
             for name, script in scripts.items():
@@ -114,6 +121,10 @@ def main(argv=None) -> int:
                 print(f"repeat {repeat + 1}: {name:<8} {per_step[name][-1]:.4f} s/step, "
                       f"{cpu_per_step[name][-1]:.4f} CPU s/step ({short} steps {wall[short]:.1f} s, "
                       f"{long} steps {wall[long]:.1f} s)", flush=True)
+            for model_flags in floor_rows:
+                floors[model_flags].append(run_floor(args.threads, model_flags))
+                print(f"repeat {repeat + 1}: floor    {floors[model_flags][-1]['floor_s_per_step']:.4f} s/step "
+                      f"({' '.join(model_flags) or 'default flags'})", flush=True)
 
     print(f"\n{args.threads} thread(s), 64 px, batch 4, steps {short} vs {long}, {args.repeats} repeats (median), "
           f"after {args.warmup} untimed warm-up run(s) of each")
@@ -137,11 +148,7 @@ def main(argv=None) -> int:
         ratio = statistics.median(per_step["course"]) / statistics.median(per_step[name])
         print(f"{name} / course: {ratio:.2f}x the steps per second ({' '.join(extra)})")
     if args.floor:
-        rows: dict[tuple[str, ...], dict[str, float]] = {}  # the floor's flags -> the rows timed with them
-        for name in scripts:
-            if name != "upstream":
-                rows.setdefault(floor_flags(extra_flags.get(name, [])), {})[name] = statistics.median(per_step[name])
-        print_floors(args.threads, rows, statistics.median(per_step["upstream"]) if "upstream" in scripts else None)
+        print_floors(floor_rows, floors, per_step)
     return 0
 
 
@@ -157,28 +164,40 @@ def floor_flags(extra: list[str]) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def print_floors(threads: int, rows: dict[tuple[str, ...], dict[str, float]], upstream_step: float | None) -> None:
-    """Time the models alone (step_floor.py, in a child process of ``threads``) once for each set of model flags
-    in ``rows``, and print each floor beside the s/step of the rows run with those flags: how much of a step is
-    the models' arithmetic, and the most a script could gain over upstream."""
-    print("\nthe models alone (benchmarks/step_floor.py: forward, backward and the AdamW update on fixed inputs; "
-          "no data, VAE, text encoder or logging)")
-    for flags, course_steps in rows.items():
-        command = [sys.executable, str(Path(__file__).with_name("step_floor.py")), "--threads", str(threads), *flags]
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "floor.json"
-            command += ["--json", str(out)]
-            env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-            floor = json.loads(out.read_text())
-        line = (f"  {' '.join(flags) or 'default flags'}: forward + backward {floor['models_s_per_step']:.4f} + AdamW "
-                f"{floor['adamw_s_per_step']:.4f} = {floor['floor_s_per_step']:.4f} s/step")
-        if upstream_step is not None:
-            line += f"; upstream / floor: {upstream_step / floor['floor_s_per_step']:.2f}x at most"
-        print(line)
-        for name, step in course_steps.items():
-            print(f"    {name}: {step:.4f} s/step, {floor['floor_s_per_step'] / step:.0%} of it the models' floor")
+def run_floor(threads: int, model_flags: tuple[str, ...]) -> dict:
+    """step_floor.py's figures, from a child process of ``threads`` threads (its stderr kept unless it fails)."""
+    command = [sys.executable, str(Path(__file__).with_name("step_floor.py")), "--threads", str(threads), *model_flags]
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "floor.json"
+        done = subprocess.run([*command, "--json", str(out)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"step_floor.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(out.read_text())
 
+
+def print_floors(rows: dict[tuple[str, ...], list[str]], floors: dict[tuple[str, ...], list[dict]],
+                 per_step: dict[str, list[float]]) -> None:
+    """Print each floor (the median over repeats) beside the s/step of the rows run with its model flags: how much of
+    a step is the models' arithmetic, and, repeat by repeat, upstream's s/step over the floor, the most any script
+    could gain over upstream with these kernels."""
+    print("\nthe models alone (benchmarks/step_floor.py: forward, backward and the AdamW update on fixed inputs; "
+          "no data, VAE, text encoder or logging), timed in each repeat")
+    for model_flags, names in rows.items():
+        runs = floors[model_flags]
+        floor = statistics.median(run["floor_s_per_step"] for run in runs)
+        print(f"  {' '.join(model_flags) or 'default flags'}: forward + backward "
+              f"{statistics.median(run['models_s_per_step'] for run in runs):.4f} + AdamW "
+              f"{statistics.median(run['adamw_s_per_step'] for run in runs):.4f} = {floor:.4f} s/step")
+        for name in names:
+            shares = [run["floor_s_per_step"] / step for run, step in zip(runs, per_step[name])]
+            print(f"    {name}: the floor is {statistics.median(shares):.0%} of its step (repeats: "
+                  f"{', '.join(f'{share:.0%}' for share in shares)})")
+        if "upstream" in per_step:
+            ceilings = [step / run["floor_s_per_step"] for run, step in zip(runs, per_step["upstream"])]
+            print(f"    upstream / floor: {statistics.median(ceilings):.2f}x at most (repeats: "
+                  f"{', '.join(f'{ceiling:.2f}x' for ceiling in ceilings)})")
 
 if __name__ == "__main__":
     sys.exit(main())
