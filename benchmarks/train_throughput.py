@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--floor", action="store_true",
                         help="also time the models' own arithmetic alone (step_floor.py: forward, backward and AdamW "
                              "update, with each row's --torch_compile and --channels_last): upstream's s/step over it "
-                             "is the most any script can reach")
+                             "is the most any script can gain over upstream")
     args = parser.parse_args(argv)
     variants = {}
     for variant in args.variant:
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
     cpu_per_step: dict[str, list[float]] = {name: [] for name in scripts}  # CPU seconds per step
     peak: dict[str, int] = {name: 0 for name in scripts}
     total: dict[str, list[float]] = {name: [] for name in scripts}
-    # --floor: the models alone, once per set of model flags in each repeat, so that a floor and the runs it is
-    # compared with are timed minutes apart, not at the end (this machine's speed drifts by tens of percent)
+    # --floor: the models alone, once per set of model flags in each repeat, so that a floor is timed within
+    # minutes of the runs it is compared with, not after all of them (this machine's speed drifts by tens of percent)
     floor_rows: dict[tuple[str, ...], list[str]] = {}
     for name in scripts:
         if args.floor and name != "upstream":
@@ -187,9 +187,9 @@ def print_floors(rows: dict[tuple[str, ...], list[str]], floors: dict[tuple[str,
     for model_flags, names in rows.items():
         runs = floors[model_flags]
         floor = statistics.median(run["floor_s_per_step"] for run in runs)
-        print(f"  {' '.join(model_flags) or 'default flags'}: forward + backward "
-              f"{statistics.median(run['models_s_per_step'] for run in runs):.4f} + AdamW "
-              f"{statistics.median(run['adamw_s_per_step'] for run in runs):.4f} = {floor:.4f} s/step")
+        print(f"  {' '.join(model_flags) or 'default flags'}: floor {floor:.4f} s/step (medians of their own: "
+              f"forward + backward {statistics.median(run['models_s_per_step'] for run in runs):.4f}, AdamW "
+              f"{statistics.median(run['adamw_s_per_step'] for run in runs):.4f})")
         for name in names:
             shares = [run["floor_s_per_step"] / step for run, step in zip(runs, per_step[name])]
             print(f"    {name}: the floor is {statistics.median(shares):.0%} of its step (repeats: "
