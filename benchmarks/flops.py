@@ -43,7 +43,7 @@ config, so SDXL's ControlNet reads ``added_cond_kwargs`` too):
 - ``sd15``: SD 1.5's UNet, 512 px (64x64 latents), text 77 x 768. Config: ``cnhelpers.base_models.SD15_UNET_CONFIG``,
   i.e. ``unet/config.json`` of stable-diffusion-v1-5 (the fields not given are diffusers' defaults);
 - ``sdxl``: SDXL base 1.0's UNet, 1024 px (128x128 latents), text 77 x 2048, ``added_cond_kwargs`` text_embeds
-  (B, 1280) and time_ids (B, 6). Config: ``cnhelpers.sdxl.SDXL_BASE_UNET_CONFIG``, checked against the diffusers-format copy of
+  (B, 1280) and time_ids (B, 6). Config: ``cnhelpers.course.tiny_sdxl.SDXL_BASE_UNET_CONFIG``, checked against the diffusers-format copy of
   ``stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`` in dvlab-research/ControlNeXt,
   ``ControlNeXt-SDXL/utils/tools.py`` (``UNET_CONFIG``, commit 109953a7), and against Stability's original
   Stability-AI/generative-models ``configs/inference/sd_xl_base.yaml`` (commit 3df5c81a): model_channels 320,
@@ -85,7 +85,7 @@ from datetime import date
 from pathlib import Path
 
 from cnhelpers.base_models import SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
-from cnhelpers.sdxl import SDXL_BASE_POOLED_TEXT_DIM, SDXL_BASE_UNET_CONFIG
+from cnhelpers.course.tiny_sdxl import SDXL_BASE_POOLED_TEXT_DIM, SDXL_BASE_UNET_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -13,7 +13,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .data import collate_fn, tokenize_prompts
+from .data import collate_fn
 from .env import available_memory, format_bytes
 
 
@@ -46,28 +46,24 @@ CACHE_AUTO_LIMIT_BYTES = 4 * 2**30
 
 
 @torch.no_grad()
-def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, batch_size=4,
-                disable_progress=False, encode_text=None):
+def build_cache(train_dataset, captions, encode_prompts, vae, device, batch_size=4, disable_progress=False):
     """Encode every example once: VAE posterior (mean, std), uint8 conditioning, text embeddings.
 
-    ``train`` passes the training batch size as ``batch_size``: the encoders then never see a larger batch
-    than an uncached step would, so caching costs no more memory than the cache itself.
+    ``encode_prompts(prompts)`` returns the text conditioning of a list of prompts as a tuple of tensors (one for
+    SD 1.5, the text and the pooled text for SDXL): the base's family knows it (``models.encode_prompts``).
+    ``train`` passes the training batch size as ``batch_size``: the encoders then never see a larger batch than an
+    uncached step would, so caching costs no more memory than the cache itself.
 
-    Returns ``(CachedExamples, text_table)``, where ``text_table[i]`` is the embedding of caption ``i``
-    and the last row that of the empty prompt. ``encode_text(prompts)``, if given, replaces the text
-    encoder and returns a tuple of tensors (SDXL: text and pooled text); ``text_table`` is then a tuple too.
+    Returns ``(CachedExamples, text_tables)``: one table per tensor ``encode_prompts`` returns, where row ``i``
+    is caption ``i``'s and the last row the empty prompt's.
     """
     unique = sorted(set(captions))
     index_of = {caption: i for i, caption in enumerate(unique)}
-    text_table = []
+    text_tables = []
     for start in range(0, len(unique) + 1, batch_size):
         chunk = (unique + [""])[start:start + batch_size]
-        if encode_text is not None:
-            text_table.append(tuple(part.float().cpu() for part in encode_text(chunk)))
-        else:
-            ids = tokenize_prompts(tokenizer, chunk).to(device)
-            text_table.append(text_encoder(ids)[0].float().cpu())
-    text_table = tuple(map(torch.cat, zip(*text_table))) if encode_text is not None else torch.cat(text_table)
+        text_tables.append(tuple(part.float().cpu() for part in encode_prompts(chunk)))
+    text_tables = tuple(map(torch.cat, zip(*text_tables)))
 
     loader = torch.utils.data.DataLoader(train_dataset, batch_size=batch_size, collate_fn=collate_fn)
     means = stds = conditioning = None
@@ -85,31 +81,32 @@ def build_cache(train_dataset, captions, tokenizer, text_encoder, vae, device, b
         conditioning[start:end] = (batch["conditioning_pixel_values"] * 255).round()
         start = end
     examples = CachedExamples(means, stds, conditioning, torch.tensor([index_of[c] for c in captions]))
-    return examples, text_table
+    return examples, text_tables
 
 
-def use_cache(args, raw, text_width: int) -> bool:
-    """Whether to take the fast path: ``--cache always`` (refused when the cache cannot fit in the available
-    RAM), or ``auto`` when it fits in :data:`CACHE_AUTO_LIMIT_BYTES` and in half the available RAM.
+def use_cache(mode: str, raw, *, caption_column: str, resolution: int, text_shape,
+              max_train_samples: int | None = None) -> bool:
+    """Whether to take the fast path: ``mode`` ``"always"`` (refused when the cache cannot fit in the available
+    RAM), ``"never"``, or ``"auto"`` when it fits in :data:`CACHE_AUTO_LIMIT_BYTES` and in half the available RAM.
 
-    ``raw`` is the data set before transforms; ``text_width`` the width of one token's text embedding (the
-    UNet's ``cross_attention_dim``).
+    ``raw`` is the data set before transforms; ``text_shape`` the shape of one prompt's text embedding (the base's
+    family knows it: ``family.text_shape(models)``).
     """
-    if args.cache == "never":
+    if mode == "never":
         return False
-    captions = raw[args.caption_column] if args.caption_column in raw.column_names else []
+    captions = raw[caption_column] if caption_column in raw.column_names else []
     strings = all(isinstance(c, str) for c in captions)
     if not strings:
-        if args.cache == "always":
+        if mode == "always":
             raise ValueError("--cache always needs one string caption per example; this data set has lists "
                              "of captions. Use --cache never (captions are then drawn per step).")
         return False
-    n = min(len(raw), args.max_train_samples or len(raw))
-    size = estimated_cache_bytes(n, args.resolution, len(set(captions)), (77, text_width))
+    n = min(len(raw), max_train_samples or len(raw))
+    size = estimated_cache_bytes(n, resolution, len(set(captions)), text_shape)
     available, limit = available_memory("cpu")
-    if args.cache == "always":
+    if mode == "always":
         if size > available:
-            raise ValueError(f"--cache always: the cache of {n} examples at --resolution {args.resolution} would take "
+            raise ValueError(f"--cache always: the cache of {n} examples at --resolution {resolution} would take "
                              f"{format_bytes(size)}, but {limit} is {format_bytes(available)}. Use --cache never "
                              "(or auto), fewer examples (--max_train_samples) or a smaller --resolution.")
         return True

@@ -19,11 +19,12 @@ import re
 from fnmatch import fnmatch
 from pathlib import Path
 
+from .messages import error_summary
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-#: The parts of a Stable Diffusion folder that training and inference load (an SDXL base adds the second text
-#: encoder and tokenizer; a pipeline's safety checker and feature extractor are never loaded by the course).
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
+#: Parts a pipeline's ``model_index.json`` may list that training and inference never load.
+NEVER_LOADED = ("safety_checker", "feature_extractor", "image_encoder")
 #: Weight files of a diffusers model and of a transformers model, without the variant.
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 
@@ -46,7 +47,7 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def component_patterns(components=COMPONENTS, variant: str | None = None) -> list[str]:
+def component_patterns(components, variant: str | None = None) -> list[str]:
     """``allow_patterns`` for the parts of an SD-layout repository: ``model_index.json``, and per part its JSON
     and text files (configs, tokenizer) and its safetensors weights, of ``variant`` (e.g. ``"fp16"``) if given."""
     patterns = ["model_index.json"]
@@ -56,20 +57,6 @@ def component_patterns(components=COMPONENTS, variant: str | None = None) -> lis
         for name in WEIGHT_NAMES:
             patterns += [f"{part}/{name}{suffix}.safetensors", f"{part}/{name}{suffix}-*-of-*.safetensors"]
     return patterns
-
-
-def one_line(message: str) -> str:
-    """A message as one line, for a one-line error report. An error raised in a DataLoader worker carries the
-    worker's traceback: keep its last line (the error itself)."""
-    if "\nOriginal Traceback" in message:
-        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
-
-
-def error_summary(error: BaseException, limit: int = 300) -> str:
-    """``Type: message`` of an error on one line, at most ``limit`` characters."""
-    text = one_line(f"{type(error).__name__}: {error}")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _unavailable(repo_id: str, what: str, cause: BaseException | None) -> HubUnavailableError:
@@ -137,7 +124,7 @@ def missing_components(folder: str | Path, components, variant: str | None = Non
         files = [p.name for p in (folder / part).glob("*")] if (folder / part).is_dir() else []
         if not files:
             missing.append(part)
-        elif part in ("unet", "vae", "text_encoder", "text_encoder_2") and not any(
+        elif not part.startswith(("tokenizer", "scheduler")) and not any(
                 fnmatch(name, f"{weights}{suffix}.safetensors") or fnmatch(name, f"{weights}{suffix}-*-of-*.safetensors")
                 for name in files for weights in WEIGHT_NAMES):
             missing.append(f"{part} (weights{' of variant ' + variant if variant else ''})")
@@ -167,9 +154,10 @@ def resolve_pretrained(name_or_path: str | Path, repo_type: str = "model", *, re
 
 def resolve_base(name_or_path: str | Path, *, revision: str | None = None, variant: str | None = None,
                  components=None, skip=(), cache_dir: str | Path | None = None) -> Path:
-    """A local SD-layout folder holding the parts the course loads, in ``variant`` (SD 1.5 or SDXL: the parts
-    ``model_index.json`` lists among :data:`COMPONENTS`, or ``components``; less ``skip``, e.g. the VAE when
-    another one replaces it), and nothing else.
+    """A local folder in diffusers' pipeline layout holding the parts asked for, in ``variant``, and nothing else:
+    ``components`` (a base family knows its own: :mod:`cnhelpers.families`), or by default every part its
+    ``model_index.json`` lists but those never loaded (:data:`NEVER_LOADED`); less ``skip``, e.g. the VAE when
+    another one replaces it.
 
     Refuses, naming the parts, a folder or a download that lacks one (e.g. ``--variant fp16`` of a repository
     without fp16 weights).
@@ -177,8 +165,10 @@ def resolve_base(name_or_path: str | Path, *, revision: str | None = None, varia
     if components is None:
         index = resolve_pretrained(name_or_path, revision=revision, allow_patterns=["model_index.json"],
                                    cache_dir=cache_dir) / "model_index.json"
-        listed = _listed_components(index) if index.is_file() else COMPONENTS[:5]
-        components = [part for part in COMPONENTS if part in listed]
+        if not index.is_file():
+            raise FileNotFoundError(f"{name_or_path} has no model_index.json: pass a base in diffusers' pipeline "
+                                    "layout (a folder saved with save_pretrained, or its hub id).")
+        components = sorted(part for part in _listed_components(index) if part not in NEVER_LOADED)
     components = [part for part in components if part not in skip]
     folder = resolve_pretrained(name_or_path, revision=revision, allow_patterns=component_patterns(components, variant),
                                 cache_dir=cache_dir)

@@ -29,30 +29,21 @@ def validation_pairs(args) -> list[tuple[str, str]]:
 def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
     """Generate ``num_validation_images`` per (prompt, image) with UniPC; log them and save a grid PNG.
 
-    ``models`` is the run's :class:`cnhelpers.loading.Models`; for an SDXL base (a second text encoder) the
-    pipeline is StableDiffusionXLControlNetPipeline.
+    ``models`` is the run's :class:`cnhelpers.families.Models`; its family builds its ControlNet pipeline from them.
     """
-    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline, \
-        UniPCMultistepScheduler
+    from diffusers import UniPCMultistepScheduler
     from PIL import Image
 
     controlnet = accelerator.unwrap_model(models.controlnet)
     vae = models.vae
     encoders_device = vae.device
     vae.to(accelerator.device)  # offloaded while training from the cache
-    for encoder in models.text_encoders:
+    for encoder in models.text_encoders.values():
         encoder.to(accelerator.device)
     was_training = controlnet.training
     controlnet.eval()
     scheduler = UniPCMultistepScheduler.from_config(models.noise_scheduler.config)
-    common = dict(vae=vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
-                  controlnet=controlnet, scheduler=scheduler)
-    if models.sdxl:
-        pipeline = StableDiffusionXLControlNetPipeline(
-            **common, text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2, add_watermarker=False)
-    else:
-        pipeline = StableDiffusionControlNetPipeline(
-            **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline = models.family.validation_pipeline(models, controlnet, scheduler)
     pipeline.set_progress_bar_config(disable=True)
     if args.enable_xformers_memory_efficient_attention:
         pipeline.enable_xformers_memory_efficient_attention()
@@ -69,7 +60,7 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
         rows.append({"prompt": prompt, "condition": condition, "images": images})
     controlnet.train(was_training)
     vae.to(encoders_device)
-    for encoder in models.text_encoders:
+    for encoder in models.text_encoders.values():
         encoder.to(encoders_device)
 
     for tracker in accelerator.trackers:
@@ -88,7 +79,7 @@ MODEL_CARD = """\
 ---
 base_model: {base}
 library_name: diffusers
-tags: [controlnet, stable-diffusion, diffusers, controlnet-course]
+tags: [{tags}]
 ---
 
 # ControlNet trained with the ControlNet course
@@ -115,8 +106,10 @@ pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
 """
 
 
-def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None):
-    """Write the trained ControlNet (diffusers format) and a model card into ``output_dir``.
+def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None,
+                          family):
+    """Write the trained ControlNet (diffusers format) and a model card into ``output_dir``; ``family`` (the base's,
+    :mod:`cnhelpers.families`) names the pipeline and the tags of the card.
 
     Files go to a temporary folder first (removed if writing fails, e.g. on a full disk) and are moved into
     place one by one (each move is atomic).
@@ -133,9 +126,7 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
             base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
             steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
             snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
-            validation=grid, output_dir=output_dir,
-            pipeline="StableDiffusionXLControlNetPipeline" if controlnet.config.addition_embed_type == "text_time"
-            else "StableDiffusionControlNetPipeline"))
+            validation=grid, output_dir=output_dir, pipeline=family.pipeline_name, tags=", ".join(family.card_tags())))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

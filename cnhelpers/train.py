@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .checkpoints import DISK_FULL
 from .config import parse_args
-from .hub import HubUnavailableError, one_line
+from .hub import HubUnavailableError
+from .messages import one_line
 from .training import Terminated, train
 
 PACKAGE = Path(__file__).resolve().parent

@@ -1,10 +1,10 @@
 """The ControlNet training loop, on accelerate, as named steps (notebook 03 assembles the same steps by hand).
 
 ``train(args)`` reads top to bottom: :func:`setup`, :func:`prepare_models`, :func:`prepare_data`,
-:func:`make_schedule`, :func:`resume`, then the loop, whose every micro-step is :func:`training_step`
-(latents -> noise -> timesteps -> add_noise -> text -> ControlNet -> frozen UNet with the residuals ->
-target -> Min-SNR-weighted loss) followed by accelerate's backward, clipping and the optimizer step, and
-finally :func:`finish`. ``args`` are upstream train_controlnet.py's flags (:mod:`cnhelpers.config`); they
+:func:`make_optimizer_and_lr_scheduler`, :func:`resume`, then the loop, whose every micro-step is
+:func:`training_step` (latents -> noisy latents, timesteps and target -> text -> ControlNet -> frozen denoiser with
+the residuals -> weighted loss) followed by accelerate's backward, clipping and the optimizer step, and finally
+:func:`finish`. ``args`` are upstream train_controlnet.py's flags (:mod:`cnhelpers.config`); they
 are never changed (:func:`cnhelpers.config.resolved_args` makes the copy a run uses).
 
 What differs from upstream, and why:
@@ -25,10 +25,9 @@ What differs from upstream, and why:
   exits 143 or 130), but never inside a checkpoint or the final save: a signal that arrives while one is being
   written is acted on once it is complete (:class:`SignalGuard`).
 
-An SDXL base (its UNet has ``addition_embed_type="text_time"``; notebook 07) goes through the same loop, with
-what train_controlnet_sdxl.py adds: a second text encoder (the text is both encoders' penultimate hidden
-states, concatenated), its pooled embedding, and ``add_time_ids`` (original size, crop top-left, target
-size), handed to the ControlNet and the UNet as ``added_cond_kwargs``. See :mod:`cnhelpers.sdxl`.
+The loop never asks which base it trains for: what SD 1.5 and SDXL (notebook 07) differ in (the parts loaded,
+how prompts become conditioning, the noise and the target, what the ControlNet and the denoiser read, the
+validation pipeline) is asked of the base's family (:mod:`cnhelpers.families`), detected once when the models load.
 """
 
 from __future__ import annotations
@@ -49,13 +48,12 @@ from tqdm.auto import tqdm
 from .cache import build_cache, use_cache
 from .checkpoints import find_checkpoint, list_checkpoints, register_controlnet_hooks, save_checkpoint
 from .config import check_paths, check_push_to_hub, resolved_args
-from .data import check_captions, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
-from .loading import Models, check_step_fits_memory, load_models
-from .losses import controlnet_loss, diffusion_target, predict_noise
+from .data import check_captions, check_columns, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
+from .families import Models, StepConstants
+from .loading import check_step_fits_memory, load_models
 from .optim import check_optimizer_in_backward, configure_attention, make_optimizer, match_state_layout
 from .outputs import TrainLog, log_validation, push_to_hub, save_final_controlnet
 from .paths import shown_path
-from .sdxl import added_conditions, encode_prompt_sdxl, encode_token_ids_sdxl, make_add_time_ids
 from .speed import check_torch_compile, compile_models, set_memory_layout
 from .tokenizer import check_tokenizer_fits
 
@@ -84,30 +82,32 @@ def step_generator(seed: int, process_index: int, micro_step: int, device) -> to
 
 
 @dataclass
-class StepParts:
-    """What :func:`training_step` reads besides the batch: the models, the precision and the cached text."""
+class StepSetup:
+    """What :func:`training_step` reads besides the batch: the models, the precision, the family's constant inputs
+    and the memory layouts (made by :func:`prepare_models`), and the cached text tables (added by
+    :func:`prepare_data` when it builds the cache)."""
 
     models: Models
     weight_dtype: torch.dtype = torch.float32
     #: The VAE's latent scaling (kept here: the VAE itself may be freed once the latents are cached).
     scaling_factor: float = 0.18215
-    #: Cached text embeddings, one row per caption and a last row for the empty prompt (SDXL: and pooled).
-    text_table: torch.Tensor | None = None
-    pooled_table: torch.Tensor | None = None
-    #: SDXL's size and crop conditioning, one row (the same for every example).
-    add_time_ids: torch.Tensor | None = None
+    #: Cached text embeddings: one table per tensor of the family's text conditioning (SD 1.5: the text; SDXL:
+    #: the text and the pooled text), one row per caption and a last row for the empty prompt.
+    text_tables: tuple[torch.Tensor, ...] = ()
+    #: The inputs every step shares (SDXL: the size and crop ids).
+    constants: StepConstants = field(default_factory=StepConstants)
     conditioning_layout: torch.memory_format = torch.contiguous_format
     latent_layout: torch.memory_format = torch.contiguous_format  # (--channels_last: the models' layout)
 
 
-def training_step(parts: StepParts, batch: dict, generator: torch.Generator, snr_gamma: float | None = None,
+def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr_gamma: float | None = None,
                   proportion_empty_prompts: float = 0.0) -> torch.Tensor:
     """The loss of one micro-batch: the forward half of a training step (backward and the update are the loop's).
 
-    Every random draw comes from ``generator``, in a fixed order (latent sample, noise, timesteps, dropped
-    prompts), so the same generator gives the same loss on the cached and the uncached path.
+    Every random draw comes from ``generator``, in a fixed order (latent sample, then the family's noise and
+    timesteps, then dropped prompts), so the same generator gives the same loss on the cached and the uncached path.
     """
-    models, dtype = parts.models, parts.weight_dtype
+    models, family, dtype = setup.models, setup.models.family, setup.weight_dtype
     # Latents of the target images: sampled from the (cached) VAE posterior, then scaled.
     if "latent_mean" in batch:
         eps = torch.randn(batch["latent_mean"].shape, generator=generator, device=batch["latent_mean"].device)
@@ -115,38 +115,27 @@ def training_step(parts: StepParts, batch: dict, generator: torch.Generator, snr
     else:
         posterior = models.vae.encode(batch["pixel_values"].to(models.vae.dtype)).latent_dist
         latents = posterior.sample(generator=generator)
-    latents = (latents * parts.scaling_factor).to(dtype)
+    latents = (latents * setup.scaling_factor).to(dtype)
 
-    # Forward diffusion: noise each latent to a random timestep.
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator, device=latents.device).long()
-    noisy_latents = models.noise_scheduler.add_noise(latents, noise, timesteps)
+    # The forward process: noisy latents at random timesteps, and what the denoiser must predict from them.
+    noisy_latents, timesteps, target = family.noised(models, latents, generator)
 
     # Text conditioning; a share of prompts is dropped so that guidance works at inference.
-    pooled_text = None
-    if parts.text_table is not None:
+    if setup.text_tables:
         caption_index = batch["caption_index"].clone()
         drop = torch.rand(caption_index.shape, generator=generator, device=caption_index.device)
-        caption_index[drop < proportion_empty_prompts] = len(parts.text_table) - 1
-        text = parts.text_table[caption_index]
-        pooled_text = parts.pooled_table[caption_index] if parts.pooled_table is not None else None
+        caption_index[drop < proportion_empty_prompts] = len(setup.text_tables[0]) - 1
+        text = tuple(table[caption_index] for table in setup.text_tables)
         condition = batch["conditioning_uint8"].to(dtype) / 255
     else:  # (the uncached data path dropped its share of prompts when it tokenized them)
-        if models.sdxl:
-            text, pooled_text = encode_token_ids_sdxl([batch["input_ids"], batch["input_ids_2"]], models.text_encoders)
-        else:
-            text = models.text_encoder(batch["input_ids"])[0]
+        text = family.encode_batch_text(models, batch)
         condition = batch["conditioning_pixel_values"].to(dtype)
-    inputs = {"latents": noisy_latents.contiguous(memory_format=parts.latent_layout), "timesteps": timesteps, "encoder_hidden_states": text,
-              "conditioning": condition.contiguous(memory_format=parts.conditioning_layout)}
-    if models.sdxl:  # SDXL's UNet, and so its ControlNet, also read the pooled text and the size/crop ids
-        inputs["added_cond_kwargs"] = added_conditions(pooled_text, parts.add_time_ids.repeat(len(latents), 1))
+    inputs = family.step_inputs(models, setup.constants, noisy_latents.contiguous(memory_format=setup.latent_layout),
+                                timesteps, text, condition.contiguous(memory_format=setup.conditioning_layout))
 
-    # The ControlNet reads the condition; its residuals are added inside the frozen UNet.
-    model_pred = predict_noise(models.unet, models.controlnet, inputs)
-    target = diffusion_target(models.noise_scheduler, latents, noise, timesteps)
-    return controlnet_loss(model_pred, target, timesteps, models.noise_scheduler, snr_gamma)
+    # The ControlNet reads the condition; its residuals are added inside the frozen denoiser.
+    prediction = family.predict(models, inputs)
+    return family.loss(models, prediction, target, timesteps, snr_gamma)
 
 
 def setup(args):
@@ -173,7 +162,7 @@ def setup(args):
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m cnhelpers.train ...`.")
     if args.push_to_hub:
         check_push_to_hub(args)
-    check_optimizer_in_backward(args, accelerator)
+    check_optimizer_in_backward(accelerator, args.max_grad_norm, in_backward=args.optimizer_in_backward)
     check_torch_compile(args.torch_compile, accelerator.device.type)
     args = resolved_args(args, accelerator.num_processes)
     torch.manual_seed(args.seed)  # library internals (from_unet copies its weights: nothing random there)
@@ -181,21 +170,25 @@ def setup(args):
     return args, accelerator
 
 
-def prepare_models(args, accelerator) -> StepParts:
+def prepare_models(args, accelerator) -> StepSetup:
     """Load the models, put the frozen ones in the run's precision on its device, and set the memory flags."""
-    models = load_models(args)
+    models = load_models(args.pretrained_model_name_or_path,
+                         controlnet_model_name_or_path=args.controlnet_model_name_or_path, revision=args.revision,
+                         variant=args.variant, tokenizer_name=args.tokenizer_name,
+                         pretrained_vae_model_name_or_path=args.pretrained_vae_model_name_or_path,
+                         cache_dir=args.cache_dir)
     register_controlnet_hooks(accelerator)
-    configure_attention(args, models.unet, models.controlnet)
+    configure_attention(args.enable_xformers_memory_efficient_attention, models.denoiser, models.controlnet)
     # Memory layouts (the same arithmetic, reordered): --channels_last for both models; on a CPU the
     # conditioning embedding is channels-last anyway (oneDNN's faster layout at its few channels, full size).
-    latent_layout, conditioning_layout = set_memory_layout(models.unet, models.controlnet, args.channels_last,
+    latent_layout, conditioning_layout = set_memory_layout(models.denoiser, models.controlnet, args.channels_last,
                                                            accelerator.device.type)
     if args.gradient_checkpointing:
         models.controlnet.enable_gradient_checkpointing()
     if args.checkpoint_frozen_unet:
-        # The loss reaches the ControlNet *through* the frozen UNet, whose activations are kept for the
+        # The loss reaches the ControlNet *through* the frozen denoiser, whose activations are kept for the
         # backward pass too: checkpoint them as well (same gradients, recomputed instead of stored).
-        models.unet.enable_gradient_checkpointing()
+        models.denoiser.enable_gradient_checkpointing()
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     if models.controlnet.dtype != torch.float32:
@@ -203,36 +196,32 @@ def prepare_models(args, accelerator) -> StepParts:
                          "mixed precision (accelerate keeps fp32 master weights and autocasts the forward pass).")
     # The frozen models only run forward: half precision for them saves memory and time.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in (models.vae, models.unet, *models.text_encoders):
+    for frozen in models.frozen():
         if frozen.dtype != weight_dtype:  # (a cast to the same dtype only makes diffusers warn)
             frozen.to(dtype=weight_dtype)  # cast first: a float32 copy never reaches the GPU
         frozen.to(accelerator.device)
-    if models.sdxl and weight_dtype == torch.float16 and not args.pretrained_vae_model_name_or_path:
-        # SDXL's own VAE overflows in fp16 (NaN latents, black images): keep it in float32, as upstream
-        # does, unless a VAE fixed for fp16 (--pretrained_vae_model_name_or_path) is given.
-        models.vae.to(dtype=torch.float32)
+    if models.family.vae_in_float32(weight_dtype, replaced_vae=bool(args.pretrained_vae_model_name_or_path)):
+        models.vae.to(dtype=torch.float32)  # a VAE that overflows in fp16 (NaN latents, black images)
     # Before anything is allocated for a step: refuse one that cannot fit (e.g. --resolution 100000).
     check_step_fits_memory(models, args.resolution, args.train_batch_size, accelerator.device,
                            activation_bytes=2 if weight_dtype != torch.float32 else 4,
                            adam_state_bytes=1 if args.use_8bit_adam else 4)
     # Compiled last, on the models as they will run (device, dtype, layout, checkpointing).
-    compile_models(args.torch_compile, args.torch_compile_mode, models.unet, models.controlnet)
-    parts = StepParts(models, weight_dtype, models.vae.config.scaling_factor, conditioning_layout=conditioning_layout,
-                      latent_layout=latent_layout)
-    if models.sdxl:
-        # Size and crop conditioning, the same for every example: each image is resized and center-cropped
-        # to --resolution, so original size = target size; the crop corner is --crops_coords_top_left_h/w
-        # (upstream's SDXL script does the same).
-        size = (args.resolution, args.resolution)
-        parts.add_time_ids = make_add_time_ids(size, (args.crops_coords_top_left_h, args.crops_coords_top_left_w),
-                                               size, dtype=weight_dtype, device=accelerator.device)
-    return parts
+    compile_models(args.torch_compile, args.torch_compile_mode, models.denoiser, models.controlnet)
+    constants = models.family.step_constants(
+        models, resolution=args.resolution, dtype=weight_dtype, device=accelerator.device,
+        crops_coords_top_left=(args.crops_coords_top_left_h, args.crops_coords_top_left_w))
+    return StepSetup(models, weight_dtype, models.vae.config.scaling_factor, constants=constants,
+                     conditioning_layout=conditioning_layout, latent_layout=latent_layout)
 
 
-def prepare_data(args, accelerator, parts: StepParts):
-    """Rows -> transformed examples -> (with ``--cache``) latents and text embeddings computed once -> batches."""
-    models = parts.models
-    raw = load_raw_dataset(args)
+def prepare_data(args, accelerator, setup: StepSetup):
+    """Rows -> transformed examples -> (with ``--cache``) latents and text embeddings computed once -> batches.
+
+    With the cache, the text tables are put into ``setup`` (the steps read them instead of the text encoders)."""
+    models = setup.models
+    raw = load_raw_dataset(train_data_dir=args.train_data_dir, dataset_name=args.dataset_name,
+                           dataset_config_name=args.dataset_config_name, cache_dir=args.cache_dir)
     check_data(args, raw, models)
     if args.skip_bad_images:
         raw, left_out = drop_unreadable_rows(raw, (args.image_column, args.conditioning_image_column))
@@ -244,59 +233,50 @@ def prepare_data(args, accelerator, parts: StepParts):
         if len(raw) == 0:
             raise ValueError("--skip_bad_images left no rows: every example has an unreadable image. Check the "
                              "data set's image files.")
-    cached = use_cache(args, raw, text_width=models.unet.config.cross_attention_dim)
+    cached = use_cache(args.cache, raw, caption_column=args.caption_column, resolution=args.resolution,
+                       text_shape=models.family.text_shape(models), max_train_samples=args.max_train_samples)
     dataset = make_train_dataset(
         raw, models.tokenizer, resolution=args.resolution, image_column=args.image_column,
         conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column,
         # with the cache, prompts are dropped per step instead (same share, same effect)
         proportion_empty_prompts=0.0 if cached else args.proportion_empty_prompts,
-        max_train_samples=args.max_train_samples, seed=args.seed, tokenizer_2=models.tokenizer_2,
-        # upstream's defaults: lanczos in train_controlnet_sdxl.py, bilinear in train_controlnet.py
-        interpolation=args.image_interpolation_mode or ("lanczos" if models.sdxl else "bilinear"))
+        max_train_samples=args.max_train_samples, seed=args.seed, tokenizer_2=models.tokenizers.get("tokenizer_2"),
+        interpolation=args.image_interpolation_mode or models.family.default_interpolation)
     collate = collate_fn
     if cached:
-        encode_text = (lambda prompts: encode_prompt_sdxl(prompts, [models.tokenizer, models.tokenizer_2],
-                                                          models.text_encoders)) if models.sdxl else None
-        dataset, table = build_cache(dataset, dataset.with_format(None)[args.caption_column], models.tokenizer,
-                                     models.text_encoder, models.vae, accelerator.device,
-                                     batch_size=args.train_batch_size,
-                                     disable_progress=not accelerator.is_local_main_process, encode_text=encode_text)
-        table = table if models.sdxl else (table,)
-        parts.text_table, *pooled = (t.to(accelerator.device, parts.weight_dtype) for t in table)
-        parts.pooled_table = pooled[0] if pooled else None
+        dataset, tables = build_cache(dataset, dataset.with_format(None)[args.caption_column], models.encode_prompts,
+                                      models.vae, accelerator.device, batch_size=args.train_batch_size,
+                                      disable_progress=not accelerator.is_local_main_process)
+        setup.text_tables = tuple(t.to(accelerator.device, setup.weight_dtype) for t in tables)
         collate = None  # default_collate stacks the cached tensors
         # The loop no longer needs the VAE nor the text encoders: free their device memory (validation brings
         # them back for a moment), or all of their memory when nothing validates.
-        for frozen in (models.vae, *models.text_encoders):
+        for frozen in (models.vae, *models.text_encoders.values()):
             frozen.to("cpu")
         if not args.validation_prompt:
-            models.vae = models.text_encoder = models.text_encoder_2 = None
+            models.free_text_encoders()
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, collate_fn=collate,
                                        sampler=EpochSampler(len(dataset), args.seed),
                                        num_workers=args.dataloader_num_workers)
 
 
 def check_data(args, raw, models: Models) -> None:
-    """The data set's checks before any example is transformed: its columns, text captions, and a tokenizer
-    (each, for SDXL) whose ids the text encoder has and that knows the captions' words."""
-    columns = list(raw.column_names)
-    for flag in ("image_column", "conditioning_image_column", "caption_column"):
-        if getattr(args, flag) not in columns:
-            raise ValueError(f"--{flag} {getattr(args, flag)!r} is not a column of the data set; its columns are: "
-                             f"{', '.join(columns)}. Pass --{flag} <one of them>.")
+    """The data set's checks before any example is transformed: its columns, text captions, and tokenizers
+    whose ids their text encoders have and that know the captions' words."""
+    check_columns(raw.column_names, image_column=args.image_column,
+                  conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column)
     captions = raw[args.caption_column]
     check_captions(captions, args.caption_column)
     texts = [c for caption in captions for c in ([caption] if isinstance(caption, str) else caption)]
-    name = f"--tokenizer_name {args.tokenizer_name}" if args.tokenizer_name else "the base model's tokenizer"
-    pairs = [(models.tokenizer, models.text_encoder, name)]
-    if models.tokenizer_2 is not None:
-        pairs.append((models.tokenizer_2, models.text_encoder_2, "the base model's tokenizer_2"))
-    for tokenizer, encoder, label in pairs:
+    for name, tokenizer in models.tokenizers.items():
+        label = f"--tokenizer_name {args.tokenizer_name}" if name == "tokenizer" and args.tokenizer_name \
+            else f"the base model's {name}"
+        encoder = models.text_encoders[name.replace("tokenizer", "text_encoder")]
         check_tokenizer_fits(tokenizer, texts, encoder.config.vocab_size, label)
 
 
 @dataclass
-class Schedule:
+class RunLength:
     """How long a run is: optimizer steps in all and per epoch, epochs, and the samples of one step."""
 
     max_train_steps: int
@@ -305,14 +285,17 @@ class Schedule:
     total_batch_size: int
 
 
-def make_schedule(args, accelerator, parameters, dataloader):
-    """The optimizer over the ControlNet's parameters, the learning-rate schedule, and the run's length."""
+def make_optimizer_and_lr_scheduler(args, accelerator, parameters, dataloader):
+    """The optimizer over the ControlNet's parameters, the learning-rate scheduler, and the run's length
+    (:class:`RunLength`)."""
     from diffusers.optimization import get_scheduler
 
-    optimizer = make_optimizer(args, parameters)
+    optimizer = make_optimizer(parameters, learning_rate=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                               epsilon=args.adam_epsilon, weight_decay=args.adam_weight_decay,
+                               use_8bit=args.use_8bit_adam, in_backward=args.optimizer_in_backward)
     updates_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    schedule = Schedule(max_train_steps, updates_per_epoch, math.ceil(max_train_steps / updates_per_epoch),
+    schedule = RunLength(max_train_steps, updates_per_epoch, math.ceil(max_train_steps / updates_per_epoch),
                         args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps)
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
@@ -335,7 +318,7 @@ def resume(args, accelerator, optimizer) -> int:
     return int(checkpoint.name.split("-")[1])
 
 
-def epoch_batches(accelerator, dataloader, schedule: Schedule, global_step: int, gradient_accumulation_steps: int):
+def epoch_batches(accelerator, dataloader, schedule: RunLength, global_step: int, gradient_accumulation_steps: int):
     """``(epoch, batch)`` from the step ``global_step`` on: the batches a resumed run has seen are skipped."""
     first_epoch = global_step // schedule.updates_per_epoch
     skip = (global_step - first_epoch * schedule.updates_per_epoch) * gradient_accumulation_steps
@@ -438,19 +421,20 @@ def train(args, callback=None) -> TrainResult:
     """
     with SignalGuard(args.output_dir) as guard, ExitStack() as on_exit:
         args, accelerator = setup(args)
-        parts = prepare_models(args, accelerator)
-        dataloader = prepare_data(args, accelerator, parts)
-        optimizer, lr_scheduler, schedule = make_schedule(args, accelerator, parts.models.controlnet.parameters(),
+        step_setup = prepare_models(args, accelerator)
+        dataloader = prepare_data(args, accelerator, step_setup)
+        optimizer, lr_scheduler, schedule = make_optimizer_and_lr_scheduler(args, accelerator,
+                                                                            step_setup.models.controlnet.parameters(),
                                                           dataloader)
-        parts.models.controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-            parts.models.controlnet, optimizer, dataloader, lr_scheduler)
-        controlnet = parts.models.controlnet
+        step_setup.models.controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+            step_setup.models.controlnet, optimizer, dataloader, lr_scheduler)
+        controlnet = step_setup.models.controlnet
         if accelerator.is_main_process and args.report_to not in (None, "none"):
             accelerator.init_trackers(args.tracker_project_name, config={
                 k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
         global_step = guard.step = resume(args, accelerator, optimizer)
         log = TrainLog(Path(args.output_dir) / "train_log.jsonl", global_step, accelerator.is_main_process)
-        result = TrainResult(str(args.output_dir), global_step, cached=parts.text_table is not None,
+        result = TrainResult(str(args.output_dir), global_step, cached=bool(step_setup.text_tables),
                              is_main_process=accelerator.is_main_process)
         # closed however the loop ends, so that an error's line is the last one printed, not the bar's redraw
         progress = on_exit.enter_context(tqdm(total=schedule.max_train_steps, initial=global_step, desc="Steps",
@@ -463,7 +447,7 @@ def train(args, callback=None) -> TrainResult:
             generator = step_generator(args.seed, accelerator.process_index, micro_step, accelerator.device)
             micro_step += 1
             with accelerator.accumulate(controlnet):
-                loss = training_step(parts, batch, generator, args.snr_gamma, args.proportion_empty_prompts)
+                loss = training_step(step_setup, batch, generator, args.snr_gamma, args.proportion_empty_prompts)
                 accelerator.backward(loss)  # --optimizer_in_backward: updates the weights in here
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(controlnet.parameters(), args.max_grad_norm)
@@ -486,7 +470,7 @@ def train(args, callback=None) -> TrainResult:
                 with guard.critical():  # a signal now waits until the checkpoint is complete
                     save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if accelerator.is_main_process and args.validation_prompt and global_step % args.validation_steps == 0:
-                result.validations.append(log_validation(accelerator, args, parts.models, parts.weight_dtype,
+                result.validations.append(log_validation(accelerator, args, step_setup.models, step_setup.weight_dtype,
                                                          global_step))
             if accelerator.is_main_process and callback is not None:
                 callback(logs)
@@ -495,19 +479,21 @@ def train(args, callback=None) -> TrainResult:
         progress.close()
         result.global_step = global_step
         with guard.critical(then_stop=False):  # the run is done once this is: a signal now only waits for it
-            finish(args, accelerator, parts, result, schedule)
+            finish(args, accelerator, step_setup, result, schedule)
     return result
 
 
-def finish(args, accelerator, parts: StepParts, result: TrainResult, schedule: Schedule) -> None:
+def finish(args, accelerator, step_setup: StepSetup, result: TrainResult, schedule: RunLength) -> None:
     """A last validation (unless the last step had one), the ControlNet and its model card, the optional upload."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         step = result.global_step
         if args.validation_prompt and (not result.validations or result.validations[-1]["step"] != step):
-            result.validations.append(log_validation(accelerator, args, parts.models, parts.weight_dtype, step))
-        save_final_controlnet(accelerator.unwrap_model(parts.models.controlnet), args, step,
-                              schedule.total_batch_size, result.validations[-1] if result.validations else None)
+            result.validations.append(log_validation(accelerator, args, step_setup.models, step_setup.weight_dtype,
+                                                     step))
+        save_final_controlnet(accelerator.unwrap_model(step_setup.models.controlnet), args, step,
+                              schedule.total_batch_size, result.validations[-1] if result.validations else None,
+                              step_setup.models.family)
         if args.push_to_hub:
             push_to_hub(args)
     accelerator.end_training()

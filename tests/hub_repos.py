@@ -300,7 +300,7 @@ def _course_sources(work: Path) -> dict[str, dict[str, Path | bytes]]:
     sources[SD15] = _tree(sd)
 
     # SDXL: the tiny SDXL base, fp16 variants, vae_1_0
-    build_tiny_sdxl_base = _course_function("build_tiny_sdxl_base", "cnhelpers.sdxl")
+    build_tiny_sdxl_base = _course_function("build_tiny_sdxl_base", "cnhelpers.course.tiny_sdxl")
     xl = Path(build_tiny_sdxl_base(work / "tiny-sdxl"))
     for folder, name in (("unet", "diffusion_pytorch_model.safetensors"),
                          ("vae", "diffusion_pytorch_model.safetensors"),

@@ -69,7 +69,7 @@ def environment() -> dict:
 
 @pytest.fixture(scope="module")
 def bases(tiny_base, tmp_path_factory):
-    from cnhelpers.sdxl import build_tiny_sdxl_base
+    from cnhelpers.course.tiny_sdxl import build_tiny_sdxl_base
 
     return {"sd": tiny_base, "sdxl": build_tiny_sdxl_base(tmp_path_factory.mktemp("models") / "tiny-sdxl", seed=0)}
 
@@ -90,9 +90,9 @@ def record(out: Path = RECORD) -> dict:
     """Run every case on the code as it is and write the record (one torch thread, as the tests run)."""
     import tempfile
 
-    from cnhelpers.base_models import build_tiny_base
-    from cnhelpers.data import write_fill_imagefolder
-    from cnhelpers.sdxl import build_tiny_sdxl_base
+    from cnhelpers.course.fill import write_fill_imagefolder
+    from cnhelpers.course.tiny_bases import build_tiny_base
+    from cnhelpers.course.tiny_sdxl import build_tiny_sdxl_base
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

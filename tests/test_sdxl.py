@@ -6,7 +6,8 @@ from diffusers import ControlNetModel, StableDiffusionXLPipeline
 
 from cnhelpers.config import SDXL_FLAGS, build_parser, training_args
 from cnhelpers.data import fill_example, image_transforms
-from cnhelpers.sdxl import build_tiny_sdxl_base, encode_prompt_sdxl, is_sdxl_unet, make_add_time_ids, sdxl_demo_inputs
+from cnhelpers.course.tiny_sdxl import build_tiny_sdxl_base, sdxl_demo_inputs
+from cnhelpers.families.sdxl import encode_prompt_sdxl, is_sdxl_unet, make_add_time_ids
 from cnhelpers.training import train
 
 

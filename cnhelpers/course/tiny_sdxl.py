@@ -1,6 +1,6 @@
-"""SDXL: a tiny SDXL-layout base, and the extra conditioning SDXL's UNet reads (notebook 07).
+"""SDXL: a tiny SDXL-layout base, SDXL base 1.0's UNet config and demo inputs (notebook 07).
 
-What SDXL adds to SD 1.5's conditioning, and what this module computes:
+What SDXL adds to SD 1.5's conditioning (computed in :mod:`cnhelpers.families.sdxl`):
 
 - **Two text encoders.** ``text_encoder`` (CLIPTextModel) and ``text_encoder_2``
   (CLIPTextModelWithProjection), each with its own tokenizer. The UNet's cross-attention reads the
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from .base_models import TINY_VAE_CONFIG, seeded
-from .data import caption_words, tokenize_prompts
-from .paths import build_dir, staged_folder
-from .tokenizer import write_clip_tokenizer
+from ..families.sdxl import added_conditions, make_add_time_ids
+from ..paths import build_dir, staged_folder
+from ..tokenizer import write_clip_tokenizer
+from .fill import caption_words
+from .tiny_bases import TINY_VAE_CONFIG, seeded
 
 #: Hidden sizes of the tiny base's two text encoders; the UNet's cross-attention reads both, concatenated.
 TINY_SDXL_TEXT_ENCODER_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -117,7 +118,7 @@ def build_tiny_sdxl_base(path: str | Path, seed: int = 0, words: list[str] | Non
         for name in ("tokenizer", "tokenizer_2"):  # keep the SD-style vocab.json and merges.txt too
             write_clip_tokenizer(folder / name, words)
         (folder / "README.md").write_text(f"# tiny-sdxl (ControlNet course)\n\nAn SDXL-layout model with seeded "
-                                          f"random weights, built by `cnhelpers.sdxl.build_tiny_sdxl_base(path, "
+                                          f"random weights, built by `cnhelpers.course.tiny_sdxl.build_tiny_sdxl_base(path, "
                                           f"seed={seed})` for notebook 07.\n")
     return Path(path)
 
@@ -135,51 +136,6 @@ def ensure_tiny_sdxl_base(seed: int = 0) -> Path:
     if not is_complete_sdxl_base(path):
         build_tiny_sdxl_base(path, seed=seed)
     return path
-
-
-def is_sdxl_unet(unet) -> bool:
-    """An SDXL UNet adds pooled text and size/crop ids to its timestep embedding (``"text_time"``)."""
-    return getattr(unet.config, "addition_embed_type", None) == "text_time"
-
-
-@torch.no_grad()
-def encode_token_ids_sdxl(token_ids, text_encoders):
-    """SDXL's text conditioning from each tokenizer's ids: ``(prompt_embeds, pooled_prompt_embeds)``.
-
-    ``prompt_embeds`` are each encoder's penultimate hidden states, concatenated on the last axis:
-    ``(batch, 77, h1 + h2)``. ``pooled_prompt_embeds`` is the second encoder's projected embedding,
-    ``(batch, projection_dim)``.
-    """
-    hidden = []
-    for ids, text_encoder in zip(token_ids, text_encoders):
-        output = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
-        hidden.append(output.hidden_states[-2])
-    pooled = output.text_embeds  # the last encoder's: CLIPTextModelWithProjection
-    return torch.cat(hidden, dim=-1), pooled
-
-
-def encode_prompt_sdxl(prompts: list[str], tokenizers, text_encoders):
-    """:func:`encode_token_ids_sdxl` of ``prompts``, tokenized by each encoder's tokenizer."""
-
-    return encode_token_ids_sdxl([tokenize_prompts(t, prompts) for t in tokenizers], text_encoders)
-
-
-def make_add_time_ids(original_size, crops_coords_top_left, target_size, batch_size: int = 1,
-                      dtype=torch.float32, device=None) -> torch.Tensor:
-    """SDXL's size and crop conditioning, ``(batch, 6)``: original (h, w), crop top-left (h, w), target (h, w).
-
-    At training time: the image's size before resizing, where the crop began, and the training size.
-    At inference, (0, 0) and original = target ask for a centred, uncropped-looking image.
-    """
-    ids = list(original_size) + list(crops_coords_top_left) + list(target_size)
-    if len(ids) != 6:
-        raise ValueError(f"add_time_ids needs three (height, width) pairs, got {ids}")
-    return torch.tensor([ids], dtype=dtype, device=device).repeat(batch_size, 1)
-
-
-def added_conditions(pooled_prompt_embeds, add_time_ids) -> dict:
-    """The ``added_cond_kwargs`` an SDXL UNet and its ControlNet take."""
-    return {"text_embeds": pooled_prompt_embeds, "time_ids": add_time_ids}
 
 
 def sdxl_demo_inputs(unet, resolution: int, batch_size: int = 2, seed: int = 0, pooled_dim: int | None = None):
