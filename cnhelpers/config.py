@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Checkpoint the ControlNet's activations (recomputed in backward), as upstream does.")
     memory.add_argument("--checkpoint_frozen_unet", action="store_true",
                         help="Checkpoint the frozen UNet too: the loss reaches the ControlNet through it, so its "
-                             "activations are kept for backward as well. Saves ~0.5 GB on SD 1.5 at fp32, costs "
-                             "28-69 %% more time a step on an H200 (the course's addition; upstream has no such flag).")
+                             "activations are kept for backward as well. Less memory for more time a step (measured on "
+                             "SD 1.5: benchmarks/results/sd15-ladder-h200-2026-11-26.md; the course's addition, "
+                             "upstream has no such flag).")
     memory.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere and newer GPUs.")
     memory.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
                         help="Default: the accelerate config's value.")
@@ -178,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "convolutions read; the same arithmetic (the course's addition).")
     memory.add_argument("--torch_compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="Compile the UNet's and the ControlNet's forward and backward with torch.compile "
-                             "(BACKEND: inductor when left out). The first step compiles (for the tiny models on 2 CPU "
-                             "cores about two minutes, 5 s with a filled compile cache), so only a long run earns it "
-                             "back (the course's addition).")
+                             "(BACKEND: inductor when left out). The first step compiles (minutes on a CPU with an empty "
+                             "compile cache, seconds with a filled one), so only a long run earns it back (the "
+                             "course's addition).")
     memory.add_argument("--torch_compile_mode", default=None, choices=COMPILE_MODES,
                         help="torch.compile's mode with --torch_compile inductor (reduce-overhead: CUDA graphs).")
     memory.add_argument("--optimizer_in_backward", action="store_true",

@@ -1,9 +1,7 @@
-"""Inference with a trained ControlNet (notebook 06): load it into a pipeline, generate, check the pictures.
+"""Inference with a trained ControlNet: load it into a pipeline, generate, check the pictures.
 
-- :func:`load_controlnet_pipeline`: base model + ControlNet(s) -> ``StableDiffusionControlNetPipeline``
-  with the UniPC scheduler, from local folders or hub ids, with clear errors for what is missing.
-- :func:`ensure_controlnet`: the ControlNet notebook 03 saves, or a short run of the course's recipe when it is
-  missing.
+- :func:`load_controlnet_pipeline`: base model + ControlNet(s) -> the base family's ControlNet pipeline
+  (``StableDiffusionControlNetPipeline`` for SD 1.5) with the UniPC scheduler, from local folders or hub ids, with clear errors for what is missing.
 - :func:`generate`: a batch of images, one seeded generator per image, so each picture is reproducible
   whatever the batch size and whatever else is in the batch.
 - :func:`is_black` and :func:`decode_in_float32`: spotting and fixing the fp16 VAE's black images.
@@ -16,70 +14,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import fill_example, placed_circle
+from .families import detect_family
 from .hub import resolve_base
-from .base_models import base_model_path
-from .loading import check_controlnet_fits, dtype_kwargs, is_controlnet_folder, load_controlnet
-from .paths import build_dir
-from .profiles import get_profile
-from .recipes import course_training_args, how_to_make_controlnet
-from .training import train
-
-
-#: Where notebook 03 saves its ControlNet, under the build folder.
-CONTROLNET_DIRNAME = "controlnet-tiny"
-
-
-#: Seed of the held-out outlines: the training data uses seed 0, notebook 03's validation 10_000.
-HELD_OUT_SEED = 10_000
-
-
-def default_controlnet_path() -> Path:
-    """``build/controlnet-tiny``: where notebook 03 (and :func:`ensure_controlnet`) put the ControlNet."""
-
-    return build_dir() / CONTROLNET_DIRNAME
+from .loading import dtype_kwargs, load_controlnet
 
 
 def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None, device=None,
                              progress_bar: bool = False):
-    """``StableDiffusionControlNetPipeline`` of ``base`` with ``controlnet``, the UniPC scheduler, no safety checker.
+    """The ControlNet pipeline of ``base``'s family (``StableDiffusionControlNetPipeline`` for SD 1.5, without a
+    safety checker) with ``controlnet`` and the UniPC scheduler.
 
-    ``base``: an SD-layout folder or hub id. ``controlnet``: a folder, a hub id or a ControlNetModel, or a
+    ``base``: a folder in diffusers' pipeline layout or a hub id. ``controlnet``: a folder, a hub id or a ControlNetModel, or a
     list of them for a MultiControlNet. ``dtype=torch.float16`` with ``device="cuda"`` is the usual
     GPU set-up. Progress bars are off unless ``progress_bar`` is True.
     """
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    import diffusers
+    from diffusers import UniPCMultistepScheduler
 
     if isinstance(controlnet, (list, tuple)):
         nets = [load_controlnet(c, dtype) for c in controlnet]
     else:
         nets = load_controlnet(controlnet, dtype)
-    pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-        resolve_base(base), controlnet=nets, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, **dtype_kwargs(dtype))
+    folder = resolve_base(base)
+    family = detect_family(folder)
+    pipeline = getattr(diffusers, family.pipeline_name).from_pretrained(
+        folder, controlnet=nets, **family.pipeline_kwargs, **dtype_kwargs(dtype))
     for net in nets if isinstance(nets, list) else [nets]:
-        check_controlnet_fits(net, pipeline.unet, pipeline.vae_scale_factor)
+        family.check_controlnet_fits(net, getattr(pipeline, family.denoiser_name), pipeline.vae_scale_factor)
     # UniPC: a multistep solver that gives good pictures in 20-25 steps (the PNDM default needs ~50).
     pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=not progress_bar)
     return pipeline.to(device) if device is not None else pipeline
-
-
-def held_out_examples(n: int, seed: int = HELD_OUT_SEED, resolution: int = 64, placement: str = "course") -> list[dict]:
-    """``n`` fill examples (image, conditioning_image, text) of a seed the training data does not use.
-
-    ``placement``: ``"course"`` places them as the training data does, ``"anywhere"`` anywhere in the frame
-    (:data:`cnhelpers.data.PLACEMENTS`); :func:`held_out_circles` gives their circles.
-    """
-
-    if seed == 0:
-        raise ValueError("Seed 0 is the training data's: held-out outlines need another seed (e.g. 10_000)")
-    return [fill_example(seed, index, resolution, placement) for index in range(n)]
-
-
-def held_out_circles(n: int, seed: int = HELD_OUT_SEED, placement: str = "course") -> list:
-    """The circles (:class:`cnhelpers.data.Circle`) that :func:`held_out_examples` draws, in the same order."""
-    return [placed_circle(seed, index, placement) for index in range(n)]
 
 
 def image_generators(seed: int, n: int) -> list[torch.Generator]:
@@ -151,25 +116,3 @@ def decode_in_float32(pipeline, latents: torch.Tensor):
 def scheduler_names(pipeline) -> list[str]:
     """Names of the schedulers that can replace the pipeline's (``pipeline.scheduler.compatibles``), sorted."""
     return sorted(cls.__name__ for cls in pipeline.scheduler.compatibles)
-
-
-def ensure_controlnet(profile=None, path: str | Path | None = None, max_train_steps: int = 50,
-                      seed: int = 0) -> Path:
-    """The ControlNet at ``path`` (default ``build/controlnet-tiny``); train a short one first if it is missing.
-
-    On the tiny profile a missing ControlNet is trained with the course's recipe for ``max_train_steps`` steps
-    (well under a minute), after printing how to make the real one (notebook 03). On other profiles a short
-    run would be useless, so a missing ControlNet raises FileNotFoundError with the same advice.
-    """
-    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
-    path = Path(path) if path is not None else default_controlnet_path()
-    if is_controlnet_folder(path):
-        return path
-    if profile.pretrained_model_name_or_path is not None:
-        raise FileNotFoundError(f"No ControlNet at {path} for the {profile.name} profile. Train it with notebook 03 "
-                                f"(CN_PROFILE={profile.name}), or pass the folder or hub id of yours.")
-    print(f"No ControlNet at {path}.\n{how_to_make_controlnet(path, profile)}\n"
-          f"Training a short one now ({max_train_steps} steps) so that this notebook can run; notebook 03 trains "
-          "longer.")
-    train(course_training_args(profile, base_model_path(profile), path, max_train_steps=max_train_steps, seed=seed))
-    return path

@@ -81,12 +81,10 @@ def test_variant_fp16_fetches_the_fp16_weights_and_no_others(hub_server, tmp_pat
 def test_revision_loads_the_pinned_commit_not_main(hub_server, tmp_path):
     old = hub_server.commits[SD15]["old"]
     result = hub_server.run_client(f"""
-        from cnhelpers.config import training_args
         from cnhelpers.loading import load_models
         ctl("DELETE", "/_test/log")
         for revision in ({old!r}, None):
-            args = training_args(pretrained_model_name_or_path={SD15!r}, train_data_dir="unused", revision=revision)
-            RESULT[str(revision)] = load_models(args).unet.config.sample_size
+            RESULT[str(revision)] = load_models({SD15!r}, revision=revision).denoiser.config.sample_size
         RESULT["revisions"] = sorted({{e["path"].split("/resolve/")[1].split("/")[0]
                                        for e in ctl("GET", "/_test/log") if "/resolve/" in e["path"]}})
     """, tmp_path / "hf")

@@ -129,9 +129,7 @@ def test_a_separate_vae_replaces_the_bases(sdxl_base, fill_dir, tmp_path):
 
     other_vae = tmp_path / "fp16-fix-stand-in"
     AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(other_vae)  # SD's scaling factor, unlike the base's VAE
-    args = training_args(pretrained_model_name_or_path=sdxl_base, train_data_dir=fill_dir, output_dir=tmp_path,
-                         pretrained_vae_model_name_or_path=other_vae)
-    vae = load_models(args).vae
+    vae = load_models(sdxl_base, pretrained_vae_model_name_or_path=other_vae).vae
     assert vae.config.scaling_factor == TINY_VAE_CONFIG["scaling_factor"] != 0.13025
 
 

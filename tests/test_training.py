@@ -14,7 +14,7 @@ from cnhelpers.config import UPSTREAM_FLAGS, build_parser, parse_args, training_
 from cnhelpers.data import fill_example
 from cnhelpers.loading import load_models
 from cnhelpers.losses import controlnet_loss, diffusion_target, min_snr_weights
-from cnhelpers.training import StepParts, train, training_step
+from cnhelpers.training import StepSetup, train, training_step
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +88,15 @@ def fixed_batch(models, fill_dir, n=4):
 @torch.no_grad()
 def fixed_noise_loss(models, batch, repeats=8):
     """The mean of training_step's loss over ``repeats`` draws of a fixed generator: the same noise each call."""
-    parts = StepParts(models)
+    setup = StepSetup(models)
     generator = torch.Generator().manual_seed(1)
-    return sum(training_step(parts, batch, generator).item() for _ in range(repeats)) / repeats
+    return sum(training_step(setup, batch, generator).item() for _ in range(repeats)) / repeats
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_base, fill_dir, tmp_path):
     args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_samples=4, max_train_steps=30)
     train(args)
-    models = load_models(args)
+    models = load_models(args.pretrained_model_name_or_path)
     batch = fixed_batch(models, fill_dir)
     initial = fixed_noise_loss(models, batch)
     models.controlnet = ControlNetModel.from_pretrained(tmp_path / "run")
@@ -121,19 +121,19 @@ def test_outputs_load_in_diffusers_format_with_a_model_card(tiny_base, fill_dir,
 def test_cached_and_uncached_paths_give_the_same_loss_on_the_same_batch_and_noise(tiny_base, fill_dir, tmp_path):
     from cnhelpers.cache import build_cache
 
-    models = load_models(tiny_args(tiny_base, fill_dir, tmp_path / "run"))
+    models = load_models(tiny_base)
     batch = fixed_batch(models, fill_dir)
     from cnhelpers.data import load_imagefolder, make_train_dataset
 
     dataset = make_train_dataset(load_imagefolder(fill_dir), models.tokenizer, resolution=64, max_train_samples=4,
                                  seed=0)
-    examples, text_table = build_cache(dataset, dataset.with_format(None)["text"], models.tokenizer,
-                                       models.text_encoder, models.vae, "cpu", disable_progress=True)
+    examples, text_tables = build_cache(dataset, dataset.with_format(None)["text"], models.encode_prompts, models.vae,
+                                        "cpu", disable_progress=True)
     cached_batch = torch.utils.data.default_collate([examples[i] for i in range(4)])
     with torch.no_grad():
-        uncached = training_step(StepParts(models), batch, torch.Generator().manual_seed(3))
-        cached = training_step(StepParts(models, text_table=text_table), cached_batch, torch.Generator().manual_seed(3))
-        other_noise = training_step(StepParts(models), batch, torch.Generator().manual_seed(4))
+        uncached = training_step(StepSetup(models), batch, torch.Generator().manual_seed(3))
+        cached = training_step(StepSetup(models, text_tables=text_tables), cached_batch, torch.Generator().manual_seed(3))
+        other_noise = training_step(StepSetup(models), batch, torch.Generator().manual_seed(4))
     # The conditioning image is stored as uint8 in the cache: a rounding of at most 1/510 per pixel.
     assert cached.item() == pytest.approx(uncached.item(), rel=1e-3)
     assert other_noise.item() != pytest.approx(uncached.item(), rel=1e-3)  # the loss does depend on the draws

@@ -96,8 +96,12 @@ class Family:
     label: str = ""
     #: The folders of a base repository this family loads (and so the files a Hub snapshot fetches).
     components: tuple[str, ...] = ()
-    #: The ControlNet pipeline of this family (validation, inference, the model card), by diffusers' name.
+    #: The ControlNet pipeline of this family (validation, inference, the model card), by diffusers' name, and the
+    #: keyword arguments its ``from_pretrained`` needs besides the base and the ControlNet.
     pipeline_name: str = ""
+    pipeline_kwargs: dict = {}
+    #: The pipeline's name for the denoiser ("unet" or "transformer").
+    denoiser_name: str = "unet"
     #: Upstream's default resize filter for this family's training script.
     default_interpolation: str = "bilinear"
     #: Flags that only mean something for this family (the CLI accepts them for every family).
@@ -114,6 +118,10 @@ class Family:
              vae_path: Path | None = None, controlnet: str | Path | None = None) -> Models:
         """The frozen base in ``base`` (a local folder holding :attr:`components`) and the ControlNet: loaded from
         ``controlnet`` (a local folder) or made from the denoiser."""
+        raise NotImplementedError
+
+    def check_controlnet_fits(self, controlnet, denoiser, vae_factor: int) -> None:
+        """Refuse, with the reason and the fix, a ControlNet that cannot feed this denoiser and VAE."""
         raise NotImplementedError
 
     def step_memory(self, models: Models, resolution: int, activation_bytes: int, adam_state_bytes: int):

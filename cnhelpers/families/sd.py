@@ -31,6 +31,8 @@ class StableDiffusion(Family):
     label = "Stable Diffusion 1.x/2.x"
     components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_name = "StableDiffusionControlNetPipeline"
+    # (no safety checker: a ControlNet's validation and the course's pictures are judged by people)
+    pipeline_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     default_interpolation = "bilinear"
     #: The pipeline classes whose folders this family loads.
     pipelines = ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline")

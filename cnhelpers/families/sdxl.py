@@ -79,6 +79,7 @@ class StableDiffusionXL(StableDiffusion):
     label = "Stable Diffusion XL"
     components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
     pipeline_name = "StableDiffusionXLControlNetPipeline"
+    pipeline_kwargs = {"add_watermarker": False}
     # upstream's defaults: lanczos in train_controlnet_sdxl.py (bilinear in train_controlnet.py)
     default_interpolation = "lanczos"
     pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline")
