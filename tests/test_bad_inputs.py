@@ -488,14 +488,14 @@ def test_the_memory_bound_refuses_no_real_run():
     from types import SimpleNamespace
 
     from cnhelpers.base_models import sd15_unet_and_controlnet_on_meta
-    from cnhelpers.loading import step_memory
+    from cnhelpers.families.sd import step_memory
 
     unet, controlnet = sd15_unet_and_controlnet_on_meta()
-    need = step_memory(SimpleNamespace(unet=unet, controlnet=controlnet, vae=None), 512)
+    need = step_memory(SimpleNamespace(denoiser=unet, controlnet=controlnet, vae=None), 512)
     total = 4 * (need.host_per_example + need.device_per_example) + need.device_fixed
     assert 2.8 * 2**30 < total < 4 * 2**30
     # and it grows with the pixels: at 100000 px no machine has it
-    huge = step_memory(SimpleNamespace(unet=unet, controlnet=controlnet, vae=None), 100000)
+    huge = step_memory(SimpleNamespace(denoiser=unet, controlnet=controlnet, vae=None), 100000)
     assert huge.device_per_example > 2**40
 
 

@@ -17,7 +17,7 @@ from cnhelpers.base_models import (
     sd15_unet_and_controlnet_on_meta,
     vae_scale_factor,
 )
-from cnhelpers.loading import check_controlnet_fits, load_or_create_controlnet
+from cnhelpers.families.sd import check_controlnet_fits, make_controlnet
 from cnhelpers.losses import predict_noise
 
 
@@ -127,10 +127,10 @@ def test_saved_weights_load_back_as_controlnet_model_name_or_path_does(unet, con
     with torch.no_grad():
         controlnet.controlnet_mid_block.bias.fill_(0.25)  # as if trained
     controlnet.save_pretrained(tmp_path / "controlnet")
-    loaded = load_or_create_controlnet(unet, tmp_path / "controlnet")
+    loaded = make_controlnet(unet, tmp_path / "controlnet")
     assert loaded.state_dict().keys() == controlnet.state_dict().keys()
     assert all(torch.equal(v, controlnet.state_dict()[k]) for k, v in loaded.state_dict().items())
-    fresh = load_or_create_controlnet(unet, None)
+    fresh = make_controlnet(unet, None)
     assert copied_and_new_parameters(unet, fresh)["changed"] == []
     assert not fresh.controlnet_mid_block.bias.detach().any()
 

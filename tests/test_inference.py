@@ -127,8 +127,12 @@ def test_held_out_circles_are_those_the_examples_draw():
         assert np.array_equal(np.asarray(example["conditioning_image"]), np.asarray(draw_circle(circle, 64)[1]))
 
 
-def test_a_missing_controlnet_folder_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="(?s)notebook 03.*python -m cnhelpers.train"):
+def test_a_missing_controlnet_folder_says_how_to_make_it_without_naming_a_notebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match="(?s)does not exist.*Train one into it with `python -m cnhelpers.train") \
+            as error:
+        resolve_controlnet(tmp_path / "controlnet-tiny")
+    assert "notebook" not in str(error.value)
+    with pytest.raises(FileNotFoundError):
         resolve_controlnet(tmp_path / "controlnet-tiny")
 
 

@@ -24,6 +24,58 @@ from ..model_info import conditioning_downsampling, count_parameters, vae_scale_
 from .family import Family, Models, StepConstants, StepMemory
 
 
+def make_controlnet(unet, controlnet: str | Path | None = None):
+    """Load the ControlNet in the local folder ``controlnet``, or make a new one from the UNet."""
+    from diffusers import ControlNetModel
+
+    if controlnet is not None:
+        return ControlNetModel.from_pretrained(controlnet)
+    return ControlNetModel.from_unet(unet)
+
+
+def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
+    """Refuse, with the reason and the fix, a ControlNet that cannot feed this UNet and VAE.
+
+    Its conditioning embedding must shrink the conditioning image by the VAE's factor (so the embedding
+    and the latents have the same size), and its encoder must have the UNet's channels and text width.
+    """
+    factor = conditioning_downsampling(controlnet)
+    if factor != vae_factor:
+        channels = tuple(controlnet.config.conditioning_embedding_out_channels)
+        raise ValueError(
+            f"The ControlNet's conditioning embedding shrinks the conditioning image {factor}x "
+            f"(conditioning_embedding_out_channels={channels} has {len(channels)} entries), but the VAE shrinks "
+            f"images {vae_factor}x, so the embedding and the latents would differ in size. Use a ControlNet "
+            f"whose conditioning_embedding_out_channels has {vae_factor.bit_length()} entries, "
+            f"e.g. ControlNetModel.from_unet(unet) with its default (16, 32, 96, 256).")
+    for name in ("block_out_channels", "cross_attention_dim", "in_channels"):
+        mine, theirs = controlnet.config[name], unet.config[name]
+        if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != \
+                (tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+            raise ValueError(
+                f"This ControlNet does not fit the base model: its {name} is {mine}, the base UNet's is "
+                f"{theirs}. A ControlNet only works with the base it was made from: load one trained for this "
+                "base, or make one with ControlNetModel.from_unet(unet) (leave out "
+                "--controlnet_model_name_or_path).")
+
+
+def step_memory(models, resolution: int, activation_bytes: int = 4, adam_state_bytes: int = 4):
+    """A lower bound on one training step's memory (:class:`StepMemory`) for a UNet base: per example, the
+    pictures in RAM; on the device the larger of the VAE encoder's first activations
+    and the step's (the conditioning embedding's first convolution at full resolution, the first blocks of
+    the ControlNet and the UNet, the latents, noise, noisy latents and target); once, AdamW's moments."""
+    pixels = resolution * resolution
+    vae_factor = vae_scale_factor(models.vae) if models.vae is not None else 8
+    latent_pixels = (resolution // vae_factor) ** 2
+    pictures = 2 * pixels * (4 + 2 * 3 * 4)
+    embedding = models.controlnet.config.conditioning_embedding_out_channels[0]
+    first_block = models.denoiser.config.block_out_channels[0]
+    step = (2 * embedding * pixels + 2 * 2 * first_block * latent_pixels) * activation_bytes \
+        + 4 * models.denoiser.config.in_channels * latent_pixels * 4
+    vae = 2 * models.vae.config.block_out_channels[0] * pixels * activation_bytes if models.vae is not None else 0
+    return StepMemory(pictures, max(step, vae), 2 * count_parameters(models.controlnet) * adam_state_bytes)
+
+
 class StableDiffusion(Family):
     """SD 1.x/2.x: a UNet without added embeddings, one CLIP text encoder."""
 
@@ -69,52 +121,13 @@ class StableDiffusion(Family):
         return Models(self, tokenizers, text_encoders, vae, unet, noise_scheduler, net)
 
     def make_controlnet(self, unet, controlnet: str | Path | None = None):
-        """Load the ControlNet in the local folder ``controlnet``, or make a new one from the UNet."""
-        from diffusers import ControlNetModel
-
-        if controlnet is not None:
-            return ControlNetModel.from_pretrained(controlnet)
-        return ControlNetModel.from_unet(unet)
+        return make_controlnet(unet, controlnet)
 
     def check_controlnet_fits(self, controlnet, unet, vae_factor: int = 8) -> None:
-        """Refuse, with the reason and the fix, a ControlNet that cannot feed this UNet and VAE.
-
-        Its conditioning embedding must shrink the conditioning image by the VAE's factor (so the embedding
-        and the latents have the same size), and its encoder must have the UNet's channels and text width.
-        """
-        factor = conditioning_downsampling(controlnet)
-        if factor != vae_factor:
-            channels = tuple(controlnet.config.conditioning_embedding_out_channels)
-            raise ValueError(
-                f"The ControlNet's conditioning embedding shrinks the conditioning image {factor}x "
-                f"(conditioning_embedding_out_channels={channels} has {len(channels)} entries), but the VAE shrinks "
-                f"images {vae_factor}x, so the embedding and the latents would differ in size. Use a ControlNet "
-                f"whose conditioning_embedding_out_channels has {vae_factor.bit_length()} entries, "
-                f"e.g. ControlNetModel.from_unet(unet) with its default (16, 32, 96, 256).")
-        for name in ("block_out_channels", "cross_attention_dim", "in_channels"):
-            mine, theirs = controlnet.config[name], unet.config[name]
-            if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != \
-                    (tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
-                raise ValueError(
-                    f"This ControlNet does not fit the base model: its {name} is {mine}, the base UNet's is "
-                    f"{theirs}. A ControlNet only works with the base it was made from: load one trained for this "
-                    "base, or make one with ControlNetModel.from_unet(unet) (leave out "
-                    "--controlnet_model_name_or_path).")
+        check_controlnet_fits(controlnet, unet, vae_factor)
 
     def step_memory(self, models: Models, resolution: int, activation_bytes: int = 4, adam_state_bytes: int = 4):
-        """Per example: the pictures in RAM; on the device the larger of the VAE encoder's first activations
-        and the step's (the conditioning embedding's first convolution at full resolution, the first blocks of
-        the ControlNet and the UNet, the latents, noise, noisy latents and target); once, AdamW's moments."""
-        pixels = resolution * resolution
-        vae_factor = vae_scale_factor(models.vae) if models.vae is not None else 8
-        latent_pixels = (resolution // vae_factor) ** 2
-        pictures = 2 * pixels * (4 + 2 * 3 * 4)
-        embedding = models.controlnet.config.conditioning_embedding_out_channels[0]
-        first_block = models.denoiser.config.block_out_channels[0]
-        step = (2 * embedding * pixels + 2 * 2 * first_block * latent_pixels) * activation_bytes \
-            + 4 * models.denoiser.config.in_channels * latent_pixels * 4
-        vae = 2 * models.vae.config.block_out_channels[0] * pixels * activation_bytes if models.vae is not None else 0
-        return StepMemory(pictures, max(step, vae), 2 * count_parameters(models.controlnet) * adam_state_bytes)
+        return step_memory(models, resolution, activation_bytes, adam_state_bytes)
 
     # -- text ---------------------------------------------------------------------------------------------
     def encode_prompts(self, models: Models, prompts: list[str]) -> tuple[torch.Tensor, ...]:
