@@ -13,6 +13,13 @@ from cnhelpers.speed import check_torch_compile, compile_models, memory_layout, 
 from cnhelpers.training import train
 
 HAS_CXX = any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+#: The smallest UNet that still has every kind of layer the tiny base's has (a resnet, a transformer with self- and
+#: cross-attention, the time embedding, the mid block; the ControlNet built from it adds its conditioning embedding
+#: and zero convolutions): one block of 32 channels. A cold inductor compile writes a C++ kernel per fused group of
+#: operations, so the compile test costs in proportion to the layers, and one block of each kind proves as much.
+ONE_BLOCK_UNET_CONFIG = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32,), layers_per_block=1,
+                             down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+                             cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32)
 
 
 def tiny_args(tiny_base, fill_dir, output_dir, **flags):
@@ -21,10 +28,23 @@ def tiny_args(tiny_base, fill_dir, output_dir, **flags):
                          report_to="none", checkpointing_steps=1000, max_train_steps=3, **flags)
 
 
+@pytest.fixture
+def one_block_base(tiny_base, tmp_path):
+    """The tiny base with its UNet swapped for :data:`ONE_BLOCK_UNET_CONFIG`'s (the VAE and text encoder kept)."""
+    from diffusers import UNet2DConditionModel
+
+    base = shutil.copytree(tiny_base, tmp_path / "one-block-sd")
+    shutil.rmtree(base / "unet")
+    torch.manual_seed(0)
+    UNet2DConditionModel(**ONE_BLOCK_UNET_CONFIG).save_pretrained(base / "unet")
+    return base
+
+
 @pytest.mark.skipif(not HAS_CXX, reason="inductor writes C++ kernels on a CPU: no C++ compiler here")
-def test_channels_last_and_inductor_train_the_losses_and_weights_of_the_default_run(tiny_base, fill_dir, tmp_path):
-    default = train(tiny_args(tiny_base, fill_dir, tmp_path / "default"))
-    fast = train(tiny_args(tiny_base, fill_dir, tmp_path / "fast", channels_last=True, torch_compile="inductor"))
+def test_channels_last_and_inductor_train_the_losses_and_weights_of_the_default_run(one_block_base, fill_dir,
+                                                                                    tmp_path):
+    default = train(tiny_args(one_block_base, fill_dir, tmp_path / "default"))
+    fast = train(tiny_args(one_block_base, fill_dir, tmp_path / "fast", channels_last=True, torch_compile="inductor"))
     losses = [h["loss"] for h in default.history]
     assert [h["loss"] for h in fast.history] == pytest.approx(losses, rel=1e-4)
     expected, trained = (ControlNetModel.from_pretrained(tmp_path / name).state_dict() for name in ("default", "fast"))
