@@ -86,10 +86,10 @@ chromium:
 	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 course: setup setup-flax
-	$(BIN)/python -m cnhelpers.course --out build/course
+	$(BIN)/python -m cnhelpers.course.runner --out build/course
 
 outputs: setup setup-flax
-	$(BIN)/python -m cnhelpers.course --in-place
+	$(BIN)/python -m cnhelpers.course.runner --in-place
 
 test: test-python test-notebooks test-real-paths test-flax test-colab test-browser
 

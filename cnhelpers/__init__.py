@@ -1,18 +1,27 @@
 """cnhelpers: the tested companion package of the ControlNet training course.
 
-One job per module, in layers that import only downward (``tests/test_package_layers.py`` checks it):
+A reusable library (the modules here and ``families/``) and, apart from it, the course's own machinery
+(``course/``), which imports the library and is never imported by it. One job per module, in layers that import
+only downward (``tests/test_package_layers.py`` checks both; README.md's table gives each module's job):
 
-0. ``paths`` (the build folder), ``env`` (the environment report), ``hub`` (hub ids, offline errors),
-   ``profiles`` (tiny, sd15, sdxl: plain data), ``tokenizer`` (the tiny bases' CLIP BPE tokenizer);
-1. ``data`` (fill data, loaders, transforms), ``images`` (PIL grids), ``losses`` (target, Min-SNR, loss,
-   ``predict_noise``), ``metrics`` (scoring pixels), ``base_models`` (the tiny base, SD 1.5's architecture),
-   ``sdxl`` (the SDXL variant), ``widgets`` (widgets shown with a static form for kernel-less viewers);
-2. ``config`` (train_controlnet.py's flags), ``recipes`` (the course's flags, once), ``optim``, ``cache``,
+0. ``paths`` (the build folder), ``env`` (the environment report), ``messages`` (one-line errors), ``hub`` (hub ids,
+   offline errors), ``tokenizer`` (the tiny bases' CLIP BPE tokenizer); ``course`` (the subpackage),
+   ``course.profiles`` (tiny, sd15, sdxl: plain data);
+1. ``data`` (loaders, checks, transforms, batches), ``own_data`` (your pictures, canny conditioning), ``images``
+   (PIL grids), ``losses`` (target, Min-SNR, loss, ``predict_noise``), ``model_info`` (parameter counts,
+   downsampling), ``families`` (which family a base is; ``families.family``, ``families.sd``, ``families.sdxl``:
+   what each knows); ``course.fill`` (the generated fill data), ``course.held_out`` (held-out outlines),
+   ``course.metrics`` (scoring pixels), ``course.tiny_bases`` (the tiny base, SD 1.5's architecture),
+   ``course.tiny_sdxl`` (the tiny SDXL base), ``course.widgets`` (widgets with a static form);
+2. ``speed`` (channels-last, torch.compile), ``config`` (train_controlnet.py's flags), ``optim``, ``cache``,
    ``checkpoints``, ``outputs`` (validation, final save, model card, log), ``loading`` (models to train);
+   ``course.recipes`` (the course's flags, once);
 3. ``training`` (the loop, as named steps), ``inference`` (pipelines, generation);
-4. ``evaluation`` (control fidelity, checkpoint IoU), ``anatomy`` (notebook 02), ``memory`` (measuring, the ladder);
-5. ``plots``, ``checks`` (exercise self-checks), ``train`` (``python -m cnhelpers.train``), ``course`` (the
-   notebook runner), ``colab`` (the notebooks' Colab cell), ``pretrain_base`` (the tiny base's recipe), ``flax_training`` (the Flax environment only).
+4. ``course.controlnet`` (notebook 03's ControlNet, trained briefly when missing), ``course.evaluation`` (control
+   fidelity, checkpoint IoU), ``course.anatomy`` (notebook 02), ``course.memory`` (measuring, the ladder);
+5. ``train`` (``python -m cnhelpers.train``); ``course.plots``, ``course.checks`` (exercise self-checks),
+   ``course.runner`` (the notebook runner), ``course.colab`` (the notebooks' Colab cell), ``course.pretrain_base``
+   (the tiny base's recipe), ``course.flax_training`` (the Flax environment only).
 """
 
 import logging

@@ -14,13 +14,13 @@ def xformers_available() -> bool:
     return is_xformers_available()
 
 
-def configure_attention(args, *models) -> str:
-    """Use xFormers attention when ``--enable_xformers_memory_efficient_attention`` asks for it.
+def configure_attention(use_xformers: bool, *models) -> str:
+    """Use xFormers attention in ``models`` when ``use_xformers`` (``--enable_xformers_memory_efficient_attention``).
 
     Otherwise diffusers already uses PyTorch's scaled_dot_product_attention (SDPA), which on a recent GPU
     picks a memory-efficient or flash kernel by itself. Returns the backend's name.
     """
-    if not getattr(args, "enable_xformers_memory_efficient_attention", False):
+    if not use_xformers:
         return "sdpa"
     if not xformers_available():
         raise ValueError(
@@ -32,29 +32,37 @@ def configure_attention(args, *models) -> str:
     return "xformers"
 
 
-def make_optimizer(args, params):
-    """AdamW, or bitsandbytes' 8-bit AdamW with ``--use_8bit_adam`` (its state is stored as uint8).
+def make_optimizer(params, *, learning_rate: float, betas: tuple[float, float] = (0.9, 0.999),
+                   epsilon: float = 1e-8, weight_decay: float = 1e-2, use_8bit: bool = False,
+                   in_backward: bool = False):
+    """AdamW, or bitsandbytes' 8-bit AdamW with ``use_8bit`` (``--use_8bit_adam``: its state is stored as uint8).
 
-    With ``--optimizer_in_backward``, one such optimizer per parameter, stepped inside the backward pass
-    (:class:`OptimizerInBackward`).
+    With ``in_backward`` (``--optimizer_in_backward``), one such optimizer per parameter, stepped inside the
+    backward pass (:class:`OptimizerInBackward`). The defaults are those of train_controlnet.py's flags
+    (``--adam_beta1``, ``--adam_beta2``, ``--adam_epsilon``, ``--adam_weight_decay``); ``learning_rate`` has none,
+    since the right one depends on the run.
     """
-    if getattr(args, "optimizer_in_backward", False):
-        return OptimizerInBackward(params, lambda one_parameter: make_one_optimizer(args, one_parameter))
-    return make_one_optimizer(args, params)
+    def make_one(some_params):
+        return make_one_optimizer(some_params, learning_rate=learning_rate, betas=betas, epsilon=epsilon,
+                                  weight_decay=weight_decay, use_8bit=use_8bit)
+
+    if in_backward:
+        return OptimizerInBackward(params, make_one)
+    return make_one(params)
 
 
-def make_one_optimizer(args, params):
-    """The optimizer of ``--use_8bit_adam`` / ``--adam_*`` for ``params`` (all of them, or a single one)."""
-    if args.use_8bit_adam:
+def make_one_optimizer(params, *, learning_rate: float, betas: tuple[float, float] = (0.9, 0.999),
+                       epsilon: float = 1e-8, weight_decay: float = 1e-2, use_8bit: bool = False):
+    """The AdamW (8-bit with ``use_8bit``) of :func:`make_optimizer` for ``params`` (all of them, or a single one)."""
+    if use_8bit:
         try:
             import bitsandbytes as bnb
         except ImportError as error:
             raise ImportError("--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`.") from error
-        return bnb.optim.AdamW8bit(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        return bnb.optim.AdamW8bit(params, lr=learning_rate, betas=betas, weight_decay=weight_decay, eps=epsilon)
     # fused: one kernel for all parameters instead of a Python loop over them (same arithmetic)
-    return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=True)
+    return torch.optim.AdamW(params, lr=learning_rate, betas=betas, weight_decay=weight_decay, eps=epsilon,
+                             fused=True)
 
 
 class OptimizerInBackward(torch.optim.Optimizer):
@@ -129,11 +137,13 @@ class OptimizerInBackward(torch.optim.Optimizer):
         self.param_groups = [optimizer.param_groups[0] for optimizer in self.optimizers]
 
 
-def check_optimizer_in_backward(args, accelerator) -> None:
-    """Refuse ``--optimizer_in_backward`` with what it cannot do, naming the fix (no-op without the flag)."""
+def check_optimizer_in_backward(accelerator, max_grad_norm: float, *, in_backward: bool = True) -> None:
+    """Refuse the optimizer step in backward (``--optimizer_in_backward``) with what it cannot do, naming the fix:
+    DeepSpeed, several processes, gradient accumulation, clipping (``max_grad_norm``, ``--max_grad_norm``), fp16.
+    No-op when ``in_backward`` is False (the flag not given)."""
     from accelerate.utils import DistributedType
 
-    if not getattr(args, "optimizer_in_backward", False):
+    if not in_backward:
         return
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError("--optimizer_in_backward does not combine with DeepSpeed: ZeRO owns the gradients and "
@@ -150,10 +160,10 @@ def check_optimizer_in_backward(args, accelerator) -> None:
             f"{accelerator.gradient_accumulation_steps}): each backward pass updates the weights and frees the "
             "gradients. Use --gradient_accumulation_steps 1 (and a larger --train_batch_size if it fits), or "
             "drop --optimizer_in_backward.")
-    if args.max_grad_norm:
+    if max_grad_norm:
         raise ValueError(
             f"--optimizer_in_backward cannot clip gradients by their global norm (--max_grad_norm "
-            f"{args.max_grad_norm:g}): the norm needs every gradient, and each parameter is updated before the "
+            f"{max_grad_norm:g}): the norm needs every gradient, and each parameter is updated before the "
             "next gradient exists. Pass --max_grad_norm 0 (no clipping), or drop --optimizer_in_backward.")
     if accelerator.mixed_precision == "fp16":
         raise ValueError(

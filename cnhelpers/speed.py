@@ -2,10 +2,9 @@
 forward and backward passes (``--torch_compile``), with the checks that refuse them, in one line, where they
 cannot run.
 
-Both are off by default: compiling costs start-up time that only a long run earns back (for the tiny models on this
-project's 2-core CPU, about two minutes with an empty compile cache, most of it the C++ compiler's, and 5 s with a
-filled one, against 8 % off each step: even at 1,020 steps the run takes longer in all; not measured on a GPU yet),
-and a notebook that trains a few hundred steps never does.
+Both are off by default: compiling costs start-up time (most of it the C++ compiler's on a CPU) that only a long
+run earns back, and a notebook that trains a few hundred steps never does (the figures:
+``benchmarks/results/train-throughput-tiny-cpu-2026-12-01.md``).
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ def memory_layout(channels_last: bool, device_type: str) -> tuple[torch.memory_f
 
     ``--channels_last`` puts both models in the NHWC layout that cuDNN's and oneDNN's fastest convolutions read.
     Without it, a CPU still keeps the conditioning embedding channels-last: at its few channels and full
-    resolution oneDNN convolves it faster that way (about a third of a tiny step at 64 px).
+    resolution oneDNN convolves it faster that way.
     """
     if channels_last:
         return torch.channels_last, torch.channels_last

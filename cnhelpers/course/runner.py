@@ -1,4 +1,4 @@
-"""Run the course's notebooks headless, in order: ``python -m cnhelpers.course`` (``make course``).
+"""Run the course's notebooks headless, in order: ``python -m cnhelpers.course.runner`` (``make course``).
 
 Each notebook runs in a fresh kernel with the notebooks folder as its working directory. One line per
 notebook says how long it took and whether it passed, or which cell failed and why.
@@ -98,7 +98,7 @@ def widget_static_form(model_id: str, state: dict) -> dict:
 def static_widget_outputs(nb) -> int:
     """Replace every widget output of ``nb`` by its static form, then drop the saved widget state.
 
-    An output that already carries a picture (``cnhelpers.widgets.show`` adds one) keeps it and its text; any
+    An output that already carries a picture (``cnhelpers.course.widgets.show`` adds one) keeps it and its text; any
     other takes :func:`widget_static_form`. Returns how many outputs changed.
     """
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})

@@ -1,5 +1,5 @@
 """Control fidelity measured: generate on held-out outlines with and without the ControlNet, and score each
-checkpoint while training (notebook 03's convergence curve). The scoring itself is :mod:`cnhelpers.metrics`.
+checkpoint while training (notebook 03's convergence curve). The scoring itself is :mod:`cnhelpers.course.metrics`.
 """
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import generate, held_out_circles, held_out_examples, load_controlnet_pipeline
-from .loading import dtype_kwargs
+from ..inference import generate, load_controlnet_pipeline
+from ..loading import dtype_kwargs
+from .held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
 from .metrics import iou_breakdown, score_fill_image
 
 
@@ -24,7 +25,7 @@ def _check_single(pipeline) -> None:
 
 def held_out_scores(pipeline, examples, seed: int, *, num_inference_steps: int = 20, guidance_scale: float = 7.5,
                     batch_size: int = 8, runs=RUNS) -> dict[str, list[dict]]:
-    """Scores (:func:`cnhelpers.metrics.score_fill_image`) of each example, per run of ``runs`` (label, scale).
+    """Scores (:func:`cnhelpers.course.metrics.score_fill_image`) of each example, per run of ``runs`` (label, scale).
 
     Both runs of :data:`RUNS` use the same prompts and the same per-image seeds (``seed + i``), so the only
     difference is the ControlNet: "without" is ``controlnet_conditioning_scale=0``, which multiplies its
@@ -41,13 +42,13 @@ def held_out_scores(pipeline, examples, seed: int, *, num_inference_steps: int =
     return scores
 
 
-def evaluate_control(pipeline, n: int = 16, seed: int = 10_000, *, resolution: int | None = None,
+def evaluate_control(pipeline, n: int = 16, seed: int = HELD_OUT_SEED, *, resolution: int | None = None,
                      num_inference_steps: int = 20, guidance_scale: float = 7.5, batch_size: int = 8,
                      placement: str = "course"):
     """Mean scores of ``n`` held-out outlines, with the pipeline's ControlNet and without it.
 
     The outlines are those of the fill data with ``seed`` (use one the training data does not use; the
-    course trains on seed 0), placed as ``placement`` says (:data:`cnhelpers.data.PLACEMENTS`). Both runs use
+    course trains on seed 0), placed as ``placement`` says (:data:`cnhelpers.course.fill.PLACEMENTS`). Both runs use
     the same prompts and per-image seeds (:func:`held_out_scores`). Returns a pandas DataFrame, one row per run.
     """
     import pandas as pd
@@ -61,14 +62,14 @@ def evaluate_control(pipeline, n: int = 16, seed: int = 10_000, *, resolution: i
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def evaluate_breakdown(pipeline, n: int = 64, seed: int = 10_000, *, placement: str = "anywhere",
+def evaluate_breakdown(pipeline, n: int = 64, seed: int = HELD_OUT_SEED, *, placement: str = "anywhere",
                        resolution: int | None = None, num_inference_steps: int = 20, guidance_scale: float = 7.5,
                        batch_size: int = 8):
     """Mean circle IoU of ``n`` held-out outlines with and without the ControlNet, split by where they lie.
 
     The outlines are drawn ``placement`` (``"anywhere"`` in the frame by default, as a user's would be;
     ``"course"`` as the training data). Rows: all, inside the frame, cut by the border, and each radius bin
-    (:func:`cnhelpers.metrics.breakdown_groups`); columns ``n``, ``with ControlNet``, ``without ControlNet``.
+    (:func:`cnhelpers.course.metrics.breakdown_groups`); columns ``n``, ``with ControlNet``, ``without ControlNet``.
     Returns a pandas DataFrame indexed by group.
     """
     import pandas as pd
@@ -84,7 +85,7 @@ def evaluate_breakdown(pipeline, n: int = 64, seed: int = 10_000, *, placement: 
 
 def iou_by_group(pipeline, examples, circles, seed: int, **kwargs) -> dict[str, float]:
     """Mean circle IoU of ``examples`` with the ControlNet only (no base-alone run), by group of
-    :func:`cnhelpers.metrics.iou_breakdown`: for comparing ControlNets with each other (``benchmarks/``).
+    :func:`cnhelpers.course.metrics.iou_breakdown`: for comparing ControlNets with each other (``benchmarks/``).
     ``seed`` and ``kwargs`` as in :func:`held_out_scores`."""
     scores = held_out_scores(pipeline, examples, seed, runs=RUNS[:1], **kwargs)
     return {row["group"]: row[RUNS[0][0]] for row in breakdown_rows(scores, circles)}
@@ -92,7 +93,7 @@ def iou_by_group(pipeline, examples, circles, seed: int, **kwargs) -> dict[str, 
 
 def breakdown_rows(scores: dict[str, list[dict]], circles) -> list[dict]:
     """Rows ``{"group", "n", "with ControlNet", "without ControlNet"}``: the mean IoU of each run of ``scores``
-    (:func:`held_out_scores`) per group of :func:`cnhelpers.metrics.iou_breakdown` (None for an empty group)."""
+    (:func:`held_out_scores`) per group of :func:`cnhelpers.course.metrics.iou_breakdown` (None for an empty group)."""
     rows: dict[str, dict] = {}
     for label, run in scores.items():
         for row in iou_breakdown([s["iou"] for s in run], circles):
@@ -111,7 +112,7 @@ class CheckpointIoU:
     UNet's sample size.
     """
 
-    def __init__(self, base, output_dir, n: int = 8, num_inference_steps: int = 10, seed: int = 10_000,
+    def __init__(self, base, output_dir, n: int = 8, num_inference_steps: int = 10, seed: int = HELD_OUT_SEED,
                  guidance_scale: float = 7.5, on_score=None, device=None, dtype=None, resolution: int | None = None):
         self.base, self.output_dir, self.n = base, output_dir, n
         self.device, self.dtype, self.resolution = device, dtype, resolution

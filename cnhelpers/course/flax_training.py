@@ -35,8 +35,8 @@ from flax.training import train_state
 from flax.training.common_utils import shard
 from PIL import Image
 
-from .data import pick_captions
-from .paths import build_dir, staged_folder
+from ..data import pick_captions
+from ..paths import build_dir, staged_folder
 
 #: The pmap axis that gradients and metrics are averaged over, and the name of the devices' mesh axis.
 AXIS = "batch"

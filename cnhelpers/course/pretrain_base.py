@@ -1,6 +1,6 @@
 """Pretrain the tiny base from scratch on generated fill data, so the CPU course shows real control.
 
-The tiny profile's base (:func:`cnhelpers.base_models.ensure_tiny_base`) is a Stable-Diffusion-layout model.
+The tiny profile's base (:func:`cnhelpers.course.tiny_bases.ensure_tiny_base`) is a Stable-Diffusion-layout model.
 With random weights every picture is noise; this recipe trains its three learned parts in stages,
 each of which saves checkpoints atomically and resumes where it stopped:
 
@@ -14,10 +14,10 @@ each of which saves checkpoints atomically and resumes where it stopped:
 4. ``assemble``: the trained parts, the tokenizer and SD's scheduler as one diffusers folder with a model
    card that records the recipe, seeds, steps and the evaluation's figures.
 
-    python -m cnhelpers.pretrain_base                  # every stage, resuming what is done
-    python -m cnhelpers.pretrain_base --stage vae      # one stage
-    python -m cnhelpers.pretrain_base --stage unet --unet_init cnhelpers/assets/tiny-sd   # fine-tune a base
-    python -m cnhelpers.pretrain_base evaluate         # the figures of the model card (see evaluate_base)
+    python -m cnhelpers.course.pretrain_base                  # every stage, resuming what is done
+    python -m cnhelpers.course.pretrain_base --stage vae      # one stage
+    python -m cnhelpers.course.pretrain_base --stage unet --unet_init cnhelpers/assets/tiny-sd   # fine-tune a base
+    python -m cnhelpers.course.pretrain_base evaluate         # the figures of the model card (see evaluate_base)
 
 The data never includes the held-out seed that the evaluations use (:data:`HELD_OUT_SEED`).
 """
@@ -38,16 +38,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base_models import build_tiny_base, ensure_tiny_base, is_complete_base
-from .data import BORDER_CUT_SHARE, PALETTE, RADIUS_RANGE, draw_circle, sample_circle
+from ..inference import image_generators, load_controlnet_pipeline
+from ..losses import controlnet_loss
+from ..paths import build_dir, staged_folder
+from ..training import train
 from .evaluation import breakdown_rows, held_out_scores
-from .inference import HELD_OUT_SEED, held_out_circles, held_out_examples, image_generators, load_controlnet_pipeline
-from .losses import controlnet_loss
+from .fill import BORDER_CUT_SHARE, PALETTE, RADIUS_RANGE, draw_circle, sample_circle
+from .held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
 from .metrics import circle_mask, colour_accuracy, mask_iou
-from .paths import build_dir, staged_folder
 from .profiles import get_profile
 from .recipes import course_training_args
-from .training import train
+from .tiny_bases import build_tiny_base, ensure_tiny_base, is_complete_base
 
 #: Seed of the pretraining data (the ControlNet trains on seed 0; evaluations use HELD_OUT_SEED).
 PRETRAIN_SEED = 2
@@ -432,7 +433,7 @@ def assemble(config: PretrainConfig, path: Path | None = None) -> Path:
 def model_card(config: PretrainConfig, scores: dict | None) -> str:
     """The tiny base's README: what it is, the recipe that made it, and its evaluation figures."""
     recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
-    figures = "Not evaluated yet: run `python -m cnhelpers.pretrain_base evaluate`."
+    figures = "Not evaluated yet: run `python -m cnhelpers.course.pretrain_base evaluate`."
     if scores:
         # format_scores indents a run's placements and groups; as markdown, nested list items
         figures = "\n".join(" " * (len(line) - len(line.lstrip())) + f"- {line.lstrip()}" for line in format_scores(scores))
@@ -447,7 +448,7 @@ TRAINED_MODEL_CARD = """\
 A Stable-Diffusion-1.5-layout model small enough to train and run on a CPU: the base of the course's `tiny`
 profile. It was trained from scratch, offline, on generated fill images (a circle of one of 16 named colours
 on a background of another, caption "{{circle}} circle with {{background}} background"), by
-`python -m cnhelpers.pretrain_base` (see `cnhelpers/pretrain_base.py`).
+`python -m cnhelpers.course.pretrain_base` (see `cnhelpers/course/pretrain_base.py`).
 
 - `vae/`: AutoencoderKL, 8x downsampling, 4 latent channels, `scaling_factor` measured on its latents
 - `unet/`: UNet2DConditionModel, blocks (64, 64), cross-attention dim 64, 32-group norms, epsilon prediction
@@ -468,7 +469,7 @@ previous copy's UNet and text encoder on them (`--stage unet --unet_init build/p
 copy of the previous base, with the table's settings: 1,000 steps, 13 minutes on one thread of a shared
 2-core CPU, a quarter of the previous UNet stage's steps). The table is that invocation's configuration.
 
-Data: fill images of seed {seed} from `cnhelpers.data.sample_circle` (radius uniform in {radius_range},
+Data: fill images of seed {seed} from `cnhelpers.course.fill.sample_circle` (radius uniform in {radius_range},
 {cut_share:.0%} of the circles cut by the border), generated on the fly (VAE) or encoded once (UNet stage);
 every evaluation uses seed {held_out}, which no training stage sees.
 
@@ -478,12 +479,12 @@ every evaluation uses seed {held_out}, which no training stage sees.
 
 ## Evaluation
 
-Printed by `python -m cnhelpers.pretrain_base evaluate --base <this folder> --short-run -n 64` (UniPC, 20
+Printed by `python -m cnhelpers.course.pretrain_base evaluate --base <this folder> --short-run -n 64` (UniPC, 20
 steps; the short run trains a ControlNet with notebook 03's flags and times it, here on a 2-core CPU):
 
 {figures}
 
-It only knows fill images and the 16 colours of `cnhelpers.data.PALETTE`; it is a teaching model, not an
+It only knows fill images and the 16 colours of `cnhelpers.course.fill.PALETTE`; it is a teaching model, not an
 image generator.
 """
 
@@ -552,7 +553,7 @@ def format_scores(scores: dict) -> list[str]:
 
 def placement_scores(pipeline, n: int, placement: str, guidance_scale: float, seed: int = HELD_OUT_SEED) -> dict:
     """Circle IoU of ``n`` held-out outlines placed as ``placement`` says, with the ControlNet and without:
-    the means, the mean scores per run, and the IoU per group (:func:`cnhelpers.metrics.iou_breakdown`)."""
+    the means, the mean scores per run, and the IoU per group (:func:`cnhelpers.course.metrics.iou_breakdown`)."""
     resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
     circles = held_out_circles(n, seed=seed, placement=placement)
@@ -610,7 +611,7 @@ STAGES = ("vae", "latents", "unet", "assemble")
 
 def parse_config(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
     """The recipe's config from command-line flags named like its fields, plus ``--stage``."""
-    parser = argparse.ArgumentParser(prog="python -m cnhelpers.pretrain_base", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cnhelpers.course.pretrain_base", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("all",) + STAGES, default="all")
     for field in fields(PretrainConfig):
         parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
@@ -620,9 +621,9 @@ def parse_config(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
 
 
 def evaluate_main(argv) -> int:
-    """``python -m cnhelpers.pretrain_base evaluate [--base PATH] [--controlnet PATH] [--short-run]``."""
+    """``python -m cnhelpers.course.pretrain_base evaluate [--base PATH] [--controlnet PATH] [--short-run]``."""
 
-    parser = argparse.ArgumentParser(prog="python -m cnhelpers.pretrain_base evaluate",
+    parser = argparse.ArgumentParser(prog="python -m cnhelpers.course.pretrain_base evaluate",
                                      description=evaluate_base.__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=None, help="base folder (default: the tiny profile's)")
     parser.add_argument("--controlnet", type=Path, default=None, help="a trained ControlNet folder to score")

@@ -3,11 +3,11 @@
 - ``tiny`` (the default): a tiny SD-layout model and generated fill data, built locally; offline, CPU.
 - ``sd15``: Stable Diffusion 1.5 and ``fusing/fill50k`` at 512 px, for a GPU with internet access.
 - ``sdxl``: SDXL base 1.0 and ``fusing/fill50k`` at 1024 px, for a large GPU (notebook 07; on the CPU,
-  notebook 07 uses the tiny SDXL-layout base of :mod:`cnhelpers.sdxl`).
+  notebook 07 uses the tiny SDXL-layout base of :mod:`cnhelpers.course.tiny_sdxl`).
 
 Pick one with the ``CN_PROFILE`` environment variable, or pass a name to :func:`get_profile` (the
-notebooks' parameter cells do). Plain data: :func:`cnhelpers.base_models.base_model_path` and
-:func:`cnhelpers.data.load_train_dataset` turn a profile into a model folder and a data set.
+notebooks' parameter cells do). Plain data: :func:`cnhelpers.course.tiny_bases.base_model_path` and
+:func:`cnhelpers.course.fill.load_train_dataset` turn a profile into a model folder and a data set.
 """
 
 from __future__ import annotations
@@ -62,10 +62,9 @@ PROFILES: dict[str, Profile] = {
         dataset_name=None,
         resolution=64,
         train_batch_size=16,
-        # A small ControlNet on a small base: 20x SD's 1e-4, decaying along a cosine to 0 so the run ends settled.
-        # At 2,400 steps it holds anywhere in the frame: circle IoU 0.863, 0.878 and 0.876 on outlines drawn
-        # anywhere (seeds 0, 1, 2), against 0.861 at a constant 1e-3
-        # (benchmarks/results/controlnet-recipes-tiny-cpu-2026-12-01.md).
+        # A small ControlNet on a small base learns at 20x SD's 1e-4; a cosine decay to 0 lets the run end settled,
+        # so its control holds anywhere in the frame, not only where the training circles were (the recipes
+        # compared: benchmarks/results/controlnet-recipes-tiny-cpu-2026-12-01.md).
         learning_rate=2e-3,
         lr_scheduler="cosine",
         max_train_steps=2400,
@@ -79,10 +78,10 @@ PROFILES: dict[str, Profile] = {
         pretrained_model_name_or_path="stable-diffusion-v1-5/stable-diffusion-v1-5",
         dataset_name="fusing/fill50k",
         resolution=512,
-        # The ladder's rung 4, the guide's 12 GB flags (batch 1 x 4 accumulated, ControlNet checkpointing, 8-bit
-        # AdamW, grads to None: 9.3 GB measured on an H200 in fp32), with fp16 and cached latents, which only
-        # lower it (6.4 GB measured for exactly these flags, 2026-11-26 run 1): a 16 GB T4 holds it without
-        # also checkpointing the frozen UNet (--checkpoint_frozen_unet: 28-69 % slower steps).
+        # The memory ladder's rung 4, the guide's "12 GB" flags (batch 1 x 4 accumulated, ControlNet checkpointing,
+        # 8-bit AdamW, grads to None), with fp16 and cached latents, which only lower its peak: so a 16 GB T4 holds
+        # it without also checkpointing the frozen UNet (--checkpoint_frozen_unet), which would slow every step.
+        # The peaks and the slowdown measured: benchmarks/results/figures-moved-from-comments.md.
         train_batch_size=1,
         gradient_accumulation_steps=4,
         learning_rate=1e-5,

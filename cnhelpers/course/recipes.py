@@ -1,14 +1,14 @@
 """The course's training recipe, written once: the flags of notebook 03's run for a profile, and the command
-line that trains the same ControlNet (:func:`cnhelpers.inference.ensure_controlnet` trains it when missing).
+line that trains the same ControlNet (:func:`cnhelpers.course.controlnet.ensure_controlnet` trains it when missing).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .config import training_args
-from .data import ensure_fill_dataset, fill_dataset_path
-from .paths import build_dir, shown_path
+from ..config import training_args
+from ..paths import build_dir, shown_path
+from .fill import ensure_fill_dataset, fill_dataset_path
 from .profiles import Profile, get_profile
 
 #: What the course adds to a profile's batch size, learning rate and steps: Min-SNR γ = 5 (the paper's
@@ -86,4 +86,4 @@ def how_to_make_controlnet(path: str | Path, profile: Profile | None = None) -> 
         profile.num_generated_examples, profile.resolution))}
     flags = course_flags(profile, base, path, **data)
     return (f"Make it by running notebook 03 (03_training_loop.ipynb), or from a shell:\n  {command_line(flags)}\n"
-            "(cnhelpers.inference.ensure_controlnet() trains a short run by itself).")
+            "(cnhelpers.course.controlnet.ensure_controlnet() trains a short run by itself).")

@@ -1,4 +1,5 @@
-"""Base models: the tiny Stable-Diffusion-layout base the course trains on, and SD 1.5's architecture.
+"""The course's tiny bases: the tiny Stable-Diffusion-layout base it trains on (built, or copied from the pretrained
+one it ships), SD 1.5's architecture with random weights, and the profile's base folder.
 
 The tiny base mirrors SD 1.5 where a learner would notice: the same folder layout and loaders, a VAE
 that downsamples by 8 with 4 latent channels (so ``ControlNetModel.from_unet(unet)`` works with its
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .data import caption_words
-from .hub import resolve_base
-from .paths import build_dir, staged_folder
+from ..hub import resolve_base
+from ..paths import build_dir, staged_folder
+from ..tokenizer import write_clip_tokenizer
+from .fill import caption_words
 from .profiles import Profile
-from .tokenizer import write_clip_tokenizer
 
 
 #: UNet of the tiny base: two resolutions, cross-attention at both, 32 normalisation groups like SD
@@ -128,7 +129,7 @@ TINY_MODEL_CARD = """\
 # tiny-sd (ControlNet course)
 
 A Stable-Diffusion-1.5-layout model, small enough to train and run on a CPU, for the course's `tiny` profile.
-Built offline by `cnhelpers.base_models.build_tiny_base(path, seed={seed})` with seeded random weights.
+Built offline by `cnhelpers.course.tiny_bases.build_tiny_base(path, seed={seed})` with seeded random weights.
 
 - `vae/`: AutoencoderKL, 8x downsampling, 4 latent channels, 32-group norms
 - `unet/`: UNet2DConditionModel, blocks (32, 64), cross-attention dim 64, 32-group norms
@@ -145,8 +146,8 @@ def is_complete_base(path: str | Path) -> bool:
         (path / sub).is_dir() for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
 
 
-#: The pretrained tiny base shipped with the package (``python -m cnhelpers.pretrain_base`` made it).
-PRETRAINED_TINY_BASE = Path(__file__).resolve().parent / "assets" / "tiny-sd"
+#: The pretrained tiny base shipped with the package (``python -m cnhelpers.course.pretrain_base`` made it).
+PRETRAINED_TINY_BASE = Path(__file__).resolve().parents[1] / "assets" / "tiny-sd"
 
 
 def ensure_tiny_base(seed: int = 0) -> Path:
@@ -166,30 +167,9 @@ def ensure_tiny_base(seed: int = 0) -> Path:
     elif not is_complete_base(path):
         warnings.warn(f"The pretrained tiny base is missing ({PRETRAINED_TINY_BASE}): building one with random "
                       "weights, so generated pictures will be noise. Reinstall the course, or make it with "
-                      "`python -m cnhelpers.pretrain_base` and copy build/pretrain/tiny-sd there.", stacklevel=2)
+                      "`python -m cnhelpers.course.pretrain_base` and copy build/pretrain/tiny-sd there.", stacklevel=2)
         build_tiny_base(path, seed=seed)
     return path
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def vae_scale_factor(vae) -> int:
-    """How much the VAE shrinks each image side: 2 per downsampling, one fewer than its blocks (8 for SD)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def conditioning_downsampling(controlnet_or_channels) -> int:
-    """How much the ControlNet's conditioning embedding shrinks the conditioning image (8 by default).
-
-    Takes a ControlNet or its ``conditioning_embedding_out_channels``: each entry after the first adds a
-    stride-2 convolution.
-    """
-    channels = getattr(getattr(controlnet_or_channels, "config", None), "conditioning_embedding_out_channels",
-                       controlnet_or_channels)
-    return 2 ** (len(channels) - 1)
 
 
 #: SD 1.5's UNet (``unet/config.json`` of stable-diffusion-v1-5); the fields not given are diffusers'

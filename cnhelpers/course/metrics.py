@@ -11,7 +11,7 @@ image is the circle's outline. So a generated image can be scored without any le
   it from the background colour; the mean per-pixel RGB distance as a fraction of the largest possible one
   (black to white), so 0.0 is exact and 1.0 the worst.
 
-Nothing here generates images: :mod:`cnhelpers.evaluation` runs a pipeline and scores with these.
+Nothing here generates images: :mod:`cnhelpers.course.evaluation` runs a pipeline and scores with these.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from .data import PALETTE, RADIUS_RANGE, is_cut_by_border
+from .fill import PALETTE, RADIUS_RANGE, is_cut_by_border
 
 
 #: Largest RGB distance (black to white), the unit of the colour errors.
@@ -40,7 +40,7 @@ def colour_rgb(name: str) -> tuple[int, int, int]:
     css = key.replace(" ", "")
     if css in CSS4_COLORS:
         return tuple(round(255 * c) for c in to_rgb(CSS4_COLORS[css]))
-    raise ValueError(f"Unknown colour {name!r}: use a name of cnhelpers.data.PALETTE ({', '.join(PALETTE)}) "
+    raise ValueError(f"Unknown colour {name!r}: use a name of cnhelpers.course.fill.PALETTE ({', '.join(PALETTE)}) "
                      "or a CSS colour name")
 
 
@@ -200,7 +200,7 @@ def colour_accuracy(images, prompts) -> dict[str, float]:
     return {"circle_accuracy": float(np.mean(circle_hits)), "background_accuracy": float(np.mean(background_hits))}
 
 
-#: Radius bins of :func:`iou_breakdown`: :data:`cnhelpers.data.RADIUS_RANGE` in four equal parts.
+#: Radius bins of :func:`iou_breakdown`: :data:`cnhelpers.course.fill.RADIUS_RANGE` in four equal parts.
 RADIUS_BINS = tuple(zip(np.linspace(*RADIUS_RANGE, 5)[:-1].round(2).tolist(),
                         np.linspace(*RADIUS_RANGE, 5)[1:].round(2).tolist()))
 

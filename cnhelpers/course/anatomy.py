@@ -8,7 +8,7 @@ import copy
 
 import torch
 
-from .losses import controlnet_residuals, predict_noise
+from ..losses import controlnet_residuals, predict_noise
 
 
 def _group(name: str) -> str:

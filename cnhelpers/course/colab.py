@@ -1,8 +1,8 @@
-"""The notebooks' Colab set-up cell, written once: ``python -m cnhelpers.colab`` puts it into every notebook.
+"""The notebooks' Colab set-up cell, written once: ``python -m cnhelpers.course.colab`` puts it into every notebook.
 
 On Colab (and only there) the cell clones the course, installs it (with the ``memory`` extra, bitsandbytes'
 8-bit Adam, when the runtime has a GPU) and moves into ``notebooks/``; a failed clone stops with the reason.
-A fork changes :data:`REPOSITORY` and runs ``python -m cnhelpers.colab``; ``tests/test_course.py`` checks that
+A fork changes :data:`REPOSITORY` and runs ``python -m cnhelpers.course.colab``; ``tests/test_course.py`` checks that
 every notebook's cell and every Colab badge of the README use it.
 """
 
@@ -36,7 +36,7 @@ if "google.colab" in sys.modules:
                                capture_output=True, text=True)
         if clone.returncode:
             raise RuntimeError(f"Could not clone {REPOSITORY} ({{clone.stderr.strip()}}): check the address "
-                               "(cnhelpers.colab.REPOSITORY in a fork) and that the runtime is online.")
+                               "(cnhelpers.course.colab.REPOSITORY in a fork) and that the runtime is online.")
     extras = "[memory]" if torch.cuda.is_available() else ""  # 8-bit Adam (bitsandbytes) for the GPU recipes
     %pip install -q -e {COLAB_CHECKOUT}{{extras}}
     sys.path.insert(0, "{COLAB_CHECKOUT}")
@@ -65,6 +65,6 @@ def sync_colab_cells(paths) -> list[Path]:
 
 
 if __name__ == "__main__":
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "notebooks")
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "notebooks")
     for path in sync_colab_cells(sorted(folder.glob("*.ipynb"))):
         print(f"updated {path.name}")
