@@ -1,11 +1,11 @@
 """Circle IoU of variants of notebook 03's ControlNet recipe, each trained for the full run, on outlines anywhere.
 
-Each variant is a name and the flags it changes in ``cnhelpers.recipes.course_training_args`` (the tiny profile's
+Each variant is a name and the flags it changes in ``cnhelpers.course.recipes.course_training_args`` (the tiny profile's
 recipe), as JSON. Each is trained for the profile's steps into ``build/controlnet-recipes/NAME`` (skipped when that
 folder already holds a ControlNet), then its final ControlNet scores, with UniPC, 20 steps and the profile's guidance,
 64 outlines drawn anywhere in the frame from two seeds: the course's held-out seed (notebook 06's set) and a second
 one, so that a variant is not chosen on the set that reports it. Scores are split as
-``cnhelpers.metrics.iou_breakdown`` does.
+``cnhelpers.course.metrics.iou_breakdown`` does.
 
     python benchmarks/controlnet_recipes.py --variant 'constant-1e-3={"lr_scheduler": "constant", "learning_rate": 1e-3}' \
         --variant 'cosine-2e-3={"lr_scheduler": "cosine", "learning_rate": 2e-3}' --out build/recipes.json
@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from cnhelpers.evaluation import iou_by_group
-from cnhelpers.inference import HELD_OUT_SEED, held_out_circles, held_out_examples, load_controlnet_pipeline
+from cnhelpers.course.evaluation import iou_by_group
+from cnhelpers.course.held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
+from cnhelpers.course.profiles import get_profile
+from cnhelpers.course.recipes import course_training_args
+from cnhelpers.inference import load_controlnet_pipeline
 from cnhelpers.paths import build_dir
-from cnhelpers.profiles import get_profile
-from cnhelpers.recipes import course_training_args
 from cnhelpers.training import train
 
 #: The second set of outlines: any seed the training data and notebook 06 do not use.

@@ -1,9 +1,9 @@
 """Circle IoU of notebook 03's ControlNet recipe, at a constant lr, by steps, placement and radius.
 
-Trains the tiny profile's recipe (``cnhelpers.recipes.course_training_args``: batch 16) with a constant lr of
+Trains the tiny profile's recipe (``cnhelpers.course.recipes.course_training_args``: batch 16) with a constant lr of
 ``--learning_rate`` (1e-3: the course's recipe until it took a cosine schedule, see ``controlnet_recipes.py``) for
 ``--steps`` steps with a checkpoint every ``--every``, then scores each checkpoint's ControlNet (UniPC, 20 steps,
-the profile's guidance) on ``-n`` held-out outlines of each placement, split as ``cnhelpers.metrics.iou_breakdown``
+the profile's guidance) on ``-n`` held-out outlines of each placement, split as ``cnhelpers.course.metrics.iou_breakdown``
 does. The lr is constant, so checkpoint N is the ControlNet an N-step run would make: the curve says how many
 steps a recipe needs; a decaying schedule ends each run at a better point than the curve's.
 
@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from cnhelpers.evaluation import iou_by_group
-from cnhelpers.inference import HELD_OUT_SEED, held_out_circles, held_out_examples, load_controlnet_pipeline
+from cnhelpers.course.evaluation import iou_by_group
+from cnhelpers.course.held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
+from cnhelpers.course.profiles import get_profile
+from cnhelpers.course.recipes import course_training_args
+from cnhelpers.inference import load_controlnet_pipeline
 from cnhelpers.paths import build_dir
-from cnhelpers.profiles import get_profile
-from cnhelpers.recipes import course_training_args
 from cnhelpers.training import train
 
 

@@ -40,7 +40,7 @@ config, so SDXL's ControlNet reads ``added_cond_kwargs`` too):
 
 - ``tiny``: the course's tiny base, ``cnhelpers/assets/tiny-sd/unet/config.json``, 64 px (VAE 8x: 8x8
   latents), text 77 tokens x the config's ``cross_attention_dim``;
-- ``sd15``: SD 1.5's UNet, 512 px (64x64 latents), text 77 x 768. Config: ``cnhelpers.base_models.SD15_UNET_CONFIG``,
+- ``sd15``: SD 1.5's UNet, 512 px (64x64 latents), text 77 x 768. Config: ``cnhelpers.course.tiny_bases.SD15_UNET_CONFIG``,
   i.e. ``unet/config.json`` of stable-diffusion-v1-5 (the fields not given are diffusers' defaults);
 - ``sdxl``: SDXL base 1.0's UNet, 1024 px (128x128 latents), text 77 x 2048, ``added_cond_kwargs`` text_embeds
   (B, 1280) and time_ids (B, 6). Config: ``cnhelpers.course.tiny_sdxl.SDXL_BASE_UNET_CONFIG``, checked against the diffusers-format copy of
@@ -84,7 +84,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from cnhelpers.base_models import SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
+from cnhelpers.course.tiny_bases import SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from cnhelpers.course.tiny_sdxl import SDXL_BASE_POOLED_TEXT_DIM, SDXL_BASE_UNET_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def count_arch(arch: str, batches=(1, 8)) -> list[dict]:
 
 def ladder_micro_batches(rung_name: str) -> int:
     """Micro-batches per optimizer step of a ladder rung. The ladder's flags are cumulative: every rung from
-    gradient accumulation up runs 4 micro-batches per step (``cnhelpers.memory.rung_flags``, as committed with
+    gradient accumulation up runs 4 micro-batches per step (``cnhelpers.course.memory.rung_flags``, as committed with
     the 2026-11-26 files), but rung 1 and the optimizer step in backward (which drops accumulation)."""
     return 1 if rung_name.startswith(("fp32 AdamW", "+ optimizer step in backward")) else 4
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of the memory ladder, as one script for a lent GPU machine (see benchmarks/README.md):
-# the SD 1.5 architecture at 512 px, every rung at its own batch size (cnhelpers.memory.LADDER), and samples/s at batch 8 in bf16 with SDPA,
+# the SD 1.5 architecture at 512 px, every rung at its own batch size (cnhelpers.course.memory.LADDER), and samples/s at batch 8 in bf16 with SDPA,
 # eager and then with --channels_last --torch_compile (THROUGHPUT_FAST=0: eager only).
 # Wheels the machine lacks (diffusers, datasets, bitsandbytes, deepspeed, ...) are carried in .whl/.
 # Only some rungs, e.g. the guide's batch-4 default (1) and the optimizer step in backward (8), beside rung 7

@@ -6,7 +6,7 @@ Builds the ControlNet of the architecture from its config with random weights (s
 download) and, in a fresh child process per mode, runs a few steps: the ControlNet on seeded stand-in
 inputs, a loss on its residuals, backward, AdamW (8-bit unless --no-8bit). Reports two measurements:
 
-- the peak bytes of gradients alive at once (``cnhelpers.memory.LiveGradientBytes``: exact, any device);
+- the peak bytes of gradients alive at once (``cnhelpers.course.memory.LiveGradientBytes``: exact, any device);
 - the child's peak RSS (the whole process: Python, libraries, weights, optimizer state, activations).
 
 Only the ControlNet runs: the frozen UNet the loss goes through in training adds the same memory to both
@@ -29,7 +29,7 @@ def build_controlnet(arch: str):
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from cnhelpers.base_models import SD15_UNET_CONFIG, TINY_UNET_CONFIG
+    from cnhelpers.course.tiny_bases import SD15_UNET_CONFIG, TINY_UNET_CONFIG
 
     config = SD15_UNET_CONFIG if arch == "sd15" else TINY_UNET_CONFIG
     with torch.device("meta"):  # the UNet only lends its config: never allocated
@@ -42,18 +42,16 @@ def build_controlnet(arch: str):
 def child(args) -> int:
     import resource
 
-    from cnhelpers.anatomy import demo_inputs
-    from cnhelpers.config import training_args
+    from cnhelpers.course.anatomy import demo_inputs
+    from cnhelpers.course.memory import LiveGradientBytes
     from cnhelpers.losses import controlnet_residuals
-    from cnhelpers.memory import LiveGradientBytes
     from cnhelpers.optim import make_optimizer
 
     controlnet, unet_config = build_controlnet(args.arch)
     controlnet.train()
     live = LiveGradientBytes(controlnet.parameters())  # first: its hooks see each gradient before it is freed
-    flags = {"pretrained_model_name_or_path": "x", "train_data_dir": "d", "learning_rate": 1e-5,
-             "max_grad_norm": 0, "use_8bit_adam": args.use_8bit_adam, "optimizer_in_backward": args.mode == "in-backward"}
-    optimizer = make_optimizer(training_args(**flags), controlnet.parameters())
+    optimizer = make_optimizer(controlnet.parameters(), learning_rate=1e-5, use_8bit=args.use_8bit_adam,
+                               in_backward=args.mode == "in-backward")
     inputs = demo_inputs(type("Unet", (), {"config": unet_config})(), args.resolution, batch_size=1)
     for _ in range(args.steps):
         down, mid = controlnet_residuals(controlnet, inputs)

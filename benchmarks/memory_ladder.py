@@ -8,11 +8,11 @@
 The models are built from configs with random weights (memory and speed depend on the architecture, not
 on the weight values), so the SD 1.5 architecture needs no download: UNet ~860M, ControlNet ~361M, the
 CLIP ViT-L/14 text encoder, SD's VAE. Each rung runs a few steps of the course's own training loop
-(``cnhelpers.training.train``) in a fresh child process, with the flags of ``cnhelpers.memory.LADDER``.
+(``cnhelpers.training.train``) in a fresh child process, with the flags of ``cnhelpers.course.memory.LADDER``.
 A rung this machine cannot run is printed as skipped, with the reason.
 
 Peak memory is CUDA's ``max_memory_allocated`` on a GPU, else the child's peak RSS; with ``--count-tensors``
-it is the peak of live tensor bytes counted op by op (``cnhelpers.memory.LiveTensorBytes``), on any device:
+it is the peak of live tensor bytes counted op by op (``cnhelpers.course.memory.LiveTensorBytes``), on any device:
 on a CPU, the tensors a GPU would hold, split into weights, gradients, optimizer state and activations.
 ``--half bf16`` runs the fp16 rungs in bf16 (the same bytes; CPUs autocast bf16 only).
 ``--throughput-fast`` measures the throughput run a second time with ``--channels_last --torch_compile`` (its
@@ -42,7 +42,7 @@ def build_base(arch: str, folder: Path) -> Path:
     The tiny one is the course's own (``ensure_tiny_base``: always today's architecture); an SD 1.5 folder
     left in ``folder`` by an earlier run is reused when its UNet has SD 1.5's config.
     """
-    from cnhelpers.base_models import SD15_UNET_CONFIG, build_sd15_random_base, ensure_tiny_base, is_complete_base
+    from cnhelpers.course.tiny_bases import SD15_UNET_CONFIG, build_sd15_random_base, ensure_tiny_base, is_complete_base
 
     if arch == "tiny":
         return ensure_tiny_base()
@@ -59,7 +59,7 @@ def child(args) -> int:
     import torch
 
     from cnhelpers.config import training_args
-    from cnhelpers.memory import LiveTensorBytes, PeakMemory
+    from cnhelpers.course.memory import LiveTensorBytes, PeakMemory
     from cnhelpers.training import train
 
     flags = json.loads(args.flags)
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from cnhelpers.data import write_fill_imagefolder
-    from cnhelpers.memory import LADDER, LADDER_VERSION, missing_requirements, rung_flags, write_deepspeed_config
+    from cnhelpers.course.fill import write_fill_imagefolder
+    from cnhelpers.course.memory import LADDER, LADDER_VERSION, missing_requirements, rung_flags, write_deepspeed_config
     from cnhelpers.optim import xformers_available
 
     resolution = args.resolution or (64 if args.arch == "tiny" else 512)

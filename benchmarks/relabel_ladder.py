@@ -4,7 +4,7 @@
 
 The 2026-11-26 runs numbered their rungs differently: batch 1 throughout (the guide's 38 GB default is at
 batch 4), accumulation as a rung of its own, and ``--gradient_checkpointing`` covering the frozen UNet in
-H200 run 2 and in the CPU count but not in H200 run 1. Each of today's rungs (``cnhelpers.memory.LADDER``)
+H200 run 2 and in the CPU count but not in H200 run 1. Each of today's rungs (``cnhelpers.course.memory.LADDER``)
 takes the one measurement that ran exactly its flags; a rung no run matched stays unmeasured. Every row keeps
 ``measured_as`` (file and old rung), so nothing is moved without a trace.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnhelpers.memory import LADDER, LADDER_VERSION
+from cnhelpers.course.memory import LADDER, LADDER_VERSION
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnhelpers.base_models import ensure_tiny_base
 from cnhelpers.config import training_args
-from cnhelpers.data import ensure_fill_dataset
+from cnhelpers.course.fill import ensure_fill_dataset
+from cnhelpers.course.tiny_bases import ensure_tiny_base
 from cnhelpers.losses import predict_noise
 from cnhelpers.optim import make_optimizer
 from cnhelpers.training import prepare_models, setup
@@ -87,7 +87,9 @@ def measure_floor(threads: int = 1, torch_compile: str | None = None, channels_l
         F.mse_loss(predict_noise(unet, controlnet, inputs).float(), target).backward()
 
     models_s = time_per_call(forward_backward, steps, repeats, warmup)
-    optimizer = make_optimizer(args, params)  # the course's AdamW (fused), on the last backward's gradients
+    # the course's AdamW (fused), on the last backward's gradients
+    optimizer = make_optimizer(params, learning_rate=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                               epsilon=args.adam_epsilon, weight_decay=args.adam_weight_decay)
     update_s = time_per_call(optimizer.step, steps, repeats, warmup)
     return {"threads": threads, "torch_compile": torch_compile, "channels_last": channels_last,
             "batch_size": batch_size, "resolution": resolution,

@@ -75,8 +75,8 @@ def main(argv=None) -> int:
             parser.error(f"--variant {variant!r}: give NAME=FLAGS with a new name, e.g. 'compiled=--torch_compile'")
         variants[name] = extra.split()
 
-    from cnhelpers.base_models import ensure_tiny_base
-    from cnhelpers.data import ensure_fill_dataset
+    from cnhelpers.course.fill import ensure_fill_dataset
+    from cnhelpers.course.tiny_bases import ensure_tiny_base
 
     base, data = ensure_tiny_base(), ensure_fill_dataset(args.examples, 64)
     flags = ["--pretrained_model_name_or_path", str(base), "--train_data_dir", str(data), "--resolution", "64",

@@ -19,7 +19,7 @@ def _isolated_build_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fill_dir(tmp_path_factory):
     """16 generated fill examples at 64 px (4 batches of 4: a short run crosses an epoch), written once."""
-    from cnhelpers.data import write_fill_imagefolder
+    from cnhelpers.course.fill import write_fill_imagefolder
 
     return write_fill_imagefolder(tmp_path_factory.mktemp("data") / "fill", 16, 64, seed=0)
 
@@ -27,7 +27,7 @@ def fill_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     """The tiny SD-layout base, built once for the whole test session."""
-    from cnhelpers.base_models import build_tiny_base
+    from cnhelpers.course.tiny_bases import build_tiny_base
 
     return build_tiny_base(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
 

@@ -144,7 +144,8 @@ def build_key() -> str:
         if path.is_file():
             st = path.stat()
             h.update(f"{path.relative_to(TINY_SD)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for name in ("sdxl.py", "base_models.py", "tokenizer.py", "data.py"):  # what builds the SDXL base and fill50k
+    # what builds the SDXL base and fill50k
+    for name in ("course/tiny_sdxl.py", "course/tiny_bases.py", "tokenizer.py", "course/fill.py"):
         path = PROJECT / "cnhelpers" / name
         if path.is_file():
             h.update(path.read_bytes())
@@ -158,12 +159,13 @@ def _course_function(name: str, preferred_module: str):
         return getattr(importlib.import_module(preferred_module), name)
     except (ImportError, AttributeError):
         pass
-    for path in sorted((PROJECT / "cnhelpers").glob("*.py")):
+    for path in sorted((PROJECT / "cnhelpers").rglob("*.py")):
         if f"def {name}(" in path.read_text():
-            module = importlib.import_module(f"cnhelpers.{path.stem}")
+            parts = path.relative_to(PROJECT / "cnhelpers").with_suffix("").parts
+            module = importlib.import_module(".".join(("cnhelpers", *parts)))
             if hasattr(module, name):
                 return getattr(module, name)
-    raise ImportError(f"cannot find cnhelpers' {name}() (looked in {preferred_module} and cnhelpers/*.py)")
+    raise ImportError(f"cannot find cnhelpers' {name}() (looked in {preferred_module} and cnhelpers/**/*.py)")
 
 
 # -- weight files -------------------------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ def _course_sources(work: Path) -> dict[str, dict[str, Path | bytes]]:
     sources[VAE_FIX]["diffusion_pytorch_model.bin"] = vae_bin
 
     # fill50k: the raw layout
-    write_fill50k_raw = _course_function("write_fill50k_raw", "cnhelpers.data")
+    write_fill50k_raw = _course_function("write_fill50k_raw", "cnhelpers.course.fill")
     fill = Path(write_fill50k_raw(work / "fill50k", num_examples=FILL50K_ROWS, resolution=FILL50K_RESOLUTION))
     sources[FILL50K] = {name: fill / name for name in ("train.jsonl", "images.zip", "conditioning_images.zip")}
     return sources

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from cnhelpers.checkpoints import checkpoint_problem, find_checkpoint, list_checkpoints
-from cnhelpers.data import write_fill_imagefolder
+from cnhelpers.course.fill import write_fill_imagefolder
 from cnhelpers.tokenizer import BOS, EOS, write_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def world(tiny_base, tmp_path_factory):
         shutil.copy(Path(tiny_base) / "tokenizer" / name, unknown / name)
     w["unknown_tokenizer"] = unknown
     # a tokenizer with more tokens than the tiny text encoder has embeddings
-    from cnhelpers.data import caption_words
+    from cnhelpers.course.fill import caption_words
 
     w["big_tokenizer"] = write_clip_tokenizer(root / "big-tokenizer",
                                               caption_words() + [f"word{i}" for i in range(300)])
@@ -487,7 +487,7 @@ def test_the_memory_bound_refuses_no_real_run():
     GPU the course trains it on (it is AdamW's 2.9 GB and a little), so nothing that could run is refused."""
     from types import SimpleNamespace
 
-    from cnhelpers.base_models import sd15_unet_and_controlnet_on_meta
+    from cnhelpers.course.tiny_bases import sd15_unet_and_controlnet_on_meta
     from cnhelpers.families.sd import step_memory
 
     unet, controlnet = sd15_unet_and_controlnet_on_meta()

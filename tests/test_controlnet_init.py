@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cnhelpers.anatomy import (
+from cnhelpers.course.anatomy import (
     copied_and_new_parameters,
     demo_inputs,
     gradient_flow_steps,
@@ -11,14 +11,10 @@ from cnhelpers.anatomy import (
     zero_convolution_check,
     zero_convolutions,
 )
-from cnhelpers.base_models import (
-    conditioning_downsampling,
-    count_parameters,
-    sd15_unet_and_controlnet_on_meta,
-    vae_scale_factor,
-)
+from cnhelpers.course.tiny_bases import sd15_unet_and_controlnet_on_meta
 from cnhelpers.families.sd import check_controlnet_fits, make_controlnet
 from cnhelpers.losses import predict_noise
+from cnhelpers.model_info import conditioning_downsampling, count_parameters, vae_scale_factor
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +163,7 @@ def test_a_controlnet_for_another_base_is_refused(unet, controlnet):
 
 
 def test_conditioning_size_check_accepts_the_right_answer_and_explains_wrong_ones(capsys):
-    from cnhelpers.checks import check_conditioning_size
+    from cnhelpers.course.checks import check_conditioning_size
 
     assert check_conditioning_size(16, 1024)
     assert not check_conditioning_size(8, 512)

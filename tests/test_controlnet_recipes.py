@@ -2,8 +2,8 @@
 
 import pytest
 
-from cnhelpers.profiles import environment_overrides, get_profile
-from cnhelpers.recipes import course_flags
+from cnhelpers.course.profiles import environment_overrides, get_profile
+from cnhelpers.course.recipes import course_flags
 
 
 @pytest.fixture(scope="module")

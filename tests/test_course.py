@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 
-from cnhelpers.course import course_notebooks, run_notebook
+from cnhelpers.course.runner import course_notebooks, run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -71,7 +71,7 @@ def test_runner_skips_a_notebook_whose_kernel_is_not_installed(tmp_path):
 def test_every_colab_cell_and_badge_uses_the_one_repository_address():
     import re
 
-    from cnhelpers.colab import REPOSITORY, colab_cell, is_colab_cell
+    from cnhelpers.course.colab import REPOSITORY, colab_cell, is_colab_cell
 
     for path in course_notebooks(NOTEBOOKS):
         cells = [c for c in json.loads(path.read_text())["cells"] if is_colab_cell(c)]

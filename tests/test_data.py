@@ -3,9 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from cnhelpers.data import (
+from cnhelpers.course.fill import (
     BORDER_CUT_SHARE,
-    COLUMNS,
     INSIDE_MARGIN,
     MIN_OVERHANG,
     PALETTE,
@@ -16,14 +15,13 @@ from cnhelpers.data import (
     draw_circle,
     ensure_fill_dataset,
     fill_example,
-    load_fill50k,
-    load_imagefolder,
     is_cut_by_border,
     placed_circle,
     sample_circle,
     write_fill50k_raw,
     write_fill_imagefolder,
 )
+from cnhelpers.data import COLUMNS, load_fill50k, load_imagefolder
 
 
 def _pixels(image):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnhelpers import checks
+from cnhelpers.course import checks
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SOLUTION = re.compile(r"^<details>.*?```python\n(?P<code>.*?)\n```", re.S)
@@ -17,12 +17,12 @@ SOLUTION = re.compile(r"^<details>.*?```python\n(?P<code>.*?)\n```", re.S)
 
 def exercises(path: Path) -> list[tuple[str, str, list]]:
     """``(exercise code, solution code, stored outputs)`` of each exercise of a notebook: a code cell calling a
-    check of ``cnhelpers.checks``, followed by a markdown cell with the solution in a ``<details>`` block."""
+    check of ``cnhelpers.course.checks``, followed by a markdown cell with the solution in a ``<details>`` block."""
     cells = json.loads(path.read_text())["cells"]
     found = []
     for cell, following in zip(cells, cells[1:]):
         source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and "from cnhelpers.checks import check_" in source:
+        if cell["cell_type"] == "code" and "from cnhelpers.course.checks import check_" in source:
             match = SOLUTION.match("".join(following["source"])) if following["cell_type"] == "markdown" else None
             found.append((source, match["code"] if match else None, cell.get("outputs", [])))
     return found
@@ -174,7 +174,7 @@ def test_min_snr_loss():  # notebook 05, code (written with jax.numpy there; num
 
 
 def test_shifted_disc_iou():  # notebook 06
-    from cnhelpers.metrics import mask_iou
+    from cnhelpers.course.metrics import mask_iou
 
     namespace = {"np": np, "mask_iou": mask_iou}
     exec(solution_of("06_inference.ipynb", "check_shifted_disc_iou"), namespace)

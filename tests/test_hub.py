@@ -1,9 +1,9 @@
 import pytest
 
-from cnhelpers.base_models import base_model_path
+from cnhelpers.course.profiles import get_profile
+from cnhelpers.course.tiny_bases import base_model_path
 from cnhelpers.data import load_fill50k
 from cnhelpers.hub import HubUnavailableError, looks_like_hub_id, resolve_pretrained
-from cnhelpers.profiles import get_profile
 
 
 @pytest.fixture

@@ -5,15 +5,14 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
 
-from cnhelpers.evaluation import evaluate_breakdown, evaluate_control, iou_by_group
+from cnhelpers.course.controlnet import ensure_controlnet
+from cnhelpers.course.evaluation import evaluate_breakdown, evaluate_control, iou_by_group
+from cnhelpers.course.held_out import held_out_circles, held_out_examples
 from cnhelpers.hub import HubUnavailableError
 from cnhelpers.inference import (
     active_control_steps,
     decode_in_float32,
-    ensure_controlnet,
     generate,
-    held_out_circles,
-    held_out_examples,
     is_black,
     load_controlnet_pipeline,
 )
@@ -100,8 +99,8 @@ def test_evaluate_control_tables_with_and_without(tiny_base, untrained_controlne
 
 
 def test_evaluate_breakdown_splits_anywhere_outlines_by_placement_and_radius(tiny_base, active_controlnet):
-    from cnhelpers.data import is_cut_by_border
-    from cnhelpers.metrics import RADIUS_BINS
+    from cnhelpers.course.fill import is_cut_by_border
+    from cnhelpers.course.metrics import RADIUS_BINS
 
     n = 6
     table = evaluate_breakdown(load_controlnet_pipeline(tiny_base, active_controlnet), n=n, **STEPS)
@@ -119,7 +118,7 @@ def test_evaluate_breakdown_splits_anywhere_outlines_by_placement_and_radius(tin
 
 
 def test_held_out_circles_are_those_the_examples_draw():
-    from cnhelpers.data import draw_circle
+    from cnhelpers.course.fill import draw_circle
 
     for placement in ("course", "anywhere"):
         example, circle = held_out_examples(1, placement=placement)[0], held_out_circles(1, placement=placement)[0]

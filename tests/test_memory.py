@@ -9,9 +9,9 @@ import torch
 import yaml
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-import cnhelpers.training as training
 from cnhelpers.config import training_args
-from cnhelpers.memory import (
+import cnhelpers.training as training
+from cnhelpers.course.memory import (
     LADDER,
     LADDER_VERSION,
     LiveGradientBytes,
@@ -60,8 +60,7 @@ def test_gradient_checkpointing_is_the_controlnets_as_upstream_and_the_frozen_un
 @needs_bitsandbytes
 def test_8bit_adam_keeps_its_state_in_uint8():
     layer = torch.nn.Linear(128, 128)  # bitsandbytes keeps tensors under 4096 values in 32 bits
-    args = training_args(pretrained_model_name_or_path="x", train_data_dir="d", use_8bit_adam=True)
-    optimizer = make_optimizer(args, layer.parameters())
+    optimizer = make_optimizer(layer.parameters(), learning_rate=5e-6, use_8bit=True)
     layer(torch.randn(4, 128)).sum().backward()
     optimizer.step()
     state = optimizer.state[layer.weight]
@@ -187,11 +186,6 @@ def test_missing_xformers_is_a_clear_error(tiny_base, fill_dir, tmp_path):
 
 # --- The optimizer step in backward -----------------------------------------------------------------
 
-def optimizer_args(**flags):
-    return training_args(**({"pretrained_model_name_or_path": "x", "train_data_dir": "d", "learning_rate": 1e-2,
-                             "max_grad_norm": 0} | flags))
-
-
 def test_step_in_backward_trains_the_same_weights_as_the_usual_step(tiny_base, fill_dir, tmp_path):
     # A warmup-then-cosine schedule: the first step has lr 0, so an optimizer the scheduler missed would differ.
     common = dict(max_train_steps=3, learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=1, max_grad_norm=0)
@@ -215,7 +209,7 @@ def test_step_in_backward_keeps_at_most_one_gradient_alive():
     model.zero_grad(set_to_none=True)
 
     live = LiveGradientBytes(model.parameters())  # before the optimizer: its hooks see each gradient first
-    optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True), model.parameters())
+    optimizer = make_optimizer(model.parameters(), learning_rate=1e-2, in_backward=True)
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.randn(4, 32)).square().mean().backward()
     assert len(live.timeline) == len(sizes) and live.peak_bytes == max(sizes)
@@ -262,7 +256,7 @@ def test_live_tensor_bytes_sees_the_step_in_backward_free_the_gradient_buffer():
     def peak(optimizer_in_backward):
         torch.manual_seed(0)
         model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])
-        optimizer = make_optimizer(optimizer_args(optimizer_in_backward=optimizer_in_backward), model.parameters())
+        optimizer = make_optimizer(model.parameters(), learning_rate=1e-2, in_backward=optimizer_in_backward)
         with LiveTensorBytes() as count:
             for step in range(2):
                 model(torch.randn(2, 256)).square().mean().backward()
@@ -279,7 +273,7 @@ def test_live_tensor_bytes_sees_the_step_in_backward_free_the_gradient_buffer():
 @needs_bitsandbytes
 def test_step_in_backward_with_8bit_adam_keeps_uint8_state_per_parameter():
     layer = torch.nn.Linear(128, 128)  # bitsandbytes keeps tensors under 4096 values in 32 bits
-    optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True, use_8bit_adam=True), layer.parameters())
+    optimizer = make_optimizer(layer.parameters(), learning_rate=1e-2, use_8bit=True, in_backward=True)
     layer(torch.randn(4, 128)).sum().backward()
     optimizer.step()
     weight_optimizer = optimizer.optimizers[0]
@@ -290,7 +284,7 @@ def test_step_in_backward_with_8bit_adam_keeps_uint8_state_per_parameter():
 
 def test_a_second_backward_before_the_step_is_an_error():
     layer = torch.nn.Linear(4, 4)
-    optimizer = make_optimizer(optimizer_args(optimizer_in_backward=True), layer.parameters())
+    optimizer = make_optimizer(layer.parameters(), learning_rate=1e-2, in_backward=True)
     layer(torch.randn(2, 4)).sum().backward()
     with pytest.raises(RuntimeError, match="cannot be accumulated over several backward passes"):
         layer(torch.randn(2, 4)).sum().backward()
@@ -307,18 +301,17 @@ def fake_accelerator(**overrides):
                                "gradient_accumulation_steps": 1, "mixed_precision": "no"} | overrides))
 
 
-@pytest.mark.parametrize("flags, accelerator, message", [
-    ({"max_grad_norm": 1.0}, {}, "Pass --max_grad_norm 0"),
-    ({"gradient_accumulation_steps": 4}, {"gradient_accumulation_steps": 4}, "Use --gradient_accumulation_steps 1"),
-    ({}, {"mixed_precision": "fp16"}, "Use --mixed_precision bf16"),
-    ({}, {"num_processes": 2}, "Launch one process"),
-    ({}, {"distributed_type": "DEEPSPEED", "num_processes": 2}, "does not combine with DeepSpeed"),
+@pytest.mark.parametrize("max_grad_norm, accelerator, message", [
+    (1.0, {}, "Pass --max_grad_norm 0"),
+    (0, {"gradient_accumulation_steps": 4}, "Use --gradient_accumulation_steps 1"),
+    (0, {"mixed_precision": "fp16"}, "Use --mixed_precision bf16"),
+    (0, {"num_processes": 2}, "Launch one process"),
+    (0, {"distributed_type": "DEEPSPEED", "num_processes": 2}, "does not combine with DeepSpeed"),
 ])
-def test_what_the_step_in_backward_cannot_do_is_a_clear_error(flags, accelerator, message):
-    args = optimizer_args(optimizer_in_backward=True, **flags)
+def test_what_the_step_in_backward_cannot_do_is_a_clear_error(max_grad_norm, accelerator, message):
     with pytest.raises(ValueError, match=message):
-        check_optimizer_in_backward(args, fake_accelerator(**accelerator))
-    check_optimizer_in_backward(optimizer_args(**flags), fake_accelerator(**accelerator))  # without the flag: fine
+        check_optimizer_in_backward(fake_accelerator(**accelerator), max_grad_norm)
+    check_optimizer_in_backward(fake_accelerator(**accelerator), max_grad_norm, in_backward=False)  # no flag: fine
 
 
 def test_step_in_backward_refuses_clipping_before_loading_anything(tiny_base, fill_dir, tmp_path):
@@ -419,7 +412,7 @@ def test_memory_breakdown_bars_stack_up_to_each_rungs_peak():
     import matplotlib
 
     matplotlib.use("Agg")
-    from cnhelpers.plots import show_memory_breakdown
+    from cnhelpers.course.plots import show_memory_breakdown
 
     rows = [{"rung": 6, "name": "six", "breakdown_gb": {"weights": 3.0, "gradients": 1.5, "activations": 1.0}},
             {"rung": 7, "name": "seven", "breakdown_gb": {"weights": 3.0, "gradients": 0.0, "activations": 1.25}},

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnhelpers.data import PALETTE, Circle, draw_circle, sample_circle
-from cnhelpers.metrics import (
+from cnhelpers.course.fill import PALETTE, Circle, draw_circle, sample_circle
+from cnhelpers.course.metrics import (
     circle_mask,
     colour_error,
     colour_rgb,

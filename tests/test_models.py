@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from cnhelpers.base_models import build_tiny_base, count_parameters
-from cnhelpers.data import PALETTE, caption_words, sample_circle
+from cnhelpers.course.fill import PALETTE, caption_words, sample_circle
+from cnhelpers.course.tiny_bases import build_tiny_base
+from cnhelpers.model_info import count_parameters
 from cnhelpers.tokenizer import learn_bpe_merges, tokenize_unknowns, write_clip_tokenizer
 
 
@@ -142,7 +143,7 @@ def test_caption_words_cover_template_and_palette():
 
 
 def test_interrupted_build_leaves_no_model_behind(tmp_path, monkeypatch):
-    import cnhelpers.base_models as base_models
+    import cnhelpers.course.tiny_bases as base_models
 
     monkeypatch.setattr(base_models, "TINY_MODEL_CARD", None)  # .format on None fails after the weights
     with pytest.raises(AttributeError):
@@ -151,7 +152,7 @@ def test_interrupted_build_leaves_no_model_behind(tmp_path, monkeypatch):
 
 
 def test_the_sd15_architecture_has_sd15s_vae_with_32_groups():
-    from cnhelpers.base_models import SD15_VAE_CONFIG
+    from cnhelpers.course.tiny_bases import SD15_VAE_CONFIG
 
     # stable-diffusion-v1-5's vae/config.json
     assert SD15_VAE_CONFIG["norm_num_groups"] == 32

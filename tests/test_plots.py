@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 
 from diffusers import DDPMScheduler  # noqa: E402
 
-from cnhelpers.plots import plot_min_snr_weights  # noqa: E402
+from cnhelpers.course.plots import plot_min_snr_weights  # noqa: E402
 
 
 def test_the_min_snr_plot_leaves_the_callers_scheduler_as_it_was():
@@ -23,8 +23,8 @@ def test_the_drawn_residual_shapes_are_the_controlnets_real_ones(tiny_base):
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from cnhelpers.base_models import sd15_unet_and_controlnet_on_meta
-    from cnhelpers.plots import draw_controlnet, residual_shapes
+    from cnhelpers.course.plots import draw_controlnet, residual_shapes
+    from cnhelpers.course.tiny_bases import sd15_unet_and_controlnet_on_meta
 
     unet = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
     controlnet = ControlNetModel.from_unet(unet)
@@ -39,7 +39,7 @@ def test_the_drawn_residual_shapes_are_the_controlnets_real_ones(tiny_base):
 
 
 def test_round_log_values_are_the_1_2_5_steps_of_the_range():
-    from cnhelpers.widgets import round_log_values
+    from cnhelpers.course.widgets import round_log_values
 
     assert round_log_values(0.1, 100) == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
     assert round_log_values(0.3, 7) == [0.5, 1, 2, 5]
@@ -50,7 +50,7 @@ def test_a_widget_is_displayed_with_its_picture_and_a_plain_text_beside_its_view
 
     import ipywidgets as widgets
 
-    from cnhelpers.widgets import WIDGET_VIEW, WithStaticForm
+    from cnhelpers.course.widgets import WIDGET_VIEW, WithStaticForm
 
     slider = widgets.IntSlider(value=3, description="n")
     bundle = WithStaticForm(slider, b"\x89PNG fake", "n = 3")._repr_mimebundle_()
@@ -59,7 +59,7 @@ def test_a_widget_is_displayed_with_its_picture_and_a_plain_text_beside_its_view
 
 
 def test_the_gamma_slider_reads_round_values_and_each_step_redraws_its_picture():
-    from cnhelpers.plots import min_snr_widget
+    from cnhelpers.course.plots import min_snr_widget
 
     widget = min_snr_widget(DDPMScheduler(), gamma=5.0)
     slider, picture = widget.children
@@ -73,7 +73,7 @@ def test_the_gamma_slider_reads_round_values_and_each_step_redraws_its_picture()
 
 
 def test_the_live_loss_plot_redraws_an_image_widget():
-    from cnhelpers.plots import LiveLossPlot
+    from cnhelpers.course.plots import LiveLossPlot
 
     plot = LiveLossPlot(total_steps=20, every=10)
     assert not plot.picture.value

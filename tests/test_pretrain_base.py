@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from cnhelpers import pretrain_base
-from cnhelpers.base_models import PRETRAINED_TINY_BASE, ensure_tiny_base, is_complete_base
+from cnhelpers.course import pretrain_base
+from cnhelpers.course.tiny_bases import PRETRAINED_TINY_BASE, ensure_tiny_base, is_complete_base
 
 SMOKE = ["--vae_steps", "3", "--vae_batch_size", "2", "--num_latent_examples", "8", "--unet_steps", "3",
          "--unet_batch_size", "4", "--checkpoint_every", "1", "--warmup_steps", "1",
@@ -128,8 +128,8 @@ def test_a_unet_init_that_is_not_a_base_is_refused_in_one_line(build, tmp_path, 
 def test_controlnet_scores_split_each_placement(tiny_base, tmp_path):
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from cnhelpers.data import is_cut_by_border
-    from cnhelpers.inference import held_out_circles
+    from cnhelpers.course.fill import is_cut_by_border
+    from cnhelpers.course.held_out import held_out_circles
 
     controlnet = tmp_path / "controlnet"
     ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")).save_pretrained(controlnet)

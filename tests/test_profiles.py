@@ -1,8 +1,8 @@
 import pytest
 
-from cnhelpers.base_models import base_model_path
-from cnhelpers.data import load_train_dataset
-from cnhelpers.profiles import PROFILES, get_profile
+from cnhelpers.course.fill import load_train_dataset
+from cnhelpers.course.profiles import PROFILES, get_profile
+from cnhelpers.course.tiny_bases import base_model_path
 
 
 def test_tiny_is_the_default_profile(monkeypatch):
@@ -51,10 +51,10 @@ def test_every_profile_field_is_read_by_the_package_or_a_notebook():
     from dataclasses import fields
     from pathlib import Path
 
-    from cnhelpers.profiles import Profile
+    from cnhelpers.course.profiles import Profile
 
     root = Path(__file__).resolve().parents[1]
-    read = {node.attr for path in (root / "cnhelpers").glob("*.py") if path.name != "profiles.py"
+    read = {node.attr for path in (root / "cnhelpers").rglob("*.py") if path.name != "profiles.py"
             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
     notebooks = "\n".join("".join(cell["source"]) for path in (root / "notebooks").glob("*.ipynb")
                           for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code")

@@ -31,7 +31,7 @@ FILL50K_NEEDED = {"train.jsonl", "images.zip", "conditioning_images.zip"}
 
 @pytest.fixture
 def outline(tmp_path):
-    from cnhelpers.data import fill_example
+    from cnhelpers.course.fill import fill_example
 
     path = tmp_path / "outline.png"
     fill_example(99, 0, 64)["conditioning_image"].save(path)

@@ -4,8 +4,8 @@ run that stands in for notebook 03 are the same."""
 import shlex
 
 from cnhelpers.config import parse_args
-from cnhelpers.profiles import get_profile
-from cnhelpers.recipes import course_flags, course_training_args, how_to_make_controlnet
+from cnhelpers.course.profiles import get_profile
+from cnhelpers.course.recipes import course_flags, course_training_args, how_to_make_controlnet
 
 
 def test_the_advices_command_line_is_the_course_recipe(tmp_path):
@@ -30,7 +30,7 @@ def test_overrides_replace_the_recipes_flags_and_nothing_else(tmp_path):
 def test_the_sd15_recipe_is_a_measured_ladder_rung_that_fits_its_target_card():
     from pathlib import Path
 
-    from cnhelpers.memory import LADDER, load_ladder_results, rung_flags
+    from cnhelpers.course.memory import LADDER, load_ladder_results, rung_flags
 
     profile = get_profile("sd15")
     flags = course_flags(profile, "base", "out")

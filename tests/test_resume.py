@@ -21,7 +21,7 @@ import torch
 from diffusers import ControlNetModel
 
 from cnhelpers.checkpoints import MANIFEST, checkpoint_problem, find_checkpoint, list_checkpoints
-from cnhelpers.data import write_fill_imagefolder
+from cnhelpers.course.fill import write_fill_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 12, 3  # 8 examples in batches of 2: 4 steps an epoch, so the run crosses two epochs

@@ -5,8 +5,9 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionXLPipeline
 
 from cnhelpers.config import SDXL_FLAGS, build_parser, training_args
-from cnhelpers.data import fill_example, image_transforms
+from cnhelpers.course.fill import fill_example
 from cnhelpers.course.tiny_sdxl import build_tiny_sdxl_base, sdxl_demo_inputs
+from cnhelpers.data import image_transforms
 from cnhelpers.families.sdxl import encode_prompt_sdxl, is_sdxl_unet, make_add_time_ids
 from cnhelpers.training import train
 
@@ -124,7 +125,7 @@ def test_a_few_sdxl_steps_train_and_save_a_loadable_controlnet(sdxl_base, fill_d
 def test_a_separate_vae_replaces_the_bases(sdxl_base, fill_dir, tmp_path):
     from diffusers import AutoencoderKL
 
-    from cnhelpers.base_models import TINY_VAE_CONFIG
+    from cnhelpers.course.tiny_bases import TINY_VAE_CONFIG
     from cnhelpers.loading import load_models
 
     other_vae = tmp_path / "fp16-fix-stand-in"
@@ -134,7 +135,7 @@ def test_a_separate_vae_replaces_the_bases(sdxl_base, fill_dir, tmp_path):
 
 
 def test_the_exercise_check_accepts_only_the_added_embedding_width(pipe, capsys):
-    from cnhelpers.checks import check_sdxl_added_embedding_width
+    from cnhelpers.course.checks import check_sdxl_added_embedding_width
 
     config = pipe.unet.config
     assert check_sdxl_added_embedding_width(config.projection_class_embeddings_input_dim,

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cnhelpers.course import WIDGET_STATE, WIDGET_VIEW, course_notebooks, run_notebook, static_widget_outputs
+from cnhelpers.course.runner import WIDGET_STATE, WIDGET_VIEW, course_notebooks, run_notebook, static_widget_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -126,7 +126,7 @@ def test_the_runner_stores_a_finished_bar_and_a_widgets_picture(tmp_path):
     """End to end in a real kernel: a tqdm.auto bar, and a cnhelpers widget with its static form."""
     source = ("from tqdm.auto import tqdm\n"
               "for _ in tqdm(range(30), desc='Steps'):\n    pass\n")
-    widget = ("import ipywidgets as widgets\nfrom cnhelpers.widgets import WithStaticForm\n"
+    widget = ("import ipywidgets as widgets\nfrom cnhelpers.course.widgets import WithStaticForm\n"
               "WithStaticForm(widgets.IntSlider(value=3, description='n'), b'\\x89PNG fake', 'n = 3 (a slider)')")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source), nbformat.v4.new_code_cell(widget)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -152,7 +152,7 @@ def test_the_runner_recompresses_a_figure_without_changing_a_pixel():
     import numpy as np
     from PIL import Image
 
-    from cnhelpers.course import compact_png
+    from cnhelpers.course.runner import compact_png
 
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.imshow(np.random.default_rng(0).random((16, 16)), interpolation="nearest")

@@ -11,7 +11,7 @@ from diffusers import ControlNetModel, DDPMScheduler
 
 from cnhelpers.checkpoints import list_checkpoints
 from cnhelpers.config import UPSTREAM_FLAGS, build_parser, parse_args, training_args
-from cnhelpers.data import fill_example
+from cnhelpers.course.fill import fill_example
 from cnhelpers.loading import load_models
 from cnhelpers.losses import controlnet_loss, diffusion_target, min_snr_weights
 from cnhelpers.training import StepSetup, train, training_step
@@ -352,8 +352,8 @@ def test_notebook_03s_hand_written_loop_ends_with_the_weights_of_train(tiny_base
     """The cells tagged hand-loop, run as they are, and train() with the same flags: bit-identical weights."""
     import json
 
-    from cnhelpers import recipes
-    from cnhelpers.profiles import get_profile
+    from cnhelpers.course import recipes
+    from cnhelpers.course.profiles import get_profile
 
     cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "03_training_loop.ipynb").read_text())
     loop = ["".join(c["source"]) for c in cells["cells"] if "hand-loop" in c.get("metadata", {}).get("tags", [])]

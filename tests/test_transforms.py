@@ -8,16 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cnhelpers.data import (
+from cnhelpers.course.fill import draw_scene, generated_scenes, write_fill_imagefolder
+from cnhelpers.data import collate_fn, load_imagefolder, make_train_dataset
+from cnhelpers.own_data import (
     build_controlnet_dataset,
     canny_conditioning,
-    collate_fn,
-    draw_scene,
-    generated_scenes,
-    load_imagefolder,
-    make_train_dataset,
     read_own_images,
-    write_fill_imagefolder,
     write_imagefolder,
 )
 
@@ -278,7 +274,7 @@ def test_a_folder_without_pictures_says_which_files_count(tmp_path):
 
 
 def test_transform_check_accepts_the_right_answer_and_explains_wrong_ones(capsys):
-    from cnhelpers.checks import check_transform_answer
+    from cnhelpers.course.checks import check_transform_answer
 
     assert check_transform_answer((3, 512, 512), (-1, 1), (0, 1))
     assert not check_transform_answer((3, 512, 768), (-1, 1), (-1, 1))
@@ -287,7 +283,7 @@ def test_transform_check_accepts_the_right_answer_and_explains_wrong_ones(capsys
 
 
 def test_canny_widget_redraws_the_edges_when_a_slider_moves():
-    from cnhelpers.plots import canny_threshold_widget
+    from cnhelpers.course.plots import canny_threshold_widget
 
     image, _ = draw_scene(0, 0, 64)
     widget = canny_threshold_widget(image, 100, 200)

@@ -1,4 +1,4 @@
-"""Tests of cnhelpers.flax_training. They run only in the Flax environment: `make test-flax`."""
+"""Tests of cnhelpers.course.flax_training. They run only in the Flax environment: `make test-flax`."""
 
 import os
 
@@ -41,8 +41,8 @@ def _quiet_diffusers():
 @pytest.fixture(scope="session")
 def tiny_base_bin(tmp_path_factory):
     """The tiny base, built in this environment, with the .bin weights that from_pt=True reads."""
-    from cnhelpers.base_models import build_tiny_base
-    from cnhelpers.flax_training import with_bin_weights
+    from cnhelpers.course.flax_training import with_bin_weights
+    from cnhelpers.course.tiny_bases import build_tiny_base
 
     base = build_tiny_base(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
     return with_bin_weights(base)
@@ -70,6 +70,6 @@ def fresh_controlnet(flax_base):
     """``controlnet_from_unet`` on the tiny UNet: ``(controlnet, params, copied)``. Tests must not change it."""
     import jax
 
-    from cnhelpers.flax_training import controlnet_from_unet
+    from cnhelpers.course.flax_training import controlnet_from_unet
 
     return controlnet_from_unet(flax_base["unet"], flax_base["unet_params"], jax.random.PRNGKey(0))

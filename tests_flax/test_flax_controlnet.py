@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 from flax.core import unfreeze
 
-from cnhelpers.flax_training import count_params, parameter_groups, shares_buffers
+from cnhelpers.course.flax_training import count_params, parameter_groups, shares_buffers
 
 
 def test_every_block_the_controlnet_shares_with_a_two_block_unet_is_copied(flax_base, fresh_controlnet):

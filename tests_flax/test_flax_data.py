@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnhelpers.data import fill_example
-from cnhelpers.flax_training import conditioning_array, image_array, numpy_batches
+from cnhelpers.course.fill import fill_example
+from cnhelpers.course.flax_training import conditioning_array, image_array, numpy_batches
 
 
 def test_images_become_channels_first_arrays_in_the_models_ranges():

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnhelpers.base_models import PRETRAINED_TINY_BASE
-from cnhelpers.data import fill_example
-from cnhelpers.flax_training import PYTORCH_SAMPLER_MATCH, flax_sampler, torch_controlnet_from_flax, with_bin_weights
+from cnhelpers.course.fill import fill_example
+from cnhelpers.course.flax_training import PYTORCH_SAMPLER_MATCH, flax_sampler, torch_controlnet_from_flax, with_bin_weights
+from cnhelpers.course.tiny_bases import PRETRAINED_TINY_BASE
 
 PIPELINE_STEPS = 20  # notebook 06's count
 GUIDANCE = 3.0  # the tiny profile's guidance_scale (7.5 saturates the tiny base's colours)

@@ -6,8 +6,8 @@ import pytest
 from flax import jax_utils
 from flax.training import train_state
 
-from cnhelpers.data import fill_example
-from cnhelpers.flax_training import (
+from cnhelpers.course.fill import fill_example
+from cnhelpers.course.flax_training import (
     CompileCounter,
     create_train_state,
     device_rngs,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnhelpers.flax_training import BIN_NAMES, text_model_prefixed, with_bin_weights
+from cnhelpers.course.flax_training import BIN_NAMES, text_model_prefixed, with_bin_weights
 
 
 def test_text_model_prefix_is_added_only_to_clip_weights_saved_without_it():

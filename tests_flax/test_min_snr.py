@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnhelpers.flax_training import compute_snr, min_snr_weights, per_sample_mse
+from cnhelpers.course.flax_training import compute_snr, min_snr_weights, per_sample_mse
 
 
 def _alphas_cumprod():
@@ -55,7 +55,7 @@ def test_upstream_broadcast_fails_when_the_width_differs_from_the_batch():
 
 
 def test_the_exercise_check_accepts_per_sample_weighting_and_rejects_the_upstream_broadcast(capsys):
-    from cnhelpers.checks import check_min_snr_loss
+    from cnhelpers.course.checks import check_min_snr_loss
 
     assert check_min_snr_loss(lambda p, t, w: jnp.mean(per_sample_mse(p, t) * w))
     assert check_min_snr_loss(lambda p, t, w: jnp.mean((p - t) ** 2 * w[:, None, None, None]))
