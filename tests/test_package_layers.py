@@ -125,6 +125,15 @@ def test_every_layer_names_an_existing_module():
     assert len([m for layer in LAYERS for m in layer]) == len({m for layer in LAYERS for m in layer})
 
 
+def test_pyproject_installs_every_subpackage():
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = sorted(".".join(("cnhelpers", *init.parent.relative_to(PACKAGE).parts)).rstrip(".")
+                   for init in PACKAGE.rglob("__init__.py") if "__pycache__" not in init.parts)
+    assert sorted(packages) == found
+
+
 def readme_layout() -> list[tuple[int, str, str]]:
     """``(layer, module, job)`` for each row of README.md's table of modules."""
     text = (ROOT / "README.md").read_text()
