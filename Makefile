@@ -61,16 +61,24 @@ $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
 
-# Colab's stack: the course's torch, then the package against Colab's pins, no bitsandbytes. The torch is
-# .venv's, hard-linked (scripts/share_packages.py): the same files, so its ~5 GB are on the disk once.
+# Colab's stack: the course's torch, then the package against Colab's pins, no bitsandbytes. Every distribution of
+# .venv that this install needs and Colab's pins leave alone (torch's ~5 GB among them) is .venv's, hard-linked
+# (.ci/colab_shared.py, scripts/share_packages.py): the same files, unpacked once, so pip here unpacks only what
+# Colab's pins change (pip replaces a linked file it must change; .venv keeps its own), then drops what was linked
+# for .venv's versions of the pinned ones and Colab's do not need.
+COLAB_ROOTS := torch torchvision nbval pytest pytest-xdist
+SPACE := $(subst ,, )
 setup-colab: $(STAMP_COLAB)
 
-$(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt
+$(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt .ci/colab_shared.py
 	test -x $(BIN_COLAB)/python || $(PYTHON) -m venv $(VENV_COLAB)
 	$(BIN_COLAB)/python -m pip install -q --upgrade pip
-	$(BIN)/python scripts/share_packages.py $(VENV) $(VENV_COLAB) torch torchvision
-	$(BIN_COLAB)/python -m pip install -q $$(grep -E '^(torch|torchvision)==' requirements.txt)
-	$(EDITABLE) $(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" $$(grep -E '^(nbval|pytest|pytest-xdist)==' requirements.txt)
+	$(BIN)/python scripts/share_packages.py $(VENV) $(VENV_COLAB) \
+	  $$($(BIN)/python .ci/colab_shared.py link constraints-colab.txt $(COLAB_ROOTS))
+	$(EDITABLE) $(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" \
+	  $$(grep -E '^($(subst $(SPACE),|,$(COLAB_ROOTS)))==' requirements.txt)
+	unneeded=$$($(BIN_COLAB)/python .ci/colab_shared.py unneeded $(COLAB_ROOTS)) && \
+	  if [ -n "$$unneeded" ]; then $(BIN_COLAB)/python -m pip uninstall -q -y $$unneeded; fi
 	touch $(STAMP_COLAB)
 
 setup-browser: $(STAMP_BROWSER) chromium
