@@ -353,18 +353,22 @@ def dataset_columns(dataset) -> list[str]:
     return list(next(iter(dataset)).keys())
 
 
-def check_columns(column_names, **wanted: str) -> None:
-    """Refuse a column that the data set lacks, naming its flag, the columns there are, and the fix.
+def check_columns(column_names, *, as_flags: bool = False, **wanted: str) -> None:
+    """Refuse a column that the data set lacks, naming the argument that asked for it, the columns there are, and
+    the fix.
 
-    ``wanted`` maps each flag to the column it names: ``check_columns(dataset.column_names, caption_column="prompt")``
-    raises ``--caption_column 'prompt' is not a column of the data set; its columns are: image, conditioning_image,
-    text. Pass --caption_column <one of them>.``
+    ``wanted`` maps each argument to the column it names: ``check_columns(dataset.column_names,
+    caption_column="prompt")`` raises ``caption_column='prompt' is not a column of the data set; its columns are:
+    image, conditioning_image, text. Pass caption_column=<one of them>.`` With ``as_flags`` (the CLI) the argument
+    is named as its flag: ``--caption_column 'prompt' ... Pass --caption_column <one of them>.``
     """
     columns = list(column_names)
-    for flag, column in wanted.items():
+    for name, column in wanted.items():
         if column not in columns:
-            raise ValueError(f"--{flag} {column!r} is not a column of the data set; its columns are: "
-                             f"{', '.join(columns)}. Pass --{flag} <one of them>.")
+            given, fix = (f"--{name} {column!r}", f"--{name} <one of them>") if as_flags \
+                else (f"{name}={column!r}", f"{name}=<one of them>")
+            raise ValueError(f"{given} is not a column of the data set; its columns are: {', '.join(columns)}. "
+                             f"Pass {fix}.")
 
 
 def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str = "image",

@@ -263,7 +263,7 @@ def prepare_data(args, accelerator, setup: StepSetup):
 def check_data(args, raw, models: Models) -> None:
     """The data set's checks before any example is transformed: its columns, text captions, and tokenizers
     whose ids their text encoders have and that know the captions' words."""
-    check_columns(raw.column_names, image_column=args.image_column,
+    check_columns(raw.column_names, as_flags=True, image_column=args.image_column,
                   conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column)
     captions = raw[args.caption_column]
     check_captions(captions, args.caption_column)
