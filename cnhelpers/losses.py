@@ -1,11 +1,23 @@
-"""The training objective: the target, the Min-SNR weights, the loss, and the UNet's prediction with the
-ControlNet's residuals (the one ``predict_noise`` that the loop, notebook 02 and the tests call).
+"""The UNet families' training objective: DDPM noising, the epsilon or v target, the Min-SNR weights, the loss
+(:class:`DDPMObjective` puts them together), and the UNet's prediction with the ControlNet's residuals (the one
+``predict_noise`` that the SD families, notebook 02 and the tests call).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class Noised:
+    """Clean latents after the forward process: the denoiser's input, its timesteps, and what it must predict."""
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    target: torch.Tensor
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
@@ -46,6 +58,28 @@ def controlnet_loss(model_pred, target, timesteps=None, noise_scheduler=None, sn
     if snr_gamma is None:
         return per_sample.mean()
     return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)).mean()
+
+
+class DDPMObjective:
+    """DDPM's objective, as upstream's train_controlnet.py has it: noise drawn from the step's generator, a
+    timestep drawn uniformly, ``noise_scheduler.add_noise``; the target is the noise or the velocity (the scheduler's
+    ``prediction_type``); the loss is the mean squared error, Min-SNR-weighted with ``snr_gamma``."""
+
+    def __init__(self, noise_scheduler):
+        self.noise_scheduler = noise_scheduler
+
+    def noised(self, latents: torch.Tensor, generator: torch.Generator) -> Noised:
+        """The forward process on clean ``latents``; draws the noise, then the timesteps, from ``generator``."""
+        scheduler = self.noise_scheduler
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=generator, device=latents.device).long()
+        return Noised(scheduler.add_noise(latents, noise, timesteps), timesteps,
+                      diffusion_target(scheduler, latents, noise, timesteps))
+
+    def loss(self, prediction: torch.Tensor, noised: Noised, snr_gamma: float | None = None) -> torch.Tensor:
+        """The step's loss for the denoiser's ``prediction`` from ``noised``."""
+        return controlnet_loss(prediction, noised.target, noised.timesteps, self.noise_scheduler, snr_gamma)
 
 
 def controlnet_residuals(controlnet, inputs: dict, conditioning_scale: float = 1.0):

@@ -98,6 +98,12 @@ class StepSetup:
     constants: StepConstants = field(default_factory=StepConstants)
     conditioning_layout: torch.memory_format = torch.contiguous_format
     latent_layout: torch.memory_format = torch.contiguous_format  # (--channels_last: the models' layout)
+    #: The family's training objective (noising, target, loss); by default with the family's default options.
+    objective: object = None
+
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = self.models.family.objective(self.models.noise_scheduler)
 
 
 def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr_gamma: float | None = None,
@@ -118,7 +124,7 @@ def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr
     latents = (latents * setup.scaling_factor).to(dtype)
 
     # The forward process: noisy latents at random timesteps, and what the denoiser must predict from them.
-    noisy_latents, timesteps, target = family.noised(models, latents, generator)
+    noised = setup.objective.noised(latents, generator)
 
     # Text conditioning; a share of prompts is dropped so that guidance works at inference.
     if setup.text_tables:
@@ -130,12 +136,13 @@ def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr
     else:  # (the uncached data path dropped its share of prompts when it tokenized them)
         text = family.encode_batch_text(models, batch)
         condition = batch["conditioning_pixel_values"].to(dtype)
-    inputs = family.step_inputs(models, setup.constants, noisy_latents.contiguous(memory_format=setup.latent_layout),
-                                timesteps, text, condition.contiguous(memory_format=setup.conditioning_layout))
+    noised.latents = noised.latents.contiguous(memory_format=setup.latent_layout)
+    inputs = family.step_inputs(models, setup.constants, noised, text,
+                                condition.contiguous(memory_format=setup.conditioning_layout))
 
     # The ControlNet reads the condition; its residuals are added inside the frozen denoiser.
     prediction = family.predict(models, inputs)
-    return family.loss(models, prediction, target, timesteps, snr_gamma)
+    return setup.objective.loss(prediction, noised, snr_gamma)
 
 
 def setup(args):
@@ -211,8 +218,10 @@ def prepare_models(args, accelerator) -> StepSetup:
     constants = models.family.step_constants(
         models, resolution=args.resolution, dtype=weight_dtype, device=accelerator.device,
         crops_coords_top_left=(args.crops_coords_top_left_h, args.crops_coords_top_left_w))
+    objective = models.family.objective(models.noise_scheduler,
+                                        **{flag: getattr(args, flag) for flag in models.family.objective_flags})
     return StepSetup(models, weight_dtype, models.vae.config.scaling_factor, constants=constants,
-                     conditioning_layout=conditioning_layout, latent_layout=latent_layout)
+                     conditioning_layout=conditioning_layout, latent_layout=latent_layout, objective=objective)
 
 
 def prepare_data(args, accelerator, setup: StepSetup):

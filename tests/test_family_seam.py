@@ -11,6 +11,8 @@ import pytest
 from cnhelpers.families import FAMILIES, detect_family, family_named
 from cnhelpers.families.family import Family
 
+pytestmark = pytest.mark.colab
+
 PACKAGE = Path(__file__).resolve().parents[1] / "cnhelpers"
 
 #: What asks which family a base is: a family's name, or what a family is recognised by (SDXL's "text_time").
@@ -100,7 +102,7 @@ def abstract_methods() -> list[str]:
 
 
 def test_every_family_implements_every_method_the_loop_asks_for():
-    assert {"claims", "load", "noised", "predict", "loss", "encode_prompts", "validation_pipeline"} <= \
+    assert {"claims", "load", "objective", "predict", "encode_prompts", "validation_pipeline"} <= \
         set(abstract_methods())
     for family in FAMILIES:
         assert family.name and family.components and family.pipeline_name

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..families.sd import FAMILY as SD
 from ..inference import image_generators, load_controlnet_pipeline
-from ..losses import controlnet_loss
 from ..paths import build_dir, staged_folder
 from ..training import train
 from .evaluation import breakdown_rows, held_out_scores
@@ -329,6 +329,7 @@ def train_unet(config: PretrainConfig) -> Path:
     text_encoder = CLIPTextModel.from_pretrained(start, subfolder="text_encoder")
     unet = UNet2DConditionModel.from_pretrained(start, subfolder="unet")
     noise_scheduler = DDPMScheduler.from_pretrained(init, subfolder="scheduler")
+    objective = SD.objective(noise_scheduler)  # the training loop's noising, target and loss (SD 1.5's family)
     tokens = caption_token_table(tokenizer)
     empty_prompt = len(tokens) - 1
     caption_rows = cache["colours"][:, 0] * len(COLOUR_NAMES) + cache["colours"][:, 1]
@@ -357,12 +358,10 @@ def train_unet(config: PretrainConfig) -> Path:
         latents = latents * scaling_factor
         rows = caption_rows[batch].clone()
         rows[torch.rand(len(rows), generator=generator) < config.proportion_empty_prompts] = empty_prompt
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        noised = objective.noised(latents, generator)
         encoder_hidden_states = text_encoder(tokens[rows])[0]
-        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-        loss = controlnet_loss(model_pred, noise, timesteps, noise_scheduler, config.snr_gamma)
+        model_pred = unet(noised.latents, noised.timesteps, encoder_hidden_states).sample
+        loss = objective.loss(model_pred, noised, config.snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()

@@ -106,6 +106,8 @@ class Family:
     default_interpolation: str = "bilinear"
     #: Flags that only mean something for this family (the CLI accepts them for every family).
     flags: tuple[str, ...] = ()
+    #: The flags whose values :meth:`objective` takes, by name.
+    objective_flags: tuple[str, ...] = ()
 
     # -- detection ----------------------------------------------------------------------------------------
     def claims(self, model_index: dict, folder: Path) -> bool:
@@ -151,22 +153,18 @@ class Family:
         """The inputs every step shares (none for SD 1.5)."""
         return StepConstants()
 
-    def noised(self, models: Models, latents: torch.Tensor, generator: torch.Generator):
-        """``(noisy_latents, timesteps, target)``: the forward process applied to clean ``latents`` and what the
-        denoiser must predict. Draws from ``generator`` only."""
+    def objective(self, noise_scheduler, **options):
+        """The training objective: an object with ``noised(latents, generator)`` (the forward process on clean
+        latents: a :class:`cnhelpers.losses.Noised`, drawing from ``generator`` only) and ``loss(prediction,
+        noised, snr_gamma)``. ``options`` are the values of :attr:`objective_flags`."""
         raise NotImplementedError
 
-    def step_inputs(self, models: Models, constants: StepConstants, noisy_latents, timesteps, text: tuple,
-                    conditioning) -> dict:
+    def step_inputs(self, models: Models, constants: StepConstants, noised, text: tuple, conditioning) -> dict:
         """The inputs of the ControlNet and the denoiser for one step."""
         raise NotImplementedError
 
     def predict(self, models: Models, inputs: dict) -> torch.Tensor:
         """The denoiser's prediction with the ControlNet's residuals added."""
-        raise NotImplementedError
-
-    def loss(self, models: Models, prediction, target, timesteps, snr_gamma: float | None = None) -> torch.Tensor:
-        """The step's loss, with the family's weighting."""
         raise NotImplementedError
 
     # -- after training ------------------------------------------------------------------------------------

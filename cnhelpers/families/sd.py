@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data import tokenize_prompts
-from ..losses import controlnet_loss, diffusion_target, predict_noise
+from ..losses import DDPMObjective, predict_noise
 from ..model_info import conditioning_downsampling, count_parameters, vae_scale_factor
 from .family import Family, Models, StepConstants, StepMemory
 
@@ -141,24 +141,15 @@ class StableDiffusion(Family):
         return (77, models.denoiser.config.cross_attention_dim)  # CLIP's 77 tokens
 
     # -- the training step ---------------------------------------------------------------------------------
-    def noised(self, models: Models, latents: torch.Tensor, generator: torch.Generator):
-        scheduler = models.noise_scheduler
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator, device=latents.device).long()
-        noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-        return noisy_latents, timesteps, diffusion_target(scheduler, latents, noise, timesteps)
+    def objective(self, noise_scheduler, **options) -> DDPMObjective:
+        return DDPMObjective(noise_scheduler)
 
-    def step_inputs(self, models: Models, constants: StepConstants, noisy_latents, timesteps, text: tuple,
-                    conditioning) -> dict:
-        return {"latents": noisy_latents, "timesteps": timesteps, "encoder_hidden_states": text[0],
+    def step_inputs(self, models: Models, constants: StepConstants, noised, text: tuple, conditioning) -> dict:
+        return {"latents": noised.latents, "timesteps": noised.timesteps, "encoder_hidden_states": text[0],
                 "conditioning": conditioning}
 
     def predict(self, models: Models, inputs: dict) -> torch.Tensor:
         return predict_noise(models.denoiser, models.controlnet, inputs)
-
-    def loss(self, models: Models, prediction, target, timesteps, snr_gamma: float | None = None) -> torch.Tensor:
-        return controlnet_loss(prediction, target, timesteps, models.noise_scheduler, snr_gamma)
 
     # -- after training ------------------------------------------------------------------------------------
     def validation_pipeline(self, models: Models, controlnet, scheduler):

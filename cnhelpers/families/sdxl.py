@@ -123,12 +123,11 @@ class StableDiffusionXL(StableDiffusion):
         return StepConstants({"add_time_ids": make_add_time_ids(size, crops_coords_top_left, size, dtype=dtype,
                                                                 device=device)})
 
-    def step_inputs(self, models: Models, constants: StepConstants, noisy_latents, timesteps, text: tuple,
-                    conditioning) -> dict:
-        inputs = super().step_inputs(models, constants, noisy_latents, timesteps, text, conditioning)
+    def step_inputs(self, models: Models, constants: StepConstants, noised, text: tuple, conditioning) -> dict:
+        inputs = super().step_inputs(models, constants, noised, text, conditioning)
         # SDXL's UNet, and so its ControlNet, also read the pooled text and the size/crop ids
         inputs["added_cond_kwargs"] = added_conditions(
-            text[1], constants.extra["add_time_ids"].repeat(len(noisy_latents), 1))
+            text[1], constants.extra["add_time_ids"].repeat(len(noised.latents), 1))
         return inputs
 
     def validation_pipeline(self, models: Models, controlnet, scheduler):
