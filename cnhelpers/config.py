@@ -277,7 +277,7 @@ def check_paths(args) -> None:
     if args.train_data_dir is not None and not Path(args.train_data_dir).expanduser().is_dir():
         what = "is a file" if Path(args.train_data_dir).expanduser().exists() else "does not exist"
         raise FileNotFoundError(f"--train_data_dir {args.train_data_dir} {what}: pass an imagefolder (a folder with "
-                                "metadata.jsonl and the images it names; cnhelpers.data.write_fill_imagefolder "
+                                "metadata.jsonl and the images it names; cnhelpers.course.fill.write_fill_imagefolder "
                                 "writes one), or a data set with --dataset_name.")
     for image in args.validation_image or []:
         path = Path(image).expanduser()
