@@ -98,7 +98,7 @@ def widget_static_form(model_id: str, state: dict) -> dict:
 def static_widget_outputs(nb) -> int:
     """Replace every widget output of ``nb`` by its static form, then drop the saved widget state.
 
-    An output that already carries a picture (``cnhelpers.course.widgets.show`` adds one) keeps it and its text; any
+    An output that already carries a picture (a :class:`cnhelpers.course.widgets.WithStaticForm` adds one) keeps it and its text; any
     other takes :func:`widget_static_form`. Returns how many outputs changed.
     """
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
