@@ -1,17 +1,7 @@
-"""SDXL: a tiny SDXL-layout base, SDXL base 1.0's UNet config and demo inputs (notebook 07).
+"""SDXL for the course: a tiny SDXL-layout base, SDXL base 1.0's UNet config and demo inputs (notebook 07).
 
-What SDXL adds to SD 1.5's conditioning (computed in :mod:`cnhelpers.families.sdxl`):
-
-- **Two text encoders.** ``text_encoder`` (CLIPTextModel) and ``text_encoder_2``
-  (CLIPTextModelWithProjection), each with its own tokenizer. The UNet's cross-attention reads the
-  *penultimate* hidden states of both, concatenated on the feature axis: ``(batch, 77, h1 + h2)``.
-- **A pooled text embedding.** ``text_encoder_2``'s projected embedding of the whole prompt,
-  ``(batch, projection_dim)``, added to the timestep embedding.
-- **Size and crop conditioning** (``add_time_ids``): original size, crop top-left corner and target size,
-  six numbers per image, also added to the timestep embedding.
-
-The UNet takes the last two as ``added_cond_kwargs={"text_embeds": pooled, "time_ids": add_time_ids}``, and
-so does a ControlNet made from it with ``ControlNetModel.from_unet``.
+What SDXL adds to SD 1.5 (two text encoders, pooled text, size and crop ids) is computed where the training loop
+finds it, in :mod:`cnhelpers.families.sdxl`; the tiny base here has each of those parts at toy size.
 """
 
 from __future__ import annotations
