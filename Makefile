@@ -33,7 +33,7 @@ help:
 	@echo "make test-notebooks  nbval over each notebook doubled: Run All twice in one fresh kernel, both runs against the stored outputs (part of make test)"
 	@echo "make test-flax  tests_flax, then nbval over notebook 05, doubled, in the '$(KERNEL_FLAX)' kernel (part of make test)"
 	@echo "make test-real-paths  notebooks 00, 01, 03, 06 on sd15 and 07 on sdxl, small, from a loopback Hub (part of make test)"
-	@echo "make test-colab  pytest and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
+	@echo "make test-colab  the tests marked colab and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
 	@echo "make test-browser  notebooks 00-03 and 06 in JupyterLab, driven in headless Chromium: errors, live widgets, sliders (part of make test)"
 	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
 	@echo "make lab      open JupyterLab on notebooks/"
@@ -134,10 +134,11 @@ test-flax: setup-flax
 test-real-paths: setup
 	$(LEG) real-paths $(BIN)/python tests/real_paths_course.py
 
-# Colab's leg runs each notebook once, in a fresh kernel, on Colab's libraries; notebook 03 trains 40 steps there
-# too, its step counts masked.
+# Colab's leg runs what can differ between library versions on Colab's libraries: the tests marked colab (every
+# test module says whether it is: tests/conftest.py), and each notebook once, in a fresh kernel; notebook 03
+# trains 40 steps there too, its step counts masked.
 test-colab: setup-colab
-	$(LEG) colab-python env $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider tests
+	$(LEG) colab-python env $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider -m colab tests
 	$(LEG) colab-notebooks env $(SHORT_RUN) $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
 	  $(SHORT_RUN_SANITIZE) notebooks --ignore=$(FLAX_NOTEBOOK)
 

@@ -32,9 +32,14 @@ def pinned(constraints_file: str) -> set[str]:
     return {key(Requirement(line).name) for line in lines if line}
 
 
-def required(roots: list[str]) -> set[str]:
+def installed(site: str | None = None) -> dict:
+    """The distributions of this environment (or of the folder ``site``), by normalised name."""
+    return {key(d.metadata["Name"]): d for d in metadata.distributions(**({"path": [site]} if site else {}))}
+
+
+def required(roots: list[str], site: str | None = None) -> set[str]:
     """The package, the roots and all they require (extras and markers as the install evaluates them)."""
-    dists = {key(d.metadata["Name"]): d for d in metadata.distributions()}
+    dists = installed(site)
     todo = [(key(PACKAGE), EXTRA)] + [(key(name), "") for name in roots]
     seen, found = set(), set()
     while todo:
@@ -52,12 +57,19 @@ def required(roots: list[str]) -> set[str]:
     return found
 
 
+def link(constraints_file: str, roots: list[str], site: str | None = None) -> list[str]:
+    return sorted(required(roots, site) - pinned(constraints_file) - {key(PACKAGE)} - OWN)
+
+
+def unneeded(roots: list[str], site: str | None = None) -> list[str]:
+    return sorted(set(installed(site)) - required(roots, site) - OWN)
+
+
 def main(argv: list[str]) -> str:
     if argv[:1] == ["link"] and len(argv) >= 2:
-        return " ".join(sorted(required(argv[2:]) - pinned(argv[1]) - {key(PACKAGE)} - OWN))
+        return " ".join(link(argv[1], argv[2:]))
     if argv[:1] == ["unneeded"]:
-        installed = {key(d.metadata["Name"]) for d in metadata.distributions()}
-        return " ".join(sorted(installed - required(argv[1:]) - OWN))
+        return " ".join(unneeded(argv[1:]))
     sys.exit(__doc__)
 
 

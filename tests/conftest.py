@@ -1,3 +1,18 @@
+"""Fixtures of the course's tests, and the rule that decides what Colab's leg runs.
+
+Every test module declares, in a module-level ``pytestmark``, whether it runs again on Colab's library versions
+(``make test-colab`` runs ``pytest -m colab``, in .venv-colab):
+
+- ``pytest.mark.colab``: it calls what changes between library versions (loading and saving models, pipelines,
+  data sets, the Hub client, widgets, running notebooks), so Colab's diffusers, transformers, datasets,
+  huggingface_hub, accelerate and ipywidgets must pass it too;
+- ``pytest.mark.not_colab(reason="...")``: it does not, or what it calls of those libraries is exercised on
+  Colab's versions elsewhere; the reason says which.
+
+A single test of a declining module may still carry ``@pytest.mark.colab``. A module that declares neither stops
+the collection (below), so a new test module cannot silently fall out of Colab's leg; tests/test_ci_legs.py
+holds the rule to every module.
+"""
 import importlib.util
 import sys
 from pathlib import Path
@@ -5,6 +20,16 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+COLAB, NOT_COLAB = "colab", "not_colab"
+
+
+def pytest_collection_modifyitems(config, items):
+    undeclared = sorted({str(item.path) for item in items
+                         if not (item.get_closest_marker(COLAB) or item.get_closest_marker(NOT_COLAB))})
+    if undeclared:
+        raise pytest.UsageError(
+            "test modules that declare neither pytest.mark.colab nor pytest.mark.not_colab(reason=...) in a "
+            "module-level pytestmark (tests/conftest.py says which to choose): " + ", ".join(undeclared))
 
 
 @pytest.fixture(autouse=True, scope="session")

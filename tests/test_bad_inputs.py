@@ -31,6 +31,8 @@ from cnhelpers.checkpoints import checkpoint_problem, find_checkpoint, list_chec
 from cnhelpers.course.fill import write_fill_imagefolder
 from cnhelpers.tokenizer import BOS, EOS, write_clip_tokenizer
 
+pytestmark = pytest.mark.colab
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Every run: 2 steps of batch 2 at 64 px, no trackers, no checkpoint (unless a row asks for one).
 COMMON = ["--resolution", "64", "--train_batch_size", "2", "--max_train_steps", "2", "--report_to", "none",

@@ -16,6 +16,8 @@ from cnhelpers.families.sd import check_controlnet_fits, make_controlnet
 from cnhelpers.losses import predict_noise
 from cnhelpers.model_info import conditioning_downsampling, count_parameters, vae_scale_factor
 
+pytestmark = pytest.mark.colab
+
 
 @pytest.fixture(scope="module")
 def unet(tiny_base):

@@ -5,6 +5,8 @@ import pytest
 from cnhelpers.course.profiles import environment_overrides, get_profile
 from cnhelpers.course.recipes import course_flags
 
+pytestmark = pytest.mark.not_colab(reason="a benchmark's flags and schedule, plain data")
+
 
 @pytest.fixture(scope="module")
 def recipes_benchmark(benchmark_script):

@@ -4,8 +4,11 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from cnhelpers.course.runner import course_notebooks, run_notebook
+
+pytestmark = pytest.mark.colab
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

@@ -227,6 +227,8 @@ import torch  # noqa: E402
 
 from cnhelpers.data import check_resolution, collate_fn, make_train_dataset, pick_captions  # noqa: E402
 
+pytestmark = pytest.mark.colab
+
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_base):

@@ -3,9 +3,12 @@
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.not_colab(reason="reads the pin files")
 
 ROOT = Path(__file__).resolve().parents[1]
 

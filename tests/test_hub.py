@@ -5,6 +5,8 @@ from cnhelpers.course.tiny_bases import base_model_path
 from cnhelpers.data import load_fill50k
 from cnhelpers.hub import HubUnavailableError, looks_like_hub_id, resolve_pretrained
 
+pytestmark = pytest.mark.colab
+
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):

@@ -26,6 +26,8 @@ from hub_repos import (
     manifest,
 )
 
+pytestmark = pytest.mark.colab
+
 __all__ = ["hub_server"]  # the fixture, imported explicitly
 
 CUT_FILE = "unet/diffusion_pytorch_model.safetensors"

@@ -18,6 +18,8 @@ from cnhelpers.inference import (
 )
 from cnhelpers.loading import resolve_controlnet
 
+pytestmark = pytest.mark.colab
+
 STEPS = dict(num_inference_steps=2)
 
 

@@ -25,6 +25,9 @@ from cnhelpers.course.memory import (
 )
 from cnhelpers.optim import check_optimizer_in_backward, make_optimizer
 
+pytestmark = pytest.mark.not_colab(
+    reason="torch's memory arithmetic and the ladder benchmark; notebooks 04 and 04b run on Colab's versions")
+
 ROOT = Path(__file__).resolve().parents[1]
 #: 8-bit AdamW is bitsandbytes' (cnhelpers' memory extra); Colab's runtime has none.
 needs_bitsandbytes = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,

@@ -22,6 +22,8 @@ from cnhelpers.course.metrics import (
     score_fill_image,
 )
 
+pytestmark = pytest.mark.not_colab(reason="numpy and PIL scoring")
+
 
 def disc(size, cx, cy, r):
     y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres

@@ -8,6 +8,8 @@ from cnhelpers.course.tiny_bases import build_tiny_base
 from cnhelpers.model_info import count_parameters
 from cnhelpers.tokenizer import learn_bpe_merges, tokenize_unknowns, write_clip_tokenizer
 
+pytestmark = pytest.mark.colab
+
 
 def test_tiny_base_loads_with_the_calls_learners_use_on_sd15(tiny_base):
     from diffusers import (

@@ -10,6 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from notebooks_twice import CHECK_TAG, SECOND_RUN_MARKER, checked_outputs, doubled, main  # noqa: E402
 
+pytestmark = pytest.mark.not_colab(
+    reason="a text transform of notebooks, run by the same nbval in both venvs; the Colab leg runs the notebooks "
+           "itself")
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.not_colab(reason="reads the package's source")
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cnhelpers"
 #: The subpackage that holds the course's own machinery; nothing outside it may import it.

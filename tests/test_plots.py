@@ -1,12 +1,15 @@
 """Pictures leave what they draw as it was."""
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
 from diffusers import DDPMScheduler  # noqa: E402
 
 from cnhelpers.course.plots import plot_min_snr_weights  # noqa: E402
+
+pytestmark = pytest.mark.colab
 
 
 def test_the_min_snr_plot_leaves_the_callers_scheduler_as_it_was():

@@ -4,6 +4,8 @@ from cnhelpers.course.fill import load_train_dataset
 from cnhelpers.course.profiles import PROFILES, get_profile
 from cnhelpers.course.tiny_bases import base_model_path
 
+pytestmark = pytest.mark.colab
+
 
 def test_tiny_is_the_default_profile(monkeypatch):
     monkeypatch.delenv("CN_PROFILE", raising=False)

@@ -16,6 +16,8 @@ import pytest
 
 from hub_repos import hub_server  # noqa: F401  (the session fixture)
 
+pytestmark = pytest.mark.colab
+
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"

@@ -3,9 +3,13 @@ run that stands in for notebook 03 are the same."""
 
 import shlex
 
+import pytest
+
 from cnhelpers.config import parse_args
 from cnhelpers.course.profiles import get_profile
 from cnhelpers.course.recipes import course_flags, course_training_args, how_to_make_controlnet
+
+pytestmark = pytest.mark.not_colab(reason="the recipe's flags, parsed by argparse")
 
 
 def test_the_advices_command_line_is_the_course_recipe(tmp_path):

@@ -23,6 +23,10 @@ from diffusers import ControlNetModel
 from cnhelpers.checkpoints import MANIFEST, checkpoint_problem, find_checkpoint, list_checkpoints
 from cnhelpers.course.fill import write_fill_imagefolder
 
+pytestmark = pytest.mark.not_colab(
+    reason="exact resume rests on the loop's own seeding and checkpoint manifests; accelerate's saving and loading "
+           "of state runs on Colab's versions in test_training's resume test and notebook 03")
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 12, 3  # 8 examples in batches of 2: 4 steps an epoch, so the run crosses two epochs
 

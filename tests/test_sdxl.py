@@ -11,6 +11,8 @@ from cnhelpers.data import image_transforms
 from cnhelpers.families.sdxl import encode_prompt_sdxl, is_sdxl_unet, make_add_time_ids
 from cnhelpers.training import train
 
+pytestmark = pytest.mark.colab
+
 
 @pytest.fixture(scope="module")
 def sdxl_base(tmp_path_factory):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.not_colab(reason="a venv tool, plain files")
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("share_packages", ROOT / "scripts" / "share_packages.py")
 share_packages = importlib.util.module_from_spec(spec)

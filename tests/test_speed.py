@@ -12,6 +12,8 @@ from cnhelpers.config import training_args
 from cnhelpers.speed import check_torch_compile, compile_models, memory_layout, set_memory_layout
 from cnhelpers.training import train
 
+pytestmark = pytest.mark.not_colab(reason="torch.compile and memory layouts: the same torch in both venvs")
+
 HAS_CXX = any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 #: The smallest UNet that still has every kind of layer the tiny base's has (a resnet, a transformer with self- and
 #: cross-attention, the time embedding, the mid block; the ControlNet built from it adds its conditioning embedding

@@ -1,6 +1,10 @@
 """benchmarks/step_floor.py, the models' own arithmetic timed alone: it runs the step's forward, backward and
 update on the course's models, and train_throughput.py hands it the flags that change those models' kernels."""
 
+import pytest
+
+pytestmark = pytest.mark.not_colab(reason="a benchmark of torch arithmetic: the same torch in both venvs")
+
 
 def test_the_floor_times_forward_backward_and_update_and_every_controlnet_weight_gets_a_gradient(
         benchmark_script, tiny_base, fill_dir):

@@ -12,6 +12,8 @@ import pytest
 
 from cnhelpers.course.runner import WIDGET_STATE, WIDGET_VIEW, course_notebooks, run_notebook, static_widget_outputs
 
+pytestmark = pytest.mark.colab
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 MAX_BYTES = 500_000

@@ -17,6 +17,8 @@ from cnhelpers.own_data import (
     write_imagefolder,
 )
 
+pytestmark = pytest.mark.colab
+
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_base):
