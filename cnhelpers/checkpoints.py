@@ -214,8 +214,8 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: int 
 
 
 def register_controlnet_hooks(accelerator):
-    """Make ``save_state``/``load_state`` store the ControlNet in diffusers format (``controlnet/``)."""
-    from diffusers import ControlNetModel
+    """Make ``save_state``/``load_state`` store the ControlNet in diffusers format (``controlnet/``), loaded back with
+    the class of the ControlNet being trained (``ControlNetModel``, ``SD3ControlNetModel``...)."""
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
@@ -226,7 +226,7 @@ def register_controlnet_hooks(accelerator):
     def load_hook(models, input_dir):
         while models:
             model = accelerator.unwrap_model(models.pop())
-            loaded = ControlNetModel.from_pretrained(input_dir, subfolder="controlnet")
+            loaded = type(model).from_pretrained(input_dir, subfolder="controlnet")
             # (not its private keys: _name_or_path would name the checkpoint in the final config.json)
             model.register_to_config(**{k: v for k, v in loaded.config.items() if not k.startswith("_")})
             model.load_state_dict(loaded.state_dict())

@@ -5,7 +5,10 @@ and meaning, so the guide's commands run with only the script name changed. Adde
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
 ``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04), ``--channels_last``,
 ``--torch_compile`` (:mod:`cnhelpers.speed`) and ``--skip_bad_images``. The extra flags of
-train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07).
+train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07); so are
+those of train_controlnet_sd3.py and train_controlnet_flux.py (:data:`SD3_FLAGS`, :data:`FLUX_FLAGS`), with
+``--num_controlnet_layers`` for SD3's ControlNet. A flag that only one base family uses is refused, in one line,
+on a base of another family (:func:`cnhelpers.families.check_family_flags`, when the run loads its base).
 
 :func:`parse_args` reads a command line; :func:`training_args` takes keyword arguments (notebooks); both
 check the result with :func:`check_args` (the flags alone; :func:`check_paths`, called when a run starts, checks
@@ -75,6 +78,22 @@ UPSTREAM_FLAGS = (
 SDXL_FLAGS = ("pretrained_vae_model_name_or_path", "crops_coords_top_left_h", "crops_coords_top_left_w",
               "image_interpolation_mode")
 """The flags train_controlnet_sdxl.py adds to train_controlnet.py's."""
+
+
+SD3_FLAGS = ("num_extra_conditioning_channels", "upcast_vae", "weighting_scheme", "logit_mean", "logit_std",
+             "mode_scale", "precondition_outputs", "max_sequence_length")
+"""The flags train_controlnet_sd3.py adds that matter here (its ``--dataset_preprocess_batch_size`` does not: the
+cache encodes in batches of the training batch size)."""
+
+
+FLUX_FLAGS = ("num_double_layers", "num_single_layers", "guidance_scale", "weighting_scheme", "logit_mean",
+              "logit_std", "mode_scale")
+"""The flags train_controlnet_flux.py adds that matter here (and ``--max_sequence_length``, which it leaves at the
+pipeline's 512)."""
+
+#: ``--weighting_scheme``'s choices, upstream's (the same as :data:`cnhelpers.losses.WEIGHTING_SCHEMES`, which
+#: tests/test_sd3.py holds equal: this module loads no torch).
+WEIGHTING_SCHEMES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none")
 
 
 #: torchvision's InterpolationMode names, lowercased (upstream's choices for --image_interpolation_mode).
@@ -197,6 +216,38 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--report_to", type=str, default="tensorboard", help="tensorboard, wandb, comet_ml, all or none")
     hub.add_argument("--tracker_project_name", type=str, default="train_controlnet")
 
+    transformers = p.add_argument_group(
+        "SD3 and Flux (upstream's train_controlnet_sd3.py and train_controlnet_flux.py; refused on other bases)")
+    transformers.add_argument("--num_controlnet_layers", type=int, default=None,
+                              help="SD3: joint blocks the new ControlNet copies from the transformer (default: "
+                                   "SD3ControlNetModel.from_transformer's 12, at most all but the transformer's last; the "
+                                   "course's "
+                                   "flag, upstream's script always takes 12).")
+    transformers.add_argument("--num_extra_conditioning_channels", type=int, default=0,
+                              help="SD3: channels the ControlNet reads besides the condition's latents (0: the "
+                                   "training data has none).")
+    transformers.add_argument("--upcast_vae", action="store_true",
+                              help="SD3: keep the VAE in float32 under mixed precision.")
+    transformers.add_argument("--weighting_scheme", type=str, default="logit_normal", choices=WEIGHTING_SCHEMES,
+                              help="SD3, Flux: the timestep density (logit_normal, mode; else uniform) and, for SD3, "
+                                   "the loss weighting (sigma_sqrt, cosmap).")
+    transformers.add_argument("--logit_mean", type=float, default=0.0, help="SD3, Flux: logit_normal's mean.")
+    transformers.add_argument("--logit_std", type=float, default=1.0, help="SD3, Flux: logit_normal's std.")
+    transformers.add_argument("--mode_scale", type=float, default=1.29, help="SD3, Flux: the mode density's scale.")
+    transformers.add_argument("--precondition_outputs", type=int, default=1,
+                              help="SD3: 1 maps the prediction to the clean latents (pred * -sigma + x_t) and compares "
+                                   "those; 0 compares the velocity (noise - x0).")
+    transformers.add_argument("--max_sequence_length", type=int, default=None,
+                              help="SD3, Flux: T5's tokens per prompt (default: 77 for SD3, upstream's SD3 script; 512 "
+                                   "for Flux, its pipeline's); a longer caption is refused.")
+    transformers.add_argument("--num_double_layers", type=int, default=4,
+                              help="Flux: double-stream blocks the new ControlNet copies (at most the transformer's).")
+    transformers.add_argument("--num_single_layers", type=int, default=4,
+                              help="Flux: single-stream blocks the new ControlNet copies (at most the transformer's).")
+    transformers.add_argument("--guidance_scale", type=float, default=3.5,
+                              help="Flux: the guidance embedding's value while training and validating (FLUX.1-dev's "
+                                   "3.5), for a transformer that has one.")
+
     validation = p.add_argument_group("validation")
     validation.add_argument("--validation_prompt", type=str, default=None, nargs="+")
     validation.add_argument("--validation_image", type=str, default=None, nargs="+",
@@ -252,6 +303,16 @@ def check_args(args) -> None:
             raise ValueError(f"--{name} must be 0 or more, got {getattr(args, name)}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be at least 1 (or left out to keep every checkpoint).")
+    if args.max_sequence_length is not None and not 1 <= args.max_sequence_length <= 512:
+        raise ValueError(f"--max_sequence_length must be between 1 and 512 (the SD3 and Flux pipelines' limit), got "
+                         f"{args.max_sequence_length}.")
+    if args.num_controlnet_layers is not None and args.num_controlnet_layers < 1:
+        raise ValueError(f"--num_controlnet_layers must be at least 1, got {args.num_controlnet_layers}.")
+    for name in ("num_double_layers", "num_single_layers", "num_extra_conditioning_channels"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be 0 or more, got {getattr(args, name)}.")
+    if not args.logit_std > 0:
+        raise ValueError(f"--logit_std must be positive, got {args.logit_std}.")
     if args.torch_compile_mode is not None and args.torch_compile != "inductor":
         raise ValueError(f"--torch_compile_mode {args.torch_compile_mode} sets a mode of inductor, torch.compile's "
                          "kernel-writing backend: add --torch_compile (inductor is its default), or leave the mode out.")

@@ -134,7 +134,7 @@ def load_raw_dataset(*, train_data_dir: str | Path | None = None, dataset_name: 
     from datasets import load_dataset, load_from_disk
 
     if train_data_dir is not None:
-        check_metadata_has_rows(train_data_dir)  # else datasets fails deep inside (IndexError, StopIteration)
+        check_metadata(train_data_dir)  # else datasets fails deep inside (IndexError, StopIteration, UnicodeDecodeError)
         with local_load():
             dataset = load_dataset(str(train_data_dir), cache_dir=cache_dir, split="train")
         check_not_empty(dataset, train_data_dir)
@@ -164,12 +164,32 @@ def load_raw_dataset(*, train_data_dir: str | Path | None = None, dataset_name: 
                                   "folder (--train_data_dir or --dataset_name PATH), or go online.") from error
 
 
-def check_metadata_has_rows(folder) -> None:
-    """Refuse an imagefolder whose metadata.jsonl (or .csv) holds no rows, before datasets reads it."""
+def check_metadata(folder) -> None:
+    """Refuse an imagefolder whose metadata.jsonl (or .csv) datasets could not read, before it reads it: a file
+    that is not UTF-8 (naming the line and the fix), a metadata.jsonl line that is not JSON, or no rows."""
     for metadata in sorted(Path(folder).glob("metadata.*")):
         if metadata.suffix not in (".jsonl", ".csv"):
             continue
-        lines = [line for line in metadata.read_text(errors="replace").splitlines() if line.strip()]
+        lines = []
+        for number, raw in enumerate(metadata.read_bytes().splitlines(), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{metadata} line {number} is not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1}): "
+                    "datasets reads metadata files as UTF-8. Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 "
+                    "metadata.jsonl > fixed.jsonl`, then replace it), or fix that line.") from None
+            if not line.strip():
+                continue
+            if metadata.suffix == ".jsonl":
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{metadata} line {number} is not a JSON object ({error.msg} at column "
+                                     f"{error.colno}): each line of metadata.jsonl must be one JSON object such as "
+                                     '{"file_name": ..., "conditioning_image_file_name": ..., "text": ...}. Fix that '
+                                     "line.") from None
+            lines.append(line)
         if len(lines) <= (metadata.suffix == ".csv"):  # a csv's first line is its header
             check_not_empty([], folder)
 
@@ -375,7 +395,7 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
                        conditioning_image_column: str = "conditioning_image", caption_column: str = "text",
                        proportion_empty_prompts: float = 0.0, max_train_samples: int | None = None,
                        seed: int | None = None, shuffle_buffer_size: int = 1000, interpolation: str = "bilinear",
-                       tokenizer_2=None):
+                       tokenizer_2=None, tokenize=None):
     """Turn raw rows into training examples: ``pixel_values``, ``conditioning_pixel_values``, ``input_ids``.
 
     The knobs are upstream train_controlnet.py's, but columns are always picked by name (upstream falls
@@ -387,6 +407,8 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
     stream, the first ``max_train_samples`` of a shuffle through a buffer of ``shuffle_buffer_size`` rows.
     ``interpolation`` is the resize filter (upstream's SDXL script: ``--image_interpolation_mode``, lanczos).
     With ``tokenizer_2`` (SDXL's second tokenizer), examples also get ``input_ids_2`` for the same captions.
+    ``tokenize(captions)``, when given, replaces both: it returns the token ids of every tokenizer of the base as
+    ``{"input_ids": ..., "input_ids_2": ..., ...}`` (the base's family knows them, e.g. SD3's T5 ids).
 
     An image and its conditioning image may differ in size (both are resized to ``resolution``) but not in
     aspect ratio (:func:`check_same_aspect`: the center crops would not line up); an unreadable image names its
@@ -431,6 +453,9 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
             out["pixel_values"].append(to_image(image))
             out["conditioning_pixel_values"].append(to_conditioning(conditioning))
         captions = pick_captions(batch[caption_column], proportion_empty_prompts, True, rng, caption_column)
+        if tokenize is not None:
+            out.update(tokenize(captions))
+            return out
         out["input_ids"] = tokenize_prompts(tokenizer, captions)
         if tokenizer_2 is not None:
             out["input_ids_2"] = tokenize_prompts(tokenizer_2, captions)
@@ -443,11 +468,11 @@ def make_train_dataset(dataset, tokenizer, *, resolution: int, image_column: str
 
 
 def collate_fn(examples: list[dict]) -> dict:
-    """Stack examples into a batch: float image tensors (contiguous) and token ids (SDXL: both tokenizers')."""
+    """Stack examples into a batch: float image tensors (contiguous) and token ids (every tokenizer's: SDXL's two,
+    SD3's three)."""
     import torch
 
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous().float(),
         "conditioning_pixel_values": torch.stack([e["conditioning_pixel_values"] for e in examples]).contiguous().float(),
-        "input_ids": torch.stack([e["input_ids"] for e in examples]),
-    } | ({"input_ids_2": torch.stack([e["input_ids_2"] for e in examples])} if "input_ids_2" in examples[0] else {})
+    } | {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key.startswith("input_ids")}

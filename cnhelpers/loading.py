@@ -12,24 +12,30 @@ import torch
 from packaging.version import Version
 
 from .env import available_memory, format_bytes
-from .families import Models, detect_family
+from .families import Models, check_controlnet_family, check_family_flags, detect_family
 from .hub import HubUnavailableError, looks_like_hub_id, resolve_base, resolve_pretrained
 
 
 def load_models(pretrained_model_name_or_path, *, controlnet_model_name_or_path=None, revision: str | None = None,
                 variant: str | None = None, tokenizer_name: str | None = None,
-                pretrained_vae_model_name_or_path: str | None = None, cache_dir: str | None = None) -> Models:
+                pretrained_vae_model_name_or_path: str | None = None, cache_dir: str | None = None,
+                flags: dict | None = None, changed_flags: dict | None = None) -> Models:
     """The frozen base of ``pretrained_model_name_or_path`` (a folder or hub id) and the ControlNet of
     ``controlnet_model_name_or_path`` (made from the denoiser when not given), as upstream's scripts load them
     (the arguments are their flags of the same names).
 
     The base's family (:mod:`cnhelpers.families`) is detected from its own ``model_index.json``, and only the
-    parts that family loads are fetched. A ControlNet made for another base is refused here, naming both shapes,
-    rather than deep inside the denoiser.
+    parts that family loads are fetched. A ControlNet made for another base is refused here, naming both shapes
+    (or, for another family's ControlNet class, the class), rather than deep inside the denoiser.
+
+    ``flags`` are the run's flags (name -> value): the family takes the values of its own (``Models.options``).
+    ``changed_flags`` (those changed from their defaults) are checked first: one that only another family uses is
+    refused (:func:`cnhelpers.families.check_family_flags`).
     """
     index = resolve_pretrained(pretrained_model_name_or_path, revision=revision, allow_patterns=["model_index.json"],
                                cache_dir=cache_dir)
     family = detect_family(index)
+    check_family_flags(family, changed_flags or {})
     # Only the parts the family loads, at the revision, in the variant: not the repository's single-file
     # checkpoints, other variants or safety checker (SD 1.5's repository holds about 40 GB; these parts 4-5 GB).
     base = resolve_base(pretrained_model_name_or_path, revision=revision, variant=variant,
@@ -40,7 +46,11 @@ def load_models(pretrained_model_name_or_path, *, controlnet_model_name_or_path=
     vae = resolve_pretrained(pretrained_vae_model_name_or_path, allow_patterns=SINGLE_MODEL_PATTERNS,
                              cache_dir=cache_dir) if pretrained_vae_model_name_or_path else None
     controlnet = resolve_controlnet(controlnet_model_name_or_path) if controlnet_model_name_or_path else None
-    models = family.load(base, variant=variant, tokenizer_name=tokenizer, vae_path=vae, controlnet=controlnet)
+    if controlnet is not None:
+        check_controlnet_family(family, controlnet)
+    options = {name: value for name, value in (flags or {}).items() if name in family.flags}
+    models = family.load(base, variant=variant, tokenizer_name=tokenizer, vae_path=vae, controlnet=controlnet,
+                         options=options)
     for frozen in models.frozen():
         frozen.requires_grad_(False)
         frozen.eval()

@@ -31,7 +31,6 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
 
     ``models`` is the run's :class:`cnhelpers.families.Models`; its family builds its ControlNet pipeline from them.
     """
-    from diffusers import UniPCMultistepScheduler
     from PIL import Image
 
     controlnet = accelerator.unwrap_model(models.controlnet)
@@ -42,7 +41,7 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
         encoder.to(accelerator.device)
     was_training = controlnet.training
     controlnet.eval()
-    scheduler = UniPCMultistepScheduler.from_config(models.noise_scheduler.config)
+    scheduler = models.family.validation_scheduler(models.noise_scheduler)  # (SD: UniPC; SD3, Flux: flow matching)
     pipeline = models.family.validation_pipeline(models, controlnet, scheduler)
     pipeline.set_progress_bar_config(disable=True)
     if args.enable_xformers_memory_efficient_attention:
@@ -53,10 +52,13 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
         condition = Image.open(image_path).convert("RGB").resize((args.resolution, args.resolution))
         with torch.autocast(accelerator.device.type, dtype=weight_dtype,
                             enabled=weight_dtype != torch.float32):
-            n = args.num_validation_images  # image by name: SDXL's pipeline takes prompt_2 second
-            images = pipeline([prompt] * n, image=[condition] * n, height=args.resolution, width=args.resolution,
-                              generator=generator, num_inference_steps=args.num_validation_inference_steps,
-                              guidance_scale=args.validation_guidance_scale).images
+            n = args.num_validation_images  # the image by name: SDXL's pipeline takes prompt_2 second
+            inputs = dict(height=args.resolution, width=args.resolution, generator=generator,
+                          num_inference_steps=args.num_validation_inference_steps,
+                          guidance_scale=args.validation_guidance_scale)
+            # the family names the conditioning argument and what else must match training (SD3's T5 length...)
+            inputs |= models.family.pipeline_inputs(models, [condition] * n)
+            images = pipeline([prompt] * n, **inputs).images
         rows.append({"prompt": prompt, "condition": condition, "images": images})
     controlnet.train(was_training)
     vae.to(encoders_device)
@@ -99,8 +101,8 @@ Trained with `python -m cnhelpers.train` (same flags as diffusers' train_control
 
 {validation}
 ```python
-from diffusers import ControlNetModel, {pipeline}
-controlnet = ControlNetModel.from_pretrained("{output_dir}")
+from diffusers import {controlnet_class}, {pipeline}
+controlnet = {controlnet_class}.from_pretrained("{output_dir}")
 pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
 ```
 """
@@ -126,7 +128,8 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
             base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
             steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
             snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
-            validation=grid, output_dir=output_dir, pipeline=family.pipeline_name, tags=", ".join(family.card_tags())))
+            validation=grid, output_dir=output_dir, pipeline=family.pipeline_name, tags=", ".join(family.card_tags()),
+            controlnet_class=family.controlnet_class))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -56,12 +56,18 @@ def memory_layout(channels_last: bool, device_type: str) -> tuple[torch.memory_f
 
 def set_memory_layout(unet, controlnet, channels_last: bool, device_type: str) -> tuple[torch.memory_format,
                                                                                          torch.memory_format]:
-    """Lay out ``unet`` and ``controlnet``'s weights as :func:`memory_layout` says; return its two formats."""
+    """Lay out ``unet`` and ``controlnet``'s weights as :func:`memory_layout` says; return its two formats.
+
+    A ControlNet without a conditioning embedding (SD3's and Flux's read the condition's latents) keeps the
+    condition in the models' layout."""
     models_layout, conditioning_layout = memory_layout(channels_last, device_type)
     if models_layout != torch.contiguous_format:
         unet.to(memory_format=models_layout)
         controlnet.to(memory_format=models_layout)
-    controlnet.controlnet_cond_embedding.to(memory_format=conditioning_layout)
+    embedding = getattr(controlnet, "controlnet_cond_embedding", None)
+    if embedding is None:
+        return models_layout, models_layout
+    embedding.to(memory_format=conditioning_layout)
     return models_layout, conditioning_layout
 
 

@@ -39,6 +39,7 @@ import threading
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .cache import build_cache, use_cache
 from .checkpoints import find_checkpoint, list_checkpoints, register_controlnet_hooks, save_checkpoint
-from .config import check_paths, check_push_to_hub, resolved_args
+from .config import changed_flags, check_paths, check_push_to_hub, resolved_args
 from .data import check_captions, check_columns, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
 from .families import Models, StepConstants
 from .loading import check_step_fits_memory, load_models
@@ -89,8 +90,10 @@ class StepSetup:
 
     models: Models
     weight_dtype: torch.dtype = torch.float32
-    #: The VAE's latent scaling (kept here: the VAE itself may be freed once the latents are cached).
+    #: The VAE's latent scaling and shift (kept here: the VAE itself may be freed once the latents are cached); the
+    #: family applies them (:meth:`cnhelpers.families.Family.scale_latents`: SD's ignores the shift).
     scaling_factor: float = 0.18215
+    shift_factor: float = 0.0
     #: Cached text embeddings: one table per tensor of the family's text conditioning (SD 1.5: the text; SDXL:
     #: the text and the pooled text), one row per caption and a last row for the empty prompt.
     text_tables: tuple[torch.Tensor, ...] = ()
@@ -110,8 +113,9 @@ def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr
                   proportion_empty_prompts: float = 0.0) -> torch.Tensor:
     """The loss of one micro-batch: the forward half of a training step (backward and the update are the loop's).
 
-    Every random draw comes from ``generator``, in a fixed order (latent sample, then the family's noise and
-    timesteps, then dropped prompts), so the same generator gives the same loss on the cached and the uncached path.
+    Every random draw comes from ``generator``, in a fixed order (latent sample, the condition's latent sample for a
+    family whose ControlNet reads latents, then the family's noise and timesteps, then dropped prompts), so the same
+    generator gives the same loss on the cached and the uncached path.
     """
     models, family, dtype = setup.models, setup.models.family, setup.weight_dtype
     # Latents of the target images: sampled from the (cached) VAE posterior, then scaled.
@@ -121,7 +125,10 @@ def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr
     else:
         posterior = models.vae.encode(batch["pixel_values"].to(models.vae.dtype)).latent_dist
         latents = posterior.sample(generator=generator)
-    latents = (latents * setup.scaling_factor).to(dtype)
+    latents = family.scale_latents(latents, setup.scaling_factor, setup.shift_factor).to(dtype)
+    # What the ControlNet reads of the conditioning images (SD: the pixels; SD3, Flux: their sampled latents).
+    condition = family.controlnet_condition(models, batch, generator, dtype, setup.scaling_factor,
+                                            setup.shift_factor)
 
     # The forward process: noisy latents at random timesteps, and what the denoiser must predict from them.
     noised = setup.objective.noised(latents, generator)
@@ -132,10 +139,8 @@ def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr
         drop = torch.rand(caption_index.shape, generator=generator, device=caption_index.device)
         caption_index[drop < proportion_empty_prompts] = len(setup.text_tables[0]) - 1
         text = tuple(table[caption_index] for table in setup.text_tables)
-        condition = batch["conditioning_uint8"].to(dtype) / 255
     else:  # (the uncached data path dropped its share of prompts when it tokenized them)
         text = family.encode_batch_text(models, batch)
-        condition = batch["conditioning_pixel_values"].to(dtype)
     noised.latents = noised.latents.contiguous(memory_format=setup.latent_layout)
     inputs = family.step_inputs(models, setup.constants, noised, text,
                                 condition.contiguous(memory_format=setup.conditioning_layout))
@@ -179,11 +184,13 @@ def setup(args):
 
 def prepare_models(args, accelerator) -> StepSetup:
     """Load the models, put the frozen ones in the run's precision on its device, and set the memory flags."""
+    # (a flag of another base family is refused once the base's family is known, before its weights load)
     models = load_models(args.pretrained_model_name_or_path,
                          controlnet_model_name_or_path=args.controlnet_model_name_or_path, revision=args.revision,
                          variant=args.variant, tokenizer_name=args.tokenizer_name,
                          pretrained_vae_model_name_or_path=args.pretrained_vae_model_name_or_path,
-                         cache_dir=args.cache_dir)
+                         cache_dir=args.cache_dir, flags=vars(args), changed_flags=changed_flags(args))
+    models.family.check_resolution(models, args.resolution)
     register_controlnet_hooks(accelerator)
     configure_attention(args.enable_xformers_memory_efficient_attention, models.denoiser, models.controlnet)
     # Memory layouts (the same arithmetic, reordered): --channels_last for both models; on a CPU the
@@ -207,7 +214,8 @@ def prepare_models(args, accelerator) -> StepSetup:
         if frozen.dtype != weight_dtype:  # (a cast to the same dtype only makes diffusers warn)
             frozen.to(dtype=weight_dtype)  # cast first: a float32 copy never reaches the GPU
         frozen.to(accelerator.device)
-    if models.family.vae_in_float32(weight_dtype, replaced_vae=bool(args.pretrained_vae_model_name_or_path)):
+    if models.family.vae_in_float32(weight_dtype, replaced_vae=bool(args.pretrained_vae_model_name_or_path),
+                                    options=models.options):
         models.vae.to(dtype=torch.float32)  # a VAE that overflows in fp16 (NaN latents, black images)
     # Before anything is allocated for a step: refuse one that cannot fit (e.g. --resolution 100000).
     check_step_fits_memory(models, args.resolution, args.train_batch_size, accelerator.device,
@@ -220,7 +228,8 @@ def prepare_models(args, accelerator) -> StepSetup:
         crops_coords_top_left=(args.crops_coords_top_left_h, args.crops_coords_top_left_w))
     objective = models.family.objective(models.noise_scheduler,
                                         **{flag: getattr(args, flag) for flag in models.family.objective_flags})
-    return StepSetup(models, weight_dtype, models.vae.config.scaling_factor, constants=constants,
+    return StepSetup(models, weight_dtype, models.vae.config.scaling_factor,
+                     shift_factor=models.vae.config.get("shift_factor") or 0.0, constants=constants,
                      conditioning_layout=conditioning_layout, latent_layout=latent_layout, objective=objective)
 
 
@@ -243,19 +252,23 @@ def prepare_data(args, accelerator, setup: StepSetup):
             raise ValueError("--skip_bad_images left no rows: every example has an unreadable image. Check the "
                              "data set's image files.")
     cached = use_cache(args.cache, raw, caption_column=args.caption_column, resolution=args.resolution,
-                       text_shape=models.family.text_shape(models), max_train_samples=args.max_train_samples)
+                       text_shape=models.family.text_shape(models), max_train_samples=args.max_train_samples,
+                       latent_channels=models.vae.config.latent_channels,
+                       condition_latents=models.family.condition_as_latents)
     dataset = make_train_dataset(
         raw, models.tokenizer, resolution=args.resolution, image_column=args.image_column,
         conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column,
         # with the cache, prompts are dropped per step instead (same share, same effect)
         proportion_empty_prompts=0.0 if cached else args.proportion_empty_prompts,
         max_train_samples=args.max_train_samples, seed=args.seed, tokenizer_2=models.tokenizers.get("tokenizer_2"),
-        interpolation=args.image_interpolation_mode or models.family.default_interpolation)
+        interpolation=args.image_interpolation_mode or models.family.default_interpolation,
+        tokenize=partial(models.family.tokenize, models))
     collate = collate_fn
     if cached:
         dataset, tables = build_cache(dataset, dataset.with_format(None)[args.caption_column], models.encode_prompts,
                                       models.vae, accelerator.device, batch_size=args.train_batch_size,
-                                      disable_progress=not accelerator.is_local_main_process)
+                                      disable_progress=not accelerator.is_local_main_process,
+                                      encode_condition=partial(models.family.encode_condition, models.vae))
         setup.text_tables = tuple(t.to(accelerator.device, setup.weight_dtype) for t in tables)
         collate = None  # default_collate stacks the cached tensors
         # The loop no longer needs the VAE nor the text encoders: free their device memory (validation brings
@@ -270,8 +283,9 @@ def prepare_data(args, accelerator, setup: StepSetup):
 
 
 def check_data(args, raw, models: Models) -> None:
-    """The data set's checks before any example is transformed: its columns, text captions, and tokenizers
-    whose ids their text encoders have and that know the captions' words."""
+    """The data set's checks before any example is transformed: its columns, text captions, tokenizers whose ids
+    their text encoders have and that know the captions' words, and captions (and validation prompts) that the
+    family's text encoders read whole (SD3's and Flux's T5: at most ``--max_sequence_length`` tokens)."""
     check_columns(raw.column_names, as_flags=True, image_column=args.image_column,
                   conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column)
     captions = raw[args.caption_column]
@@ -282,6 +296,8 @@ def check_data(args, raw, models: Models) -> None:
             else f"the base model's {name}"
         encoder = models.text_encoders[name.replace("tokenizer", "text_encoder")]
         check_tokenizer_fits(tokenizer, texts, encoder.config.vocab_size, label)
+    models.family.check_prompts(models, texts, "The caption")
+    models.family.check_prompts(models, list(args.validation_prompt or []), "--validation_prompt")
 
 
 @dataclass

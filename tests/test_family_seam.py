@@ -75,6 +75,8 @@ def write_index(folder: Path, class_name: str) -> Path:
 @pytest.mark.parametrize("class_name, family", [
     ("StableDiffusionPipeline", "sd"), ("StableDiffusionControlNetPipeline", "sd"),
     ("StableDiffusionXLPipeline", "sdxl"), ("StableDiffusionXLControlNetPipeline", "sdxl"),
+    ("StableDiffusion3Pipeline", "sd3"), ("StableDiffusion3ControlNetPipeline", "sd3"),
+    ("FluxPipeline", "flux"), ("FluxControlNetPipeline", "flux"),
 ])
 def test_the_family_comes_from_the_pipeline_that_model_index_names(tmp_path, class_name, family):
     assert detect_family(write_index(tmp_path / "base", class_name)).name == family
@@ -108,6 +110,24 @@ def test_every_family_implements_every_method_the_loop_asks_for():
         assert family.name and family.components and family.pipeline_name
         assert [m for m in abstract_methods() if getattr(type(family), m) is getattr(Family, m)] == []
         assert family_named(family.name) is family
+
+
+@pytest.mark.parametrize("parts, family", [
+    (("unet", "text_encoder"), "sd"), (("transformer", "text_encoder_2", "text_encoder_3"), "sd3"),
+    (("transformer", "text_encoder_2"), "flux"),
+])
+def test_a_base_without_model_index_is_told_by_its_parts(tmp_path, parts, family):
+    for part in parts:
+        (tmp_path / "base" / part).mkdir(parents=True)
+    assert detect_family(tmp_path / "base").name == family
+
+
+def test_each_family_flag_belongs_to_a_parser_flag_and_objective_flags_are_flags():
+    from cnhelpers.config import build_parser
+
+    dests = {action.dest for action in build_parser()._actions}
+    for family in FAMILIES:
+        assert set(family.flags) <= dests and set(family.objective_flags) <= set(family.flags), family.name
 
 
 def test_a_family_loads_only_its_parts_and_sdxl_keeps_its_vae_in_float32_under_fp16():

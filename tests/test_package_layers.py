@@ -23,8 +23,8 @@ COURSE = "course"
 LAYERS = (
     ("paths", "env", "messages", "hub", "tokenizer", "course", "course.profiles"),
     ("data", "own_data", "images", "losses", "model_info", "families", "families.family", "families.sd",
-     "families.sdxl", "course.fill", "course.held_out", "course.metrics", "course.tiny_bases", "course.tiny_sdxl",
-     "course.widgets"),
+     "families.sdxl", "families.sd3", "families.flux", "course.fill", "course.held_out", "course.metrics",
+     "course.tiny_bases", "course.tiny_sdxl", "course.tiny_transformers", "course.widgets"),
     ("speed", "config", "optim", "cache", "checkpoints", "outputs", "loading", "course.recipes"),
     ("training", "inference"),
     ("course.controlnet", "course.evaluation", "course.anatomy", "course.memory"),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import tokenize_prompts
 
 @dataclass
 class Models:
@@ -30,6 +31,9 @@ class Models:
     denoiser: torch.nn.Module
     noise_scheduler: object
     controlnet: torch.nn.Module
+    #: The values of the family's own flags (:attr:`Family.flags`) that the run was given, e.g. SD3's and Flux's
+    #: ``max_sequence_length``; the family reads them where a step needs them.
+    options: dict = field(default_factory=dict)
 
     @property
     def tokenizer(self):
@@ -104,10 +108,19 @@ class Family:
     denoiser_name: str = "unet"
     #: Upstream's default resize filter for this family's training script.
     default_interpolation: str = "bilinear"
-    #: Flags that only mean something for this family (the CLI accepts them for every family).
+    #: Flags that only mean something for this family. The CLI parses them for every family, but a run refuses
+    #: one changed from its default when the base's family does not list it and another family does
+    #: (:func:`cnhelpers.families.check_family_flags`); their values reach the family as ``Models.options``.
     flags: tuple[str, ...] = ()
     #: The flags whose values :meth:`objective` takes, by name.
     objective_flags: tuple[str, ...] = ()
+    #: Why a flag of another family means nothing here, by flag (added to the refusal's line).
+    flag_notes: dict = {}
+    #: The ControlNet class of this family, by diffusers' name (loading, checkpoints, the model card).
+    controlnet_class: str = "ControlNetModel"
+    #: Whether the ControlNet reads the conditioning image's VAE latents (:meth:`encode_condition`) rather than its
+    #: pixels (the cache then stores their posterior instead of the picture).
+    condition_as_latents: bool = False
 
     # -- detection ----------------------------------------------------------------------------------------
     def claims(self, model_index: dict, folder: Path) -> bool:
@@ -117,10 +130,14 @@ class Family:
 
     # -- loading ------------------------------------------------------------------------------------------
     def load(self, base: Path, *, variant: str | None = None, tokenizer_name: str | None = None,
-             vae_path: Path | None = None, controlnet: str | Path | None = None) -> Models:
+             vae_path: Path | None = None, controlnet: str | Path | None = None, options: dict | None = None) -> Models:
         """The frozen base in ``base`` (a local folder holding :attr:`components`) and the ControlNet: loaded from
-        ``controlnet`` (a local folder) or made from the denoiser."""
+        ``controlnet`` (a local folder) or made from the denoiser. ``options`` are the values of :attr:`flags`."""
         raise NotImplementedError
+
+    def check_resolution(self, models: Models, resolution: int) -> None:
+        """Refuse, in one line, a training resolution the denoiser cannot take (the SD families: any multiple of
+        the VAE's factor, which :func:`cnhelpers.data.check_resolution` checks for every family)."""
 
     def check_controlnet_fits(self, controlnet, denoiser, vae_factor: int) -> None:
         """Refuse, with the reason and the fix, a ControlNet that cannot feed this denoiser and VAE."""
@@ -130,8 +147,9 @@ class Family:
         """A lower bound on one training step's memory (:class:`StepMemory`)."""
         raise NotImplementedError
 
-    def vae_in_float32(self, weight_dtype: torch.dtype, replaced_vae: bool) -> bool:
-        """Whether the VAE must stay in float32 under ``weight_dtype`` (a VAE that overflows in fp16)."""
+    def vae_in_float32(self, weight_dtype: torch.dtype, replaced_vae: bool, options: dict | None = None) -> bool:
+        """Whether the VAE must stay in float32 under ``weight_dtype`` (a VAE that overflows in fp16, or SD3's
+        ``--upcast_vae`` among ``options``, the run's :attr:`flags`)."""
         return False
 
     # -- text ---------------------------------------------------------------------------------------------
@@ -147,11 +165,43 @@ class Family:
         """The shape of one prompt's text embedding (for the cache's size estimate)."""
         raise NotImplementedError
 
+    def tokenize(self, models: Models, captions: list[str]) -> dict:
+        """The uncached path's token ids of ``captions``, one tensor per tokenizer (``input_ids``, ``input_ids_2``,
+        ...), as :meth:`encode_batch_text` reads them: each tokenizer padded to its own length (CLIP's 77)."""
+        ids = {"input_ids": tokenize_prompts(models.tokenizer, captions)}
+        for name, tokenizer in models.tokenizers.items():
+            if name != "tokenizer":
+                ids[name.replace("tokenizer", "input_ids")] = tokenize_prompts(tokenizer, captions)
+        return ids
+
+    def check_prompts(self, models: Models, prompts: list[str], what: str) -> None:
+        """Refuse, in one line, prompts this family's text encoders would cut short (``what`` names where they come
+        from). The CLIP families truncate at 77 tokens, as their pipelines do, and refuse nothing."""
+
     # -- the training step ---------------------------------------------------------------------------------
     def step_constants(self, models: Models, *, resolution: int, crops_coords_top_left=(0, 0), dtype=torch.float32,
                        device=None) -> StepConstants:
         """The inputs every step shares (none for SD 1.5)."""
         return StepConstants()
+
+    def scale_latents(self, latents: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
+        """The VAE's latents as the denoiser reads them: times ``scaling_factor`` (the SD families; SD3 and Flux
+        subtract the VAE's ``shift_factor`` first)."""
+        return latents * scaling_factor
+
+    def encode_condition(self, vae, pixels: torch.Tensor):
+        """The VAE posterior of conditioning images ``pixels`` (in [0, 1]) for a ControlNet that reads latents, or
+        ``None`` for one that reads the pixels (the SD families: their conditioning embedding shrinks them itself).
+        The cache stores this posterior's mean and std."""
+        return None
+
+    def controlnet_condition(self, models: Models, batch: dict, generator: torch.Generator, dtype: torch.dtype,
+                             scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
+        """What the ControlNet reads of a batch's conditioning images: the SD families' pixels in [0, 1] (from the
+        cache's uint8 copy, or the uncached batch); drawn from ``generator`` only where the family samples latents."""
+        if "conditioning_uint8" in batch:
+            return batch["conditioning_uint8"].to(dtype) / 255
+        return batch["conditioning_pixel_values"].to(dtype)
 
     def objective(self, noise_scheduler, **options):
         """The training objective: an object with ``noised(latents, generator)`` (the forward process on clean
@@ -168,6 +218,18 @@ class Family:
         raise NotImplementedError
 
     # -- after training ------------------------------------------------------------------------------------
+    def validation_scheduler(self, noise_scheduler):
+        """The sampler of validation images, made from the training scheduler's config (UniPC for the SD families,
+        as upstream's scripts)."""
+        from diffusers import UniPCMultistepScheduler
+
+        return UniPCMultistepScheduler.from_config(noise_scheduler.config)
+
+    def pipeline_inputs(self, models: Models, conditions: list) -> dict:
+        """The pipeline call's keyword arguments for the conditioning images ``conditions`` (PIL images) and
+        whatever else must match training (SD3's and Flux's T5 length, Flux's guidance)."""
+        return {"image": conditions}
+
     def validation_pipeline(self, models: Models, controlnet, scheduler):
         """The family's ControlNet pipeline built from the run's loaded models (no download)."""
         raise NotImplementedError

@@ -88,6 +88,8 @@ class StableDiffusion(Family):
     default_interpolation = "bilinear"
     #: The pipeline classes whose folders this family loads.
     pipelines = ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline")
+    #: Min-SNR weighting is a DDPM objective's (:func:`cnhelpers.losses.min_snr_weights`).
+    flags = ("snr_gamma",)
 
     def claims(self, model_index: dict, folder: Path) -> bool:
         if model_index:
@@ -106,7 +108,7 @@ class StableDiffusion(Family):
         return {"tokenizer": tokenizer}, {"text_encoder": text_encoder}
 
     def load(self, base: Path, *, variant: str | None = None, tokenizer_name: str | None = None,
-             vae_path: Path | None = None, controlnet: str | Path | None = None) -> Models:
+             vae_path: Path | None = None, controlnet: str | Path | None = None, options: dict | None = None) -> Models:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         tokenizers, text_encoders = self.load_text(base, variant, tokenizer_name)
@@ -118,7 +120,7 @@ class StableDiffusion(Family):
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", variant=variant)
         net = self.make_controlnet(unet, controlnet)
         self.check_controlnet_fits(net, unet, vae_scale_factor(vae))
-        return Models(self, tokenizers, text_encoders, vae, unet, noise_scheduler, net)
+        return Models(self, tokenizers, text_encoders, vae, unet, noise_scheduler, net, dict(options or {}))
 
     def make_controlnet(self, unet, controlnet: str | Path | None = None):
         return make_controlnet(unet, controlnet)

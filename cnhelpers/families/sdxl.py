@@ -83,7 +83,8 @@ class StableDiffusionXL(StableDiffusion):
     # upstream's defaults: lanczos in train_controlnet_sdxl.py (bilinear in train_controlnet.py)
     default_interpolation = "lanczos"
     pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline")
-    flags = ("pretrained_vae_model_name_or_path", "crops_coords_top_left_h", "crops_coords_top_left_w")
+    # (--pretrained_vae_model_name_or_path, also train_controlnet_sdxl.py's, works for every family)
+    flags = StableDiffusion.flags + ("crops_coords_top_left_h", "crops_coords_top_left_w")
 
     def claims(self, model_index: dict, folder: Path) -> bool:
         if model_index:
@@ -101,7 +102,7 @@ class StableDiffusionXL(StableDiffusion):
             base, subfolder="text_encoder_2", variant=variant)
         return tokenizers, text_encoders
 
-    def vae_in_float32(self, weight_dtype: torch.dtype, replaced_vae: bool) -> bool:
+    def vae_in_float32(self, weight_dtype: torch.dtype, replaced_vae: bool, options: dict | None = None) -> bool:
         # SDXL's own VAE overflows in fp16 (NaN latents, black images): keep it in float32, as upstream does,
         # unless a VAE fixed for fp16 (--pretrained_vae_model_name_or_path) replaces it.
         return weight_dtype == torch.float16 and not replaced_vae
