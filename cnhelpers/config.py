@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .data import check_resolution
+from .families.flow_matching import WEIGHTING_SCHEMES
 from .hub import HubUnavailableError, hub_offline
 from .speed import COMPILE_MODES
 
@@ -91,9 +92,6 @@ FLUX_FLAGS = ("num_double_layers", "num_single_layers", "guidance_scale", "weigh
 """The flags train_controlnet_flux.py adds that matter here (and ``--max_sequence_length``, which it leaves at the
 pipeline's 512)."""
 
-#: ``--weighting_scheme``'s choices, upstream's (the same as :data:`cnhelpers.losses.WEIGHTING_SCHEMES`, which
-#: tests/test_sd3.py holds equal: this module loads no torch).
-WEIGHTING_SCHEMES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none")
 
 
 #: torchvision's InterpolationMode names, lowercased (upstream's choices for --image_interpolation_mode).

@@ -176,5 +176,5 @@ def push_to_hub(args) -> str:
     output_dir = Path(args.output_dir)
     repo_id = create_repo(args.hub_model_id or output_dir.name, exist_ok=True, token=args.hub_token).repo_id
     upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="End of training",
-                  ignore_patterns=["step_*", "epoch_*", "checkpoint-*"], token=args.hub_token)
+                  ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".run.lock"], token=args.hub_token)
     return repo_id

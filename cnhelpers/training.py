@@ -55,6 +55,7 @@ from .loading import check_step_fits_memory, load_models
 from .optim import check_optimizer_in_backward, configure_attention, make_optimizer, match_state_layout
 from .outputs import TrainLog, log_validation, push_to_hub, save_final_controlnet
 from .paths import shown_path
+from .run_lock import OutputDirLock
 from .speed import check_torch_compile, compile_models, set_memory_layout
 from .tokenizer import check_tokenizer_fits
 
@@ -446,6 +447,8 @@ def train(args, callback=None) -> TrainResult:
     """
     with SignalGuard(args.output_dir) as guard, ExitStack() as on_exit:
         args, accelerator = setup(args)
+        # one run per output folder, held until the run ends however it ends (a second run is refused)
+        on_exit.enter_context(OutputDirLock(args.output_dir, enabled=accelerator.is_main_process))
         step_setup = prepare_models(args, accelerator)
         dataloader = prepare_data(args, accelerator, step_setup)
         optimizer, lr_scheduler, schedule = make_optimizer_and_lr_scheduler(args, accelerator,

@@ -17,7 +17,7 @@ from cnhelpers.course.fill import caption_words, fill_example
 from cnhelpers.course.tiny_transformers import build_tiny_sd3_base
 from cnhelpers.families import detect_family
 from cnhelpers.families.sd3 import FAMILY, encode_prompt_sd3
-from cnhelpers.losses import WEIGHTING_SCHEMES, FlowMatchingObjective
+from cnhelpers.families.flow_matching import WEIGHTING_SCHEMES, FlowMatchingObjective
 from cnhelpers.train import main
 from cnhelpers.training import train
 

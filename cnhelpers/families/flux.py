@@ -19,7 +19,7 @@ Everything the training loop needs to know about this family, as upstream's ``tr
   residual layers. The transformer adds the residuals to its double- and single-stream blocks
   (``controlnet_block_samples``, ``controlnet_single_block_samples``). The condition is the conditioning image's
   VAE latents (in [-1, 1], shifted, scaled and packed like the target's), sampled every step.
-- **Objective**: flow matching (:class:`cnhelpers.losses.FlowMatchingObjective`) with ``--weighting_scheme``'s
+- **Objective**: flow matching (:class:`cnhelpers.families.flow_matching.FlowMatchingObjective`) with ``--weighting_scheme``'s
   timestep density, and the plain mean squared error to ``noise - x0`` (upstream's Flux script weights nothing).
 - **Pipeline**: ``FluxControlNetPipeline`` (``control_image``; its ``guidance_scale`` is the guidance embedding's).
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..data import tokenize_prompts
-from ..losses import FlowMatchingObjective
+from .flow_matching import FlowMatchingObjective
 from ..model_info import vae_scale_factor
 from .family import Family, Models, StepConstants
 from .sd3 import (StableDiffusion3, check_patch_resolution, check_same_config, check_t5_lengths, t5_token_ids,

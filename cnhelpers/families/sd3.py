@@ -18,7 +18,7 @@ Everything the training loop needs to know about this family, as upstream's ``tr
   the target's. A new ControlNet is marked ``force_zeros_for_pooled_projection=False``, so that the pipeline feeds
   it the pooled text and the shifted latents it was trained with (the class's default is for InstantX's
   ControlNets; diffusers issue #9686).
-- **Objective**: flow matching (:class:`cnhelpers.losses.FlowMatchingObjective`): ``--weighting_scheme``,
+- **Objective**: flow matching (:class:`cnhelpers.families.flow_matching.FlowMatchingObjective`): ``--weighting_scheme``,
   ``--logit_mean``, ``--logit_std``, ``--mode_scale``, ``--precondition_outputs``; no Min-SNR.
 - **Pipeline**: ``StableDiffusion3ControlNetPipeline`` (FlowMatchEulerDiscreteScheduler; ``control_image``).
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..data import tokenize_prompts
-from ..losses import FlowMatchingObjective
+from .flow_matching import FlowMatchingObjective
 from ..model_info import count_parameters, vae_scale_factor
 from .family import Family, Models, StepConstants, StepMemory
 
