@@ -33,6 +33,10 @@ class HubUnavailableError(RuntimeError):
     """A hub id was asked for, but the Hugging Face Hub cannot be reached (offline, no network)."""
 
 
+class GatedRepoAccessError(HubUnavailableError):
+    """A gated repository (e.g. black-forest-labs/FLUX.1-dev) whose licence this user has not accepted, or no login."""
+
+
 class DownloadInterruptedError(HubUnavailableError):
     """A download from the Hub broke off (connection closed, server gone) before a file was complete."""
 
@@ -83,8 +87,8 @@ def _causes(error: BaseException):
 
 def _fetch(download, repo_id: str, what: str, **kwargs) -> str:
     """``download(repo_id, **kwargs)`` online (the cache alone when offline), its errors turned into advice."""
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     if hub_offline():
         try:
@@ -96,6 +100,13 @@ def _fetch(download, repo_id: str, what: str, **kwargs) -> str:
     except RevisionNotFoundError as error:
         raise FileNotFoundError(f"{repo_id!r} has no revision {kwargs.get('revision')!r} on the Hugging Face Hub "
                                 "(check --revision: a branch, a tag or a commit sha of the repository)") from error
+    except GatedRepoError as error:  # (a RepositoryNotFoundError too): 401 not logged in, 403 licence not accepted
+        from huggingface_hub import constants
+
+        raise GatedRepoAccessError(
+            f"{repo_id!r} is a gated model: accept its licence on {constants.ENDPOINT}/{repo_id} (logged in as "
+            "the account you use here), then log in with `hf auth login` (or set HF_TOKEN) and run the same "
+            "command again.") from error
     except RepositoryNotFoundError as error:
         raise FileNotFoundError(
             f"{repo_id!r} is neither a local folder nor a repository on the Hugging Face Hub "

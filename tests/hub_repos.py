@@ -35,6 +35,21 @@ madebyollin/sdxl-vae-fp16-fix                model       The tiny SDXL VAE at th
 fusing/fill50k                               dataset     ``write_fill50k_raw(..., 32 examples, 64 px)``: train.jsonl,
                                                          images.zip, conditioning_images.zip. Stand-ins:
                                                          fill50k.py, README.md, .gitattributes.
+stabilityai/stable-diffusion-3.5-medium      model       The tiny SD3 base (``build_tiny_sd3_base``) in the
+                                                         diffusers folders, T5 (``text_encoder_3``) in two shards
+                                                         with its ``model.safetensors.index.json`` as the real
+                                                         one; ``tokenizer_3/special_tokens_map.json`` written
+                                                         from the tiny T5 tokenizer. Stand-ins: the single-file
+                                                         ``sd3.5_medium.safetensors``, ``text_encoders/*`` (the
+                                                         ComfyUI encoders), ``spiece.model``, the workflows,
+                                                         images, LICENSE.md.
+black-forest-labs/FLUX.1-dev                 model       The tiny Flux base (``build_tiny_flux_base``); its
+                                                         transformer in three shards and T5 (``text_encoder_2``)
+                                                         in two, with their index files, as the real ones.
+                                                         Stand-ins: ``flux1-dev.safetensors``, ``ae.safetensors``,
+                                                         ``spiece.model``, ``dev_grid.jpg``, LICENSE.md.
+                                                         **Gated** as on the Hub: file contents need the token
+                                                         :data:`GATED_TOKEN` (401/403 ``GatedRepo`` otherwise).
 ==========================================  ==========  =================================================
 
 Course files that the real repository does not have are *not* served (e.g. the tiny tokenizers'
@@ -88,7 +103,12 @@ SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 VAE_FIX = "madebyollin/sdxl-vae-fp16-fix"
 FILL50K = "fusing/fill50k"
-REPOS = {SD15: "models", SDXL: "models", VAE_FIX: "models", FILL50K: "datasets"}
+SD35 = "stabilityai/stable-diffusion-3.5-medium"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+REPOS = {SD15: "models", SDXL: "models", VAE_FIX: "models", FILL50K: "datasets", SD35: "models", FLUX_DEV: "models"}
+#: Gated repositories and the token that has accepted their licence (any other token gets 403, none 401).
+GATED_TOKEN = "hf_tester_accepted"
+GATED = {FLUX_DEV: [GATED_TOKEN]}
 
 OLD_UNET_SAMPLE_SIZE = 16
 # One big stand-in: huggingface_hub 2.4 writes a download to disk in 10 MiB chunks (constants.DOWNLOAD_CHUNK_SIZE),
@@ -145,7 +165,8 @@ def build_key() -> str:
             st = path.stat()
             h.update(f"{path.relative_to(TINY_SD)}:{st.st_size}:{st.st_mtime_ns}".encode())
     # what builds the SDXL base and fill50k
-    for name in ("course/tiny_sdxl.py", "course/tiny_bases.py", "tokenizer.py", "course/fill.py"):
+    for name in ("course/tiny_sdxl.py", "course/tiny_bases.py", "tokenizer.py", "course/fill.py",
+                 "course/tiny_transformers.py"):
         path = PROJECT / "cnhelpers" / name
         if path.is_file():
             h.update(path.read_bytes())
@@ -244,6 +265,32 @@ def _tiny_safety_checker(folder: Path) -> None:
     model.save_pretrained(folder)
 
 
+def _shard(folder: Path, weights_name: str, shards: int, *, index_name: str) -> None:
+    """Split ``folder/weights_name`` into ``shards`` files named as transformers/diffusers name them
+    (``model-00001-of-00002.safetensors``) with their ``*.safetensors.index.json``; the single file goes."""
+    tensors = _load(folder / weights_name)
+    keys = sorted(tensors)
+    stem = weights_name[: -len(".safetensors")]
+    weight_map, total = {}, 0
+    for number in range(shards):
+        part = keys[number * len(keys) // shards:(number + 1) * len(keys) // shards]
+        name = f"{stem}-{number + 1:05d}-of-{shards:05d}.safetensors"
+        _save({key: tensors[key] for key in part}, folder / name)
+        for key in part:
+            weight_map[key] = name
+            total += tensors[key].numel() * tensors[key].element_size()
+    (folder / weights_name).unlink()
+    (folder / index_name).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2, sort_keys=True) + "\n")
+
+
+def _t5_special_tokens_map(folder: Path) -> None:
+    """The ``special_tokens_map.json`` the real T5 tokenizer folders have (transformers 5 no longer writes one)."""
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    special = {key: config[key] for key in ("eos_token", "pad_token", "unk_token") if key in config}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
 # -- stand-ins ---------------------------------------------------------------------------------------------------
 
 def stand_in(repo_id: str, path: str) -> bytes:
@@ -331,6 +378,20 @@ def _course_sources(work: Path) -> dict[str, dict[str, Path | bytes]]:
     write_fill50k_raw = _course_function("write_fill50k_raw", "cnhelpers.course.fill")
     fill = Path(write_fill50k_raw(work / "fill50k", num_examples=FILL50K_ROWS, resolution=FILL50K_RESOLUTION))
     sources[FILL50K] = {name: fill / name for name in ("train.jsonl", "images.zip", "conditioning_images.zip")}
+
+    # SD3.5 medium and FLUX.1-dev: the tiny transformer bases, sharded where the real weights are
+    build_tiny_sd3_base = _course_function("build_tiny_sd3_base", "cnhelpers.course.tiny_transformers")
+    build_tiny_flux_base = _course_function("build_tiny_flux_base", "cnhelpers.course.tiny_transformers")
+    sd3 = Path(build_tiny_sd3_base(work / "tiny-sd3"))
+    _shard(sd3 / "text_encoder_3", "model.safetensors", 2, index_name="model.safetensors.index.json")
+    _t5_special_tokens_map(sd3 / "tokenizer_3")
+    sources[SD35] = _tree(sd3)
+    flux = Path(build_tiny_flux_base(work / "tiny-flux"))
+    _shard(flux / "transformer", "diffusion_pytorch_model.safetensors", 3,
+           index_name="diffusion_pytorch_model.safetensors.index.json")
+    _shard(flux / "text_encoder_2", "model.safetensors", 2, index_name="model.safetensors.index.json")
+    _t5_special_tokens_map(flux / "tokenizer_2")
+    sources[FLUX_DEV] = _tree(flux)
     return sources
 
 
@@ -407,6 +468,7 @@ def build_hub_root(root: str | Path) -> dict[str, dict[str, str]]:
                 (folder / "refs.json").write_text(json.dumps({
                     "branches": {"main": shas["main"]},
                     "tags": {},
+                    **({"gated": {"tokens": GATED[repo_id]}} if repo_id in GATED else {}),
                     "commits": [
                         {"id": shas["main"], "title": "Update (cnhelpers test hub)",
                          "date": "2024-06-01T12:00:00.000Z"},

@@ -30,6 +30,29 @@ calls it (and as the real Hub answers):
   answers an anonymous client), ``RevisionNotFound`` (404), ``EntryNotFound`` (404, with ``X-Repo-Commit`` so the
   client caches the absence).
 * ``GET /api/agent-harnesses`` (the client asks once per HF_HOME): an empty registry.
+* Gated repositories (``refs.json`` has ``"gated": {"tokens": [...]}``): the repo info says ``"gated": "manual"``
+  and lists the files, as the Hub's does for anyone; a file's ``resolve`` (HEAD or GET) answers ``401`` with
+  ``X-Error-Code: GatedRepo`` without a token and ``403`` with the same code for a token not on the list, as the
+  Hub answers an anonymous user and a user who has not accepted the licence; ``hf_raise_for_status`` turns both
+  into ``GatedRepoError``. (The CDN address a granted ``resolve`` redirects to is not checked: the Hub's is a signed
+  URL, and the client sends no token to another host.)
+
+Uploads (what ``create_repo`` and ``upload_folder`` of huggingface_hub 2.4 send; a write needs
+``Authorization: Bearer <token>``, any token, and the token's user is ``user_for_token``'s):
+
+* ``GET /api/whoami-v2``: the token's user (401 without a token).
+* ``POST /api/repos/create`` ``{"name", "organization", "type"}``: a new repository whose ``main`` has one commit
+  holding ``.gitattributes``; 409 if it exists (``exist_ok=True`` passes that by).
+* ``POST /api/{type}s/{repo}/preupload/{rev}``: ``uploadMode`` ``lfs`` for the paths the Hub keeps in LFS
+  (:data:`LFS_SUFFIXES`, 10 MB and up), ``regular`` otherwise.
+* ``POST /{repo}.git/info/lfs/objects/batch`` (basic transfer): an upload address ``PUT /_lfs_upload/<sha256>``
+  (sha256 checked) and a verify address ``POST /_lfs_verify/<sha256>``; no actions for an object already held.
+  huggingface_hub uses this LFS path only when ``hf_xet`` is not installed or ``HF_HUB_DISABLE_XET=1``: with
+  ``hf_xet`` (the default) LFS files go to Xet storage, which this server does not implement (tests set
+  ``HF_HUB_DISABLE_XET=1``).
+* ``POST /api/{type}s/{repo}/commit/{rev}`` (NDJSON: ``header``, ``file`` base64, ``lfsFile`` by sha256,
+  ``deletedFile``, ``deletedFolder``): a new commit (the parent's tree plus the changes, in its own folder), the
+  branch moved to it; answers ``commitUrl``, ``commitOid``. The repository then downloads like the built ones.
 
 Test controls (Python API on the server object, or HTTP for a server in another process):
 
@@ -39,7 +62,9 @@ Test controls (Python API on the server object, or HTTP for a server in another 
 * ``server.add_fault(file, after_bytes=N, times=K, repo_id=None)`` / ``POST /_test/faults`` with that JSON: the next
   K content GETs of that file send the headers (full ``Content-Length``) and the body up to byte offset N of the
   file, then the connection is closed, as by a server killed mid-file. ``times=None``: until cleared.
-  ``status=503`` instead of ``after_bytes`` answers that status instead. ``server.clear_faults()`` /
+  ``status=503`` instead of ``after_bytes`` answers that status instead. The upload endpoints take faults by
+  name: ``file="<commit>"``, ``"<preupload>"``, ``"<lfs-batch>"``, ``"<lfs-upload>"``, ``"<create>"`` with
+  ``status=500`` answer that status (``repo_id`` narrows it). ``server.clear_faults()`` /
   ``DELETE /_test/faults``.
 
 Run it::
@@ -52,11 +77,13 @@ or from Python: ``server, url = start_server(root)``; ``server.stop()``.
 from __future__ import annotations
 
 import argparse
+import base64
 import email.utils
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -135,6 +162,22 @@ class Repo:
         data.setdefault("commits", [])
         return data
 
+    def gated_tokens(self) -> list[str] | None:
+        """The tokens granted access when the repository is gated (None: not gated)."""
+        gated = self.refs().get("gated")
+        return None if not gated else list(gated.get("tokens", []))
+
+    def check_access(self, token: str | None) -> None:
+        """Refuse a file's content of a gated repository as the Hub does (401 anonymous, 403 not granted)."""
+        tokens = self.gated_tokens()
+        if tokens is None or (token and token in tokens):
+            return
+        if not token:
+            raise HubError(401, "GatedRepo", f"Access to model {self.repo_id} is restricted. You must have access to "
+                                             "it and be authenticated to access it. Please log in.")
+        raise HubError(403, "GatedRepo", f"Access to model {self.repo_id} is restricted and you are not in the "
+                                         f"authorized list. Visit https://huggingface.co/{self.repo_id} to ask for access.")
+
     def resolve(self, revision: str) -> str:
         refs = self.refs()
         if revision in refs["branches"]:
@@ -203,6 +246,7 @@ class HubServer(ThreadingHTTPServer):
         self.faults: list[dict] = []
         self.hashes = HashCache()
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # commits and repository creation, one at a time
         self._thread: threading.Thread | None = None
         super().__init__((host, port), HubHandler)
 
@@ -235,6 +279,81 @@ class HubServer(ThreadingHTTPServer):
                     if info.sha256 == sha256:
                         return info
         raise HubError(404, None, "Not found")
+
+    # -- uploads
+    @property
+    def lfs_store(self) -> Path:
+        return self.root / "_lfs_objects"
+
+    def create_repo(self, repo_type: str, repo_id: str) -> Path:
+        if repo_type not in REPO_TYPES or repo_id.count("/") != 1 or not all(
+                re.fullmatch(r"[\w.-]+", part) and part not in (".", "..") for part in repo_id.split("/")):
+            raise HubError(400, None, f"Invalid repo name {repo_id!r}")
+        folder = self.root / repo_type / repo_id
+        with self._write_lock:
+            if (folder / "refs.json").is_file():
+                raise HubError(409, None, "You already created this model repo")
+            gitattributes = ("*.bin filter=lfs diff=lfs merge=lfs -text\n"
+                             "*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+            sha = hashlib.sha1(f"create:{repo_type}/{repo_id}:{time.time_ns()}".encode()).hexdigest()
+            (folder / sha).mkdir(parents=True)
+            (folder / sha / ".gitattributes").write_text(gitattributes)
+            date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+            _write_json(folder / "refs.json", {"branches": {"main": sha}, "tags": {},
+                                               "commits": [{"id": sha, "title": "initial commit", "date": date}]})
+        return folder
+
+    def commit(self, repo: Repo, revision: str, lines: list[dict]) -> str:
+        """Apply an NDJSON commit payload on top of ``revision`` (a branch); returns the new commit's sha."""
+        with self._write_lock:
+            refs = repo.refs()
+            if revision not in refs["branches"]:
+                raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            parent = refs["branches"][revision]
+            header = next((line["value"] for line in lines if line.get("key") == "header"), {})
+            if header.get("parentCommit") and header["parentCommit"] != parent:
+                raise HubError(412, None, "A commit has happened since. Please refresh and try again.")
+            digest = hashlib.sha1(f"{parent}:{time.time_ns()}".encode())
+            for line in lines:
+                digest.update(json.dumps(line, sort_keys=True).encode())
+            sha = digest.hexdigest()
+            staging = repo.folder / f".{sha}.tmp"
+            shutil.copytree(repo.folder / parent, staging, copy_function=os.link)
+            try:
+                for line in lines:
+                    key, value = line.get("key"), line.get("value") or {}
+                    if key == "header":
+                        continue
+                    path = str(value.get("path", "")).strip("/")
+                    target = (staging / path).resolve()
+                    if not path or staging.resolve() not in target.parents:
+                        raise HubError(400, None, f"Invalid path {path!r}")
+                    if key in ("file", "lfsFile") and target.exists():
+                        target.unlink()  # a hard link shared with the parent commit: replace, never write through
+                    if key == "file":
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(base64.b64decode(value.get("content", "")))
+                    elif key == "lfsFile":
+                        blob = self.lfs_store / str(value.get("oid"))
+                        if not blob.is_file():
+                            raise HubError(422, None, f"LFS object {value.get('oid')} of {path} was not uploaded")
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.link(blob, target)
+                    elif key == "deletedFile":
+                        target.unlink(missing_ok=True)
+                    elif key == "deletedFolder":
+                        shutil.rmtree(target, ignore_errors=True)
+                    else:
+                        raise HubError(400, None, f"Unknown commit operation {key!r}")
+                os.replace(staging, repo.folder / sha)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            refs["branches"][revision] = sha
+            refs["commits"].insert(0, {"id": sha, "title": header.get("summary", ""),
+                                       "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())})
+            _write_json(repo.folder / "refs.json", refs)
+        return sha
 
     # -- test controls
     def record(self, entry: dict) -> None:
@@ -319,6 +438,9 @@ class HubHandler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._dispatch("DELETE")
 
+    def do_PUT(self):
+        self._dispatch("PUT")
+
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
         self._entry = {"method": method, "path": split.path, "query": split.query, "kind": "other",
@@ -334,8 +456,34 @@ class HubHandler(BaseHTTPRequestHandler):
             self.server.record(self._entry)
 
     def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
+
+    def _token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        return auth[7:].strip() or None if auth.lower().startswith("bearer ") else None
+
+    def _require_token(self) -> str:
+        token = self._token()
+        if not token:
+            raise HubError(401, None, "Invalid credentials in Authorization header")
+        return token
+
+    def _upload_fault(self, name: str, repo_id: str | None) -> None:
+        fault = self.server.take_fault(repo_id or "", name)
+        if fault:
+            self._entry["fault"] = fault
+            raise HubError(fault["status"] or 500, None, f"injected {fault['status'] or 500}")
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
               content_type: str = "application/json; charset=utf-8") -> None:
@@ -370,6 +518,15 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._cdn(parts[1], query)
         if parts[:1] == ["api"]:
             return self._api(method, parts[1:], query)
+        if parts[:1] == ["_lfs_upload"] and len(parts) == 2 and method == "PUT":
+            return self._lfs_put(parts[1])
+        if parts[:1] == ["_lfs_verify"] and len(parts) == 2 and method == "POST":
+            self._entry["kind"] = "lfs-verify"
+            if not (self.server.lfs_store / parts[1]).is_file():
+                raise HubError(404, None, "Object not found")
+            return self._send_json({"ok": True})
+        if method == "POST" and path.endswith("/info/lfs/objects/batch"):
+            return self._lfs_batch(parts)
         if method in ("GET", "HEAD"):
             # /{org}/{name}/resolve/{rev}/{path...} or /{datasets|spaces}/{org}/{name}/resolve/...
             repo_type = "models"
@@ -384,11 +541,47 @@ class HubHandler(BaseHTTPRequestHandler):
         if parts == ["agent-harnesses"]:
             self._entry["kind"] = "agent-harnesses"
             return self._send_json(EMPTY_AGENT_REGISTRY)
+        if parts == ["whoami-v2"] and method == "GET":
+            self._entry["kind"] = "whoami"
+            user = user_for_token(self._require_token())
+            return self._send_json({"type": "user", "id": hashlib.sha1(user.encode()).hexdigest()[:24], "name": user,
+                                    "fullname": user, "orgs": [], "auth": {"type": "access_token",
+                                    "accessToken": {"displayName": "test", "role": "write"}}})
+        if parts == ["repos", "create"] and method == "POST":
+            self._entry["kind"] = "create"
+            self._require_token()
+            spec = json.loads(self._body() or b"{}")
+            repo_type = (spec.get("type") or "model") + "s"
+            repo_id = f"{spec.get('organization') or user_for_token(self._token())}/{spec.get('name')}"
+            self._entry.update(repo_type=repo_type, repo_id=repo_id)
+            self._upload_fault("<create>", repo_id)
+            self.server.create_repo(repo_type, repo_id)
+            prefix = "" if repo_type == "models" else f"{repo_type}/"
+            return self._send_json({"url": f"{self.server.url}/{prefix}{repo_id}", "name": repo_id,
+                                    "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
         if len(parts) < 3 or parts[0] not in REPO_TYPES:
             raise HubError(404, None, "Not found")
         repo_type, repo_id, rest = parts[0], f"{unquote(parts[1])}/{unquote(parts[2])}", parts[3:]
         self._entry.update(repo_type=repo_type, repo_id=repo_id)
         repo = self.server.repo(repo_type, repo_id)
+        if method == "POST" and rest[:1] == ["preupload"] and len(rest) == 2:
+            self._entry.update(kind="preupload", revision=unquote(rest[1]))
+            self._require_token()
+            body = json.loads(self._body() or b"{}")
+            self._upload_fault("<preupload>", repo_id)
+            return self._send_json({"files": [
+                {"path": f["path"], "uploadMode": "lfs" if is_lfs_path(f["path"], int(f.get("size") or 0))
+                 else "regular", "shouldIgnore": False, "oid": None} for f in body.get("files", [])]})
+        if method == "POST" and rest[:1] == ["commit"] and len(rest) == 2:
+            revision = unquote(rest[1])
+            self._entry.update(kind="commit", revision=revision)
+            self._require_token()
+            lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+            self._upload_fault("<commit>", repo_id)
+            sha = self.server.commit(repo, revision, lines)
+            prefix = "" if repo_type == "models" else f"{repo_type}/"
+            return self._send_json({"success": True, "commitOid": sha, "pullRequestUrl": None,
+                                    "commitUrl": f"{self.server.url}/{prefix}{repo_id}/commit/{sha}"})
         if method == "GET" and (not rest or rest[0] == "revision"):
             revision = unquote(rest[1]) if len(rest) >= 2 else "main"
             self._entry.update(kind="api-info", revision=revision)
@@ -427,7 +620,8 @@ class HubHandler(BaseHTTPRequestHandler):
         org = repo.repo_id.split("/")[0]
         date = repo.commit_date(sha)
         data = {"_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id, "author": org,
-                "sha": sha, "lastModified": date, "createdAt": date, "private": False, "gated": False,
+                "sha": sha, "lastModified": date, "createdAt": date, "private": False,
+                "gated": "manual" if repo.gated_tokens() is not None else False,
                 "disabled": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings}
         if repo.repo_type == "models":
             data["modelId"] = repo.repo_id
@@ -479,6 +673,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
         self._entry.update(kind="resolve", repo_type=repo_type, repo_id=repo_id, revision=revision, file=path)
         repo = self.server.repo(repo_type, repo_id)
+        repo.check_access(self._token())
         sha = repo.resolve(revision)
         info = repo.file(sha, path)
         headers = {"X-Repo-Commit": sha, "ETag": f'"{info.etag}"', "Accept-Ranges": "bytes",
@@ -558,6 +753,44 @@ class HubHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
+    def _lfs_batch(self, parts: list[str]) -> None:
+        repo_type = "models"
+        if parts[0] in ("datasets", "spaces"):
+            repo_type, parts = parts[0], parts[1:]
+        repo_id = f"{unquote(parts[0])}/{unquote(parts[1])[:-len('.git')]}"
+        self._entry.update(kind="lfs-batch", repo_type=repo_type, repo_id=repo_id)
+        self.server.repo(repo_type, repo_id)
+        self._require_token()
+        body = json.loads(self._body() or b"{}")
+        self._upload_fault("<lfs-batch>", repo_id)
+        objects = []
+        for obj in body.get("objects", []):
+            oid, size = str(obj.get("oid")), int(obj.get("size") or 0)
+            entry = {"oid": oid, "size": size, "authenticated": True}
+            if not (self.server.lfs_store / oid).is_file():
+                entry["actions"] = {
+                    "upload": {"href": f"{self.server.url}/_lfs_upload/{oid}?repo={quote(repo_id, safe='')}",
+                               "expires_at": "2099-01-01T00:00:00Z"},
+                    "verify": {"href": f"{self.server.url}/_lfs_verify/{oid}", "expires_at": "2099-01-01T00:00:00Z"},
+                }
+            objects.append(entry)
+        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                   content_type="application/vnd.git-lfs+json")
+
+    def _lfs_put(self, oid: str) -> None:
+        self._entry.update(kind="lfs-upload", file=oid)
+        data = self._body()
+        self._upload_fault("<lfs-upload>", None)
+        if hashlib.sha256(data).hexdigest() != oid:
+            raise HubError(400, None, "The uploaded content does not match its sha256")
+        store = self.server.lfs_store
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = store / f".{oid}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, store / oid)
+        self._entry["bytes"] = len(data)
+        self._send(200, b"")
+
     def _test_control(self, method: str, parts: list[str]) -> None:
         self._entry["kind"] = "control"
         if parts == ["log"] and method == "GET":
@@ -580,6 +813,19 @@ class HubHandler(BaseHTTPRequestHandler):
             with self.server._lock:
                 return self._send_json(list(self.server.faults))
         raise HubError(404, None, "Not found")
+
+
+def user_for_token(token: str | None) -> str:
+    """The user a token belongs to: the part before the first ``_`` after ``hf_`` (``hf_tester_x`` -> ``tester``),
+    else ``tester``."""
+    parts = (token or "").split("_")
+    return parts[1] if len(parts) >= 3 and parts[0] == "hf" and parts[1] else "tester"
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _truthy(values: list[str] | None) -> bool:
