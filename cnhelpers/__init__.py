@@ -7,21 +7,23 @@ only downward (``tests/test_package_layers.py`` checks both; README.md's table g
 0. ``paths`` (the build folder), ``env`` (the environment report), ``messages`` (one-line errors), ``hub`` (hub ids,
    offline errors), ``tokenizer`` (the tiny bases' CLIP BPE tokenizer); ``course`` (the subpackage),
    ``course.profiles`` (tiny, sd15, sdxl: plain data);
-1. ``data`` (loaders, checks, transforms, batches), ``own_data`` (your pictures, canny conditioning), ``images``
+1. ``data`` (loaders, checks, transforms, batches), ``own_data`` (your pictures, their conditions), ``images``
    (PIL grids), ``losses`` (target, Min-SNR, loss, ``predict_noise``), ``model_info`` (parameter counts,
    downsampling), ``families`` (which family a base is; ``families.family``, ``families.sd``, ``families.sdxl``:
    what each knows); ``course.fill`` (the generated fill data), ``course.held_out`` (held-out outlines),
    ``course.metrics`` (scoring pixels), ``course.tiny_bases`` (the tiny base, SD 1.5's architecture),
    ``course.tiny_sdxl`` (the tiny SDXL base), ``course.widgets`` (widgets with a static form);
 2. ``speed`` (channels-last, torch.compile), ``config`` (train_controlnet.py's flags), ``optim``, ``cache``,
-   ``checkpoints``, ``outputs`` (validation, final save, model card, log), ``loading`` (models to train);
+   ``checkpoints``, ``consistency`` (ControlNet++'s controllability), ``outputs`` (validation, final save, model
+   card, log), ``loading`` (models to train);
    ``course.recipes`` (the course's flags, once);
 3. ``training`` (the loop, as named steps), ``inference`` (pipelines, generation);
 4. ``course.controlnet`` (notebook 03's ControlNet, trained briefly when missing), ``course.evaluation`` (control
    fidelity, checkpoint IoU), ``course.anatomy`` (notebook 02), ``course.memory`` (measuring, the ladder);
-5. ``train`` (``python -m cnhelpers.train``); ``course.plots``, ``course.checks`` (exercise self-checks),
-   ``course.runner`` (the notebook runner), ``course.colab`` (the notebooks' Colab cell), ``course.pretrain_base``
-   (the tiny base's recipe), ``course.flax_training`` (the Flax environment only).
+5. ``train`` (``python -m cnhelpers.train``), ``make_dataset`` (``python -m cnhelpers.make_dataset``);
+   ``course.plots``, ``course.checks`` (exercise self-checks), ``course.runner`` (the notebook runner),
+   ``course.colab`` (the notebooks' Colab cell), ``course.pretrain_base`` (the tiny base's recipe),
+   ``course.flax_training`` (the Flax environment only).
 """
 
 import logging

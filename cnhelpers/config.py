@@ -4,7 +4,8 @@ Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted wit
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
 ``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04), ``--channels_last``,
-``--torch_compile`` (:mod:`cnhelpers.speed`) and ``--skip_bad_images``. The extra flags of
+``--torch_compile`` (:mod:`cnhelpers.speed`), ``--skip_bad_images`` and ``--validation_condition``
+(:mod:`cnhelpers.consistency`). The extra flags of
 train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07); so are
 those of train_controlnet_sd3.py and train_controlnet_flux.py (:data:`SD3_FLAGS`, :data:`FLUX_FLAGS`), with
 ``--num_controlnet_layers`` for SD3's ControlNet. A flag that only one base family uses is refused, in one line,
@@ -31,6 +32,7 @@ from PIL import Image
 from .data import check_resolution
 from .families.flow_matching import WEIGHTING_SCHEMES
 from .hub import HubUnavailableError, hub_offline
+from .own_data import condition_function
 from .speed import COMPILE_MODES
 
 
@@ -256,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     validation.add_argument("--validation_guidance_scale", type=float, default=7.5,
                             help="Classifier-free guidance of the validation images (the pipeline's default "
                                  "7.5, as upstream; the tiny base looks right at 3).")
+    validation.add_argument("--validation_condition", type=str, default=None, metavar="NAME",
+                            help="Score control at each validation, as ControlNet++ does: the condition NAME (canny, "
+                                 "softedge, scribble, grayscale, blur, lowres, or module:function) extracted again "
+                                 "from each validation picture and compared with its --validation_image (edge F1, "
+                                 "mask IoU, or 1 - mean absolute error of a map); written to train_log.jsonl and the "
+                                 "trackers as consistency (the course's addition).")
     return p
 
 
@@ -278,6 +286,11 @@ def check_args(args) -> None:
             raise ValueError(f"{n_prompts} validation prompts but {n_images} validation images: give as many of "
                              "each, or one image for all prompts, or one prompt for all images.")
     check_resolution(args.resolution)
+    if args.validation_condition is not None:
+        if args.validation_prompt is None:
+            raise ValueError("--validation_condition scores the validation pictures: give --validation_prompt and "
+                             "--validation_image too.")
+        condition_function(args.validation_condition)  # an unknown name or a module that cannot be imported
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed_precision fp16 needs a CUDA GPU and none is available. On a CPU use "
                          "--mixed_precision no (or bf16, which CPUs support).")

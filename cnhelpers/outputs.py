@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .consistency import validation_consistency
 from .images import image_grid
 
 
@@ -74,7 +75,14 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
     path = Path(args.output_dir) / "validation" / f"step-{step:06d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
-    return {"step": step, "grid": str(path), "prompts": [row["prompt"] for row in rows]}
+    record = {"step": step, "grid": str(path), "prompts": [row["prompt"] for row in rows]}
+    if getattr(args, "validation_condition", None):  # --validation_condition: ControlNet++'s controllability
+        record["consistency"] = validation_consistency(args.validation_condition, rows)
+        with open(Path(args.output_dir) / "train_log.jsonl", "a") as log:
+            log.write(json.dumps({"step": step, "consistency": record["consistency"],
+                                  "validation_condition": args.validation_condition}) + "\n")
+        accelerator.log({"validation/consistency": record["consistency"]}, step=step)
+    return record
 
 
 MODEL_CARD = """\

@@ -328,7 +328,7 @@ def read_captions(folder: str | Path, pictures: list[Path]) -> tuple[str, list[s
                 entry = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{metadata} line {number} is not JSON ({error.msg}): fix or delete that line")
-            if isinstance(entry, dict) and isinstance(entry.get("file_name"), str) and isinstance(entry.get("text"), str):
+            if isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("file_name", "text")):
                 texts[Path(entry["file_name"]).as_posix().lstrip("./")] = entry["text"]
         return "metadata.jsonl", [texts.get(p.relative_to(folder).as_posix()) for p in pictures]
     sidecars = [p.with_suffix(".txt") for p in pictures]

@@ -126,7 +126,8 @@ def test_softedge_is_soft_and_on_the_circle():
 def test_scribble_is_binary_thicker_than_canny_and_ignores_fine_texture():
     picture = circle_picture()
     rng = np.random.default_rng(0)
-    noisy = Image.fromarray(np.clip(np.asarray(picture, int) + rng.integers(-6, 7, (64, 64, 3)), 0, 255).astype(np.uint8))
+    noise = rng.integers(-6, 7, (64, 64, 3))
+    noisy = Image.fromarray(np.clip(np.asarray(picture, int) + noise, 0, 255).astype(np.uint8))
     scribble = np.asarray(condition_function("scribble")(noisy))[..., 0]
     canny = np.asarray(condition_function("canny")(picture))[..., 0]
     assert set(np.unique(scribble)) <= {0, 255}

@@ -25,7 +25,7 @@ LAYERS = (
     ("data", "own_data", "images", "losses", "model_info", "families", "families.family", "families.sd",
      "families.sdxl", "families.flow_matching", "families.sd3", "families.flux", "course.fill", "course.held_out", "course.metrics",
      "course.tiny_bases", "course.tiny_sdxl", "course.tiny_transformers", "course.widgets"),
-    ("speed", "config", "optim", "cache", "checkpoints", "outputs", "loading", "course.recipes"),
+    ("speed", "config", "optim", "cache", "checkpoints", "consistency", "outputs", "loading", "course.recipes"),
     ("training", "inference"),
     ("course.controlnet", "course.evaluation", "course.anatomy", "course.memory"),
     ("train", "make_dataset", "course.plots", "course.checks", "course.runner", "course.colab", "course.pretrain_base",
