@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from .consistency import validation_consistency
+from .hub import HubUnavailableError
 from .images import image_grid
+from .messages import error_summary
 
 
 def validation_pairs(args) -> list[tuple[str, str]]:
@@ -182,7 +184,16 @@ def push_to_hub(args) -> str:
     from huggingface_hub import create_repo, upload_folder
 
     output_dir = Path(args.output_dir)
-    repo_id = create_repo(args.hub_model_id or output_dir.name, exist_ok=True, token=args.hub_token).repo_id
-    upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="End of training",
-                  ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".run.lock"], token=args.hub_token)
+    repo_id = args.hub_model_id or output_dir.name
+    ignore = ["step_*", "epoch_*", "checkpoint-*", ".run.lock"]
+    try:
+        repo_id = create_repo(repo_id, exist_ok=True, token=args.hub_token).repo_id
+        upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="End of training",
+                      ignore_patterns=list(ignore), token=args.hub_token)  # (it appends to the list)
+    except Exception as error:  # an HTTP error, a lost connection: the run itself is complete and saved
+        excludes = " ".join(f"--exclude '{pattern}'" for pattern in ignore)
+        raise HubUnavailableError(
+            f"The upload to the Hugging Face Hub failed ({error_summary(error)}), but the training is complete and "
+            f"saved in {output_dir}. Upload it once the Hub answers with `hf upload {repo_id} {output_dir} "
+            f"{excludes}` (run again, it sends only what is missing).") from error
     return repo_id

@@ -40,7 +40,7 @@ calls it (and as the real Hub answers):
 Uploads (what ``create_repo`` and ``upload_folder`` of huggingface_hub 2.4 send; a write needs
 ``Authorization: Bearer <token>``, any token, and the token's user is ``user_for_token``'s):
 
-* ``GET /api/whoami-v2``: the token's user (401 without a token).
+* ``GET /api/whoami-v2``: the token's user (401 without a token). ``POST /api/validate-yaml``: no errors.
 * ``POST /api/repos/create`` ``{"name", "organization", "type"}``: a new repository whose ``main`` has one commit
   holding ``.gitattributes``; 409 if it exists (``exist_ok=True`` passes that by).
 * ``POST /api/{type}s/{repo}/preupload/{rev}``: ``uploadMode`` ``lfs`` for the paths the Hub keeps in LFS
@@ -446,7 +446,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self._entry = {"method": method, "path": split.path, "query": split.query, "kind": "other",
                        "repo_type": None, "repo_id": None, "revision": None, "file": None, "status": None,
                        "bytes": 0, "range": self.headers.get("Range"), "time": time.time()}
-        try:
+        self._request_body = self._read_body() if method in ("POST", "PUT") else b""  # read it whatever the answer,
+        try:                                                                     # or it would be the next request
             self._route(method, split.path, parse_qs(split.query))
         except HubError as error:
             self._send_error(error)
@@ -456,6 +457,9 @@ class HubHandler(BaseHTTPRequestHandler):
             self.server.record(self._entry)
 
     def _body(self) -> bytes:
+        return self._request_body
+
+    def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks = []
             while True:
@@ -547,6 +551,10 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._send_json({"type": "user", "id": hashlib.sha1(user.encode()).hexdigest()[:24], "name": user,
                                     "fullname": user, "orgs": [], "auth": {"type": "access_token",
                                     "accessToken": {"displayName": "test", "role": "write"}}})
+        if parts == ["validate-yaml"] and method == "POST":  # upload_folder checks README.md's metadata first
+            self._entry["kind"] = "validate-yaml"
+            self._body()
+            return self._send_json({"errors": [], "warnings": []})
         if parts == ["repos", "create"] and method == "POST":
             self._entry["kind"] = "create"
             self._require_token()

@@ -1,0 +1,115 @@
+"""The Hub round trip of a trained ControlNet against the loopback test Hub: ``--push_to_hub --hub_model_id
+tester/my-controlnet`` creates the repository and uploads the weights, the model card with its validation grid and
+``train_log.jsonl`` (the real huggingface_hub client: ``create_repo``, ``upload_folder`` -> preupload, LFS batch
+and PUT, NDJSON commit); ``load_controlnet_pipeline(base, "tester/my-controlnet")`` then loads it back from the
+Hub id and draws. An upload that fails mid-commit leaves the run's output intact and ends with one ``error:``
+line saying where the training is saved and the command that uploads it.
+
+``HF_HUB_DISABLE_XET=1``: with ``hf_xet`` installed the client sends LFS files to Xet storage, which the test
+server does not implement; without it the client uses the LFS batch protocol, as it did before Xet.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub_repos import TINY_SD, hub_server  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.colab
+
+TOKEN = "hf_tester_write"
+UPLOADED = {"config.json", "diffusion_pytorch_model.safetensors", "README.md", "train_log.jsonl",
+            "validation/step-000002.png"}
+
+
+@pytest.fixture(scope="module")
+def fill_dir(tmp_path_factory):
+    from cnhelpers.course.fill import write_fill_imagefolder
+
+    return write_fill_imagefolder(tmp_path_factory.mktemp("fill") / "data", num_examples=4, resolution=64)
+
+
+@pytest.fixture(scope="module")
+def outline(tmp_path_factory):
+    from cnhelpers.course.fill import fill_example
+
+    path = tmp_path_factory.mktemp("outline") / "outline.png"
+    fill_example(99, 0, 64)["conditioning_image"].save(path)
+    return path
+
+
+def push_run(hub, tmp_path, fill_dir, outline, repo_id):
+    command = [sys.executable, "-m", "cnhelpers.train", "--pretrained_model_name_or_path", str(TINY_SD),
+               "--train_data_dir", str(fill_dir), "--output_dir", str(tmp_path / "run"), "--resolution", "64",
+               "--train_batch_size", "1", "--max_train_steps", "2", "--learning_rate", "1e-5", "--seed", "0",
+               "--report_to", "none", "--checkpointing_steps", "1000", "--validation_image", str(outline),
+               "--validation_prompt", "red circle with blue background", "--num_validation_images", "1",
+               "--validation_steps", "2", "--num_validation_inference_steps", "2",
+               "--push_to_hub", "--hub_model_id", repo_id]
+    return subprocess.run(command, capture_output=True, text=True, timeout=400,
+                          env=hub.env(tmp_path / "hf", CN_BUILD_DIR=str(tmp_path / "build"), HF_TOKEN=TOKEN,
+                                      HF_HUB_DISABLE_IMPLICIT_TOKEN="0", HF_HUB_DISABLE_XET="1"))
+
+
+def served_files(hub, repo_id) -> dict[str, Path]:
+    import json
+
+    folder = hub.root / "models" / repo_id
+    sha = json.loads((folder / "refs.json").read_text())["branches"]["main"]
+    return {p.relative_to(folder / sha).as_posix(): p for p in (folder / sha).rglob("*") if p.is_file()}
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+def test_push_to_hub_uploads_the_controlnet_card_grid_and_log_and_it_loads_back_from_the_hub_id(
+        hub_server, tmp_path, fill_dir, outline):
+    repo_id = "tester/my-controlnet"
+    hub_server.clear_log()
+    done = push_run(hub_server, tmp_path, fill_dir, outline, repo_id)
+    assert done.returncode == 0, done.stderr[-4000:]
+    kinds = [e["kind"] for e in hub_server.log if e["kind"] in ("whoami", "create", "preupload", "lfs-batch",
+                                                                 "lfs-upload", "commit")]
+    assert kinds[:2] == ["whoami", "create"] and "lfs-upload" in kinds and kinds[-1] == "commit"
+    served = served_files(hub_server, repo_id)
+    assert set(served) == UPLOADED | {".gitattributes"}  # no checkpoints, no lock file
+    for name in UPLOADED:
+        assert served[name].read_bytes() == (tmp_path / "run" / name).read_bytes(), name
+    assert "![validation](validation/step-000002.png)" in served["README.md"].read_text()
+
+    result = hub_server.run_client(f"""
+        from cnhelpers.inference import load_controlnet_pipeline
+        import torch
+        ctl("DELETE", "/_test/log")
+        pipe = load_controlnet_pipeline({str(TINY_SD)!r}, {repo_id!r})
+        from PIL import Image
+        image = pipe("red circle with blue background", Image.open({str(outline)!r}).convert("RGB"),
+                     num_inference_steps=2, height=64, width=64,
+                     generator=torch.Generator().manual_seed(0)).images[0]
+        RESULT["size"] = list(image.size)
+        RESULT["fetched"] = sorted(fetched({repo_id!r}))
+    """, tmp_path / "hf-load", timeout=300)
+    assert result["size"] == [64, 64]
+    assert result["fetched"] == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_an_upload_failing_mid_commit_keeps_the_output_and_is_one_line_naming_the_upload_command(
+        hub_server, tmp_path, fill_dir, outline):
+    repo_id = "tester/failed-upload"
+    hub_server.clear_faults()
+    hub_server.add_fault("<commit>", status=500, times=None, repo_id=repo_id)  # every retry of the commit fails
+    try:
+        done = push_run(hub_server, tmp_path, fill_dir, outline, repo_id)
+    finally:
+        hub_server.clear_faults()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-4000:]
+    line = last_line(done.stderr)
+    run = tmp_path / "run"
+    assert line.startswith("error: The upload to the Hugging Face Hub failed")
+    assert f"saved in {run}" in line and f"`hf upload {repo_id} {run} " in line
+    for name in UPLOADED:
+        assert (run / name).is_file(), name
+    assert set(served_files(hub_server, repo_id)) == {".gitattributes"}  # created, nothing committed
