@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from ..data import tokenize_prompts
-from .flow_matching import FlowMatchingObjective
 from ..model_info import vae_scale_factor
-from .family import Family, Models, StepConstants
+from .family import Models, StepConstants
+from .flow_matching import FlowMatchingObjective
 from .sd3 import (StableDiffusion3, check_patch_resolution, check_same_config, check_t5_lengths, t5_token_ids,
                   transformer_step_memory)
 
@@ -91,6 +91,7 @@ class Flux(StableDiffusion3):
     components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     pipeline_name = "FluxControlNetPipeline"
     controlnet_class = "FluxControlNetModel"
+    transformer_class = "FluxTransformer2DModel"
     default_interpolation = "lanczos"  # (upstream's train_controlnet_flux.py)
     pipelines = ("FluxPipeline", "FluxControlNetPipeline")
     objective_flags = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
@@ -117,20 +118,6 @@ class Flux(StableDiffusion3):
                          "text_encoder_2": T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2",
                                                                           variant=variant)}
         return tokenizers, text_encoders
-
-    def load(self, base: Path, *, variant: str | None = None, tokenizer_name: str | None = None,
-             vae_path: Path | None = None, controlnet: str | Path | None = None, options: dict | None = None) -> Models:
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-        options = dict(options or {})
-        tokenizers, text_encoders = self.load_text(base, variant, tokenizer_name)
-        noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler")
-        vae = AutoencoderKL.from_pretrained(vae_path) if vae_path is not None \
-            else AutoencoderKL.from_pretrained(base, subfolder="vae", variant=variant)
-        transformer = FluxTransformer2DModel.from_pretrained(base, subfolder="transformer", variant=variant)
-        net = self.make_controlnet(transformer, controlnet, options)
-        self.check_controlnet_fits(net, transformer, vae_scale_factor(vae))
-        return Models(self, tokenizers, text_encoders, vae, transformer, noise_scheduler, net, options)
 
     def make_controlnet(self, transformer, controlnet: str | Path | None = None, options: dict | None = None):
         """Load the Flux ControlNet in the local folder ``controlnet``, or make one from the transformer."""

@@ -142,6 +142,8 @@ class StableDiffusion3(Family):
                   "tokenizer_2", "tokenizer_3", "scheduler")
     pipeline_name = "StableDiffusion3ControlNetPipeline"
     controlnet_class = "SD3ControlNetModel"
+    #: The denoiser's class, by diffusers' name.
+    transformer_class = "SD3Transformer2DModel"
     condition_as_latents = True
     denoiser_name = "transformer"
     default_interpolation = "bilinear"  # (upstream's train_controlnet_sd3.py)
@@ -179,14 +181,16 @@ class StableDiffusion3(Family):
 
     def load(self, base: Path, *, variant: str | None = None, tokenizer_name: str | None = None,
              vae_path: Path | None = None, controlnet: str | Path | None = None, options: dict | None = None) -> Models:
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+        import diffusers
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
         options = dict(options or {})
         tokenizers, text_encoders = self.load_text(base, variant, tokenizer_name)
         noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler")
         vae = AutoencoderKL.from_pretrained(vae_path) if vae_path is not None \
             else AutoencoderKL.from_pretrained(base, subfolder="vae", variant=variant)
-        transformer = SD3Transformer2DModel.from_pretrained(base, subfolder="transformer", variant=variant)
+        transformer = getattr(diffusers, self.transformer_class).from_pretrained(base, subfolder="transformer",
+                                                                                variant=variant)
         net = self.make_controlnet(transformer, controlnet, options)
         self.check_controlnet_fits(net, transformer, vae_scale_factor(vae))
         return Models(self, tokenizers, text_encoders, vae, transformer, noise_scheduler, net, options)
