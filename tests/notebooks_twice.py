@@ -11,6 +11,13 @@ outputs (a fresh kernel, as every CI run did before), and the second run, in the
 against the same outputs. nbval names a failing cell by its index among the code cells: an index past the
 notebook's own count of code cells is the second run's.
 
+The second run is there for what the first one leaves in the kernel, so it is left out where nothing is left
+that a second run could meet (``RUN_ONCE``, each with its reason; such a notebook is written once, as it is),
+and it runs at a smaller size where the notebook has a knob for it (``SHORT_RUN``: values for the second copy's
+``parameters`` cell; the first copy keeps the stored run's). Every other notebook, a new one included, is
+doubled whole. The files a run writes are met again by the next leg's run of the same notebook in the same
+``build/`` (make test-colab after make test-notebooks), in a fresh kernel.
+
 ``checked_outputs`` gives the text of the checked cells (tagged ``nbval-check-output``), as nbval compares
 them, to compare two copies of a notebook by hand (for instance before and after ``make outputs``).
 """
@@ -19,14 +26,47 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 
 CHECK_TAG = "nbval-check-output"
+PARAMETERS_TAG = "parameters"
 #: The markdown cell between the two runs of a doubled notebook.
 SECOND_RUN_MARKER = "## Second Run All, in the same kernel (tests/notebooks_twice.py)"
+
+#: Notebooks run once, and why a second Run All in the same kernel cannot meet anything of the first.
+RUN_ONCE = {
+    "00_setup": "its cells read the profile, the base and the data into fresh objects; what they write (the base's "
+                "copy, the data, accelerate's config, the raw demo) is only read again by a later run, as the next "
+                "leg's run of it does",
+    "04b_measuring_memory": "its measuring runs in a process of its own (benchmarks/memory_ladder.py), and the "
+                            "kernel only reads that run's JSON and the committed results",
+}
+#: A smaller run for the second copy of a doubled notebook (its ``parameters`` cell's values): it meets the first
+#: run's state as a full one would. The same values are the browser leg's (tests_browser/conftest.py): the smallest
+#: that still show every widget. Step counts in checked outputs are masked (tests/short_run_sanitize.cfg).
+SHORT_RUN = {
+    "03_training_loop": {"MAX_TRAIN_STEPS": 4, "HAND_STEPS": 4},
+    "06_inference": {"NUM_INFERENCE_STEPS": 4, "NUM_EVALUATION_OUTLINES": 2, "NUM_BREAKDOWN_OUTLINES": 8},
+    "07_sdxl": {"MAX_TRAIN_STEPS": 4},
+}
+
+
+def set_parameters(nb, values: dict, note: str = "tests/notebooks_twice.py"):
+    """Set ``values`` in the notebook's ``parameters`` cell (as papermill would); each name must be set there."""
+    cell = next((c for c in nb.cells if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError(f"no cell tagged {PARAMETERS_TAG!r} to set {', '.join(values)} in")
+    lines = cell.source.splitlines(keepends=True)
+    for name, value in values.items():
+        found = [i for i, line in enumerate(lines) if re.match(rf"{name}\s*=", line)]
+        if not found:
+            raise ValueError(f"the parameters cell sets no {name}")
+        lines[found[0]] = f"{name} = {value!r}  # set by {note}\n"
+    cell.source = "".join(lines)
 
 
 def checked_outputs(nb) -> dict[int, str]:
@@ -50,11 +90,15 @@ def checked_outputs(nb) -> dict[int, str]:
     return found
 
 
-def doubled(nb):
-    """``nb`` with its cells twice, a marker between; the copies keep the stored outputs and get ids of their own."""
+def doubled(nb, second_run_parameters: dict | None = None):
+    """``nb`` with its cells twice, a marker between; the copies keep the stored outputs and get ids of their own.
+    ``second_run_parameters``: values for the second copy's ``parameters`` cell."""
     twice = copy.deepcopy(nb)
     marker = nbformat.v4.new_markdown_cell(SECOND_RUN_MARKER)
-    second = copy.deepcopy(nb.cells)
+    second_nb = copy.deepcopy(nb)
+    if second_run_parameters:
+        set_parameters(second_nb, second_run_parameters, "tests/notebooks_twice.py: a short second run")
+    second = second_nb.cells
     for cell in second:
         if "id" in cell:  # cell ids must be unique within a notebook (nbformat 4.5)
             cell["id"] = f"{cell['id']}-2"[:64]
@@ -79,10 +123,15 @@ def main(argv=None) -> int:
     for stale in args.out.glob("*.ipynb"):  # a notebook renamed or skipped since the last run must not linger
         stale.unlink()
     for path in paths:
-        twice = doubled(nbformat.read(path, as_version=4))
-        nbformat.validate(twice)
-        nbformat.write(twice, args.out / path.name)
-    print(f"{len(paths)} notebooks doubled into {args.out}: {', '.join(p.stem for p in paths)}")
+        nb = nbformat.read(path, as_version=4)
+        if path.stem not in RUN_ONCE:
+            nb = doubled(nb, SHORT_RUN.get(path.stem))
+        nbformat.validate(nb)
+        nbformat.write(nb, args.out / path.name)
+    twice = [p.stem + (" (short second run)" if p.stem in SHORT_RUN else "") for p in paths if p.stem not in RUN_ONCE]
+    once = [p.stem for p in paths if p.stem in RUN_ONCE]
+    print(f"{len(paths)} notebooks into {args.out}: doubled {', '.join(twice) or 'none'}; "
+          f"once {', '.join(once) or 'none'}")
     return 0
 
 

@@ -8,7 +8,8 @@ import nbformat
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebooks_twice import CHECK_TAG, SECOND_RUN_MARKER, checked_outputs, doubled, main  # noqa: E402
+from notebooks_twice import (  # noqa: E402
+    CHECK_TAG, RUN_ONCE, SECOND_RUN_MARKER, SHORT_RUN, checked_outputs, doubled, main, set_parameters)
 
 pytestmark = pytest.mark.not_colab(
     reason="a text transform of notebooks, run by the same nbval in both venvs; the Colab leg runs the notebooks "
@@ -59,3 +60,42 @@ def test_nbval_on_the_doubled_notebook_fails_a_second_run_that_prints_other_figu
 def test_no_matching_notebook_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "twice")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def parameters_source(nb) -> list[str]:
+    return [c.source for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def test_each_notebook_the_rule_names_exists_and_its_short_run_sets_parameters_its_notebook_has():
+    assert not set(RUN_ONCE) & set(SHORT_RUN), "a notebook run once has no second run to shorten"
+    for stem, reason in RUN_ONCE.items():
+        assert (NOTEBOOKS / f"{stem}.ipynb").is_file() and reason.strip(), stem
+    for stem, values in SHORT_RUN.items():
+        nb = nbformat.read(NOTEBOOKS / f"{stem}.ipynb", as_version=4)
+        set_parameters(nb, values)  # raises when the parameters cell lacks one of them
+        assert all(f"{name} = {value!r}" in parameters_source(nb)[0] for name, value in values.items())
+
+
+def test_a_parameter_the_notebook_does_not_have_is_refused():
+    nb = nbformat.read(NOTEBOOKS / "03_training_loop.ipynb", as_version=4)
+    with pytest.raises(ValueError, match="sets no NO_SUCH_KNOB"):
+        set_parameters(nb, {"NO_SUCH_KNOB": 1})
+
+
+def test_a_notebook_run_once_is_written_as_it_is_and_the_others_doubled_with_their_short_second_run(tmp_path):
+    assert main([str(NOTEBOOKS), "--out", str(tmp_path), "--skip", "05_"]) == 0
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb")):
+        if path.stem.startswith("05_"):
+            continue
+        stored, written = (nbformat.read(p, as_version=4) for p in (path, tmp_path / path.name))
+        if path.stem in RUN_ONCE:
+            assert [c.source for c in written.cells] == [c.source for c in stored.cells], path.name
+            continue
+        n = len(stored.cells)
+        assert len(written.cells) == 2 * n + 1 and written.cells[n].source == SECOND_RUN_MARKER, path.name
+        first, second = parameters_source(written)
+        assert first == parameters_source(stored)[0]  # the first run is the stored one's
+        for name, value in SHORT_RUN.get(path.stem, {}).items():
+            assert f"{name} = {value!r}" in second, (path.name, name)
+        if path.stem not in SHORT_RUN:
+            assert second == first, path.name
