@@ -2,6 +2,7 @@
 .venv-colab takes from .venv only what Colab's install needs (.ci/colab_shared.py)."""
 
 import ast
+import re
 import importlib.util
 import shutil
 import subprocess
@@ -142,3 +143,11 @@ def test_the_report_within_the_budget_gives_the_total_and_no_warning(tmp_path):
     run = report(tmp_path, "steady 40 0 40\ngrowing 50 0 90\n", wall=95)
     assert run.returncode == 0 and "WARNING" not in run.stdout
     assert "budget: 95 s of 100 s wall" in run.stdout and "130 s of CPU" in run.stdout
+
+
+def test_ci_runs_every_leg_of_make_test_once():
+    makefile = (ROOT / "Makefile").read_text()
+    make_test = re.search(r"^test: (.*)$", makefile, re.M).group(1).split()
+    paired = [leg for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("pair ")
+              for leg in line.split()[1:]]
+    assert sorted(paired) == sorted(make_test) and len(set(paired)) == len(paired)
