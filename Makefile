@@ -62,10 +62,10 @@ $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	touch $(STAMP_FLAX)
 
 # Colab's stack: the course's torch, then the package against Colab's pins, no bitsandbytes. Every distribution of
-# .venv that this install needs and Colab's pins leave alone (torch's ~5 GB among them) is .venv's, hard-linked
-# (.ci/colab_shared.py, scripts/share_packages.py): the same files, unpacked once, so pip here unpacks only what
-# Colab's pins change (pip replaces a linked file it must change; .venv keeps its own), then drops what was linked
-# for .venv's versions of the pinned ones and Colab's do not need.
+# .venv that this install needs and Colab's pins leave alone (torch's ~5 GB among them; not those with files outside
+# site-packages, such as Jupyter's templates) is .venv's, hard-linked (.ci/colab_shared.py): the same files,
+# unpacked once, so pip here unpacks only what Colab's pins change (pip replaces a linked file it must change;
+# .venv keeps its own), then drops what was linked for .venv's versions of the pinned ones and Colab's do not need.
 COLAB_ROOTS := torch torchvision nbval pytest pytest-xdist
 SPACE := $(subst ,, )
 setup-colab: $(STAMP_COLAB)
@@ -73,8 +73,7 @@ setup-colab: $(STAMP_COLAB)
 $(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt .ci/colab_shared.py
 	test -x $(BIN_COLAB)/python || $(PYTHON) -m venv $(VENV_COLAB)
 	$(BIN_COLAB)/python -m pip install -q --upgrade pip
-	$(BIN)/python scripts/share_packages.py $(VENV) $(VENV_COLAB) \
-	  $$($(BIN)/python .ci/colab_shared.py link constraints-colab.txt $(COLAB_ROOTS))
+	$(BIN)/python .ci/colab_shared.py link $(VENV) $(VENV_COLAB) constraints-colab.txt $(COLAB_ROOTS)
 	$(EDITABLE) $(BIN_COLAB)/python -m pip install -q -c constraints-colab.txt -e ".[course]" \
 	  $$(grep -E '^($(subst $(SPACE),|,$(COLAB_ROOTS)))==' requirements.txt)
 	unneeded=$$($(BIN_COLAB)/python .ci/colab_shared.py unneeded $(COLAB_ROOTS)) && \

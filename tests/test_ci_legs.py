@@ -92,21 +92,25 @@ colab_shared = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(colab_shared)
 
 
-def fake_dist(site: Path, name: str, version: str = "1.0", requires=()):
+def fake_dist(site: Path, name: str, version: str = "1.0", requires=(), files=()):
     info = site / f"{name}-{version}.dist-info"
     info.mkdir(parents=True)
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     (info / "METADATA").write_text("\n".join(lines + [f"Requires-Dist: {r}" for r in requires]) + "\n")
+    (info / "RECORD").write_text("".join(f"{f},,\n" for f in (f"{name}/__init__.py", *files)))
 
 
-def test_colab_takes_what_the_course_needs_less_colabs_pins_and_drops_what_only_other_versions_needed(tmp_path):
+def test_colab_links_what_the_course_needs_less_colabs_pins_and_data_files_and_drops_what_only_others_needed(
+        tmp_path):
     venv, colab = tmp_path / "venv", tmp_path / "colab"
-    course = ["shared_lib", 'jupyter; extra == "course"', 'bitsandbytes; extra == "memory"']
+    course = ["shared_lib", 'jupyter; extra == "course"', 'nbconvert; extra == "course"',
+              'bitsandbytes; extra == "memory"']
     for site, hub_requires in ((venv, ["only_new_hub_needs"]), (colab, [])):
         fake_dist(site, "cnhelpers", requires=course)
         fake_dist(site, "shared_lib", requires=["hub_client>=1"])
         fake_dist(site, "hub_client", "2.0" if site == venv else "1.0", requires=hub_requires)
-        fake_dist(site, "jupyter")
+        fake_dist(site, "jupyter", files=["../../../bin/jupyter"])  # a script: still linked, as torch's are
+        fake_dist(site, "nbconvert", files=["../../../share/jupyter/nbconvert/templates/lab/index.html.j2"])
         fake_dist(site, "torch")
         fake_dist(site, "pip")
     fake_dist(venv, "bitsandbytes")
