@@ -26,14 +26,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from notebooks_twice import SHORT_RUN  # noqa: E402
+
 BROWSER_BUILD = ROOT / "build" / "browser"
 SCREENSHOTS = BROWSER_BUILD / "screenshots"
 CHROMIUM = os.environ.get("CN_CHROMIUM", "/usr/bin/chromium")
 #: A small generated data set (the tiny profile's 2,048 examples are encoded again by every training run).
 #: The browser test checks that every cell runs and renders, not what is learned (nbval checks outputs).
 PROFILE_OVERRIDES = "num_generated_examples=64"
-#: Values for the ``parameters`` cells of the copies: notebook 03 trains a few steps only.
-PARAMETERS = {"03_training_loop.ipynb": {"MAX_TRAIN_STEPS": 4, "HAND_STEPS": 4}}
+#: Values for the ``parameters`` cells of the copies: the short runs of the doubled notebooks' second runs
+#: (tests/notebooks_twice.py), the smallest that still show every widget: notebook 03 trains a few steps, 06
+#: draws its pictures in a few steps and scores a few outlines.
+PARAMETERS = {f"{stem}.ipynb": values for stem, values in SHORT_RUN.items()}
 #: Every cell in the DOM, in view or not (JupyterLab's default windowing attaches only the cells in view).
 LAB_SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
                 # No "Would you like to get notified about Jupyter news?" toast over the notebook
