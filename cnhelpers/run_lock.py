@@ -3,8 +3,9 @@
 Two runs writing one folder (a training cell started twice, or the CLI beside a notebook) would interleave their
 ``train_log.jsonl`` lines and overwrite each other's checkpoints. :class:`OutputDirLock` holds an exclusive
 ``flock`` on ``output_dir/.run.lock`` for as long as the run lasts; the file names the run that holds it (process,
-host, start time, command), so the refusal can say who. The operating system drops the lock when the process ends,
-however it ends: a run that crashed or was killed never leaves the folder locked.
+host, start time, command), so the refusal can say who, and is removed when the run ends, so a finished run leaves
+only its outputs. The operating system drops the lock when the process ends, however it ends: a run that crashed or
+was killed never leaves the folder locked (its stale file is taken over by the next run).
 """
 
 from __future__ import annotations
@@ -41,17 +42,22 @@ class OutputDirLock:
         if not self.enabled or fcntl is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = describe_holder(self.file.read())
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.file.seek(0)
+                holder = describe_holder(self.file.read())
+                self.file.close()
+                self.file = None
+                raise OutputDirInUseError(
+                    f"{self.path.parent} is in use by another run ({holder}): wait for it to finish (or stop it), or "
+                    "train into another --output_dir.") from None
+            # A run that ended between our open and our lock removed the file we locked: lock the current one.
+            if self.path.exists() and os.path.samestat(os.fstat(self.file.fileno()), os.stat(self.path)):
+                break
             self.file.close()
-            self.file = None
-            raise OutputDirInUseError(
-                f"{self.path.parent} is in use by another run ({holder}): wait for it to finish (or stop it), or "
-                "train into another --output_dir.") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -62,6 +68,7 @@ class OutputDirLock:
 
     def __exit__(self, *exc):
         if self.file is not None:
+            self.path.unlink(missing_ok=True)  # still locked: no other run can hold this file now
             self.file.close()  # closing the file drops the lock
             self.file = None
 

@@ -75,6 +75,7 @@ def test_the_lock_is_refused_in_the_same_process_and_free_again_once_released(tm
         with pytest.raises(OutputDirInUseError, match="is in use by another run"):
             with OutputDirLock(tmp_path):
                 pass
+    assert not (tmp_path / LOCK_FILE).exists()  # a finished run leaves only its outputs
     with OutputDirLock(tmp_path):  # released: the next run takes it
         pass
 
