@@ -98,7 +98,13 @@ course: setup setup-flax
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course.runner --in-place
 
-test: test-python test-notebooks test-real-paths test-flax test-colab test-browser
+# make test: every leg, two at a time (.ci/test_pairs; TEST_JOBS=1 for one after the other), after every set-up,
+# so that no two legs build a venv at once. test-colab comes after test-notebooks: its notebooks meet in build/ what
+# those runs left there. The legs of a pair share no folder (tests build in temporary folders, real-paths in
+# build/real-paths, the browser in build/browser, the Flax legs in build/twice-flax).
+TEST_PAIRS := test-python:test-real-paths test-notebooks:test-browser test-colab:test-flax
+test: setup setup-flax setup-colab setup-browser
+	bash .ci/test_pairs $(TEST_PAIRS)
 
 # pytest-xdist: two workers, one torch thread each. The tests are mostly short CLI runs whose start-up is one
 # core's work, so two at a time use both cores (300 s -> 190 s here).

@@ -149,9 +149,22 @@ def test_the_report_within_the_budget_gives_the_total_and_no_warning(tmp_path):
     assert "budget: 95 s of 100 s wall" in run.stdout and "130 s of CPU" in run.stdout
 
 
-def test_ci_runs_every_leg_of_make_test_once():
+def test_make_test_runs_every_leg_once_and_ci_runs_make_test():
     makefile = (ROOT / "Makefile").read_text()
-    make_test = re.search(r"^test: (.*)$", makefile, re.M).group(1).split()
-    paired = [leg for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("pair ")
-              for leg in line.split()[1:]]
-    assert sorted(paired) == sorted(make_test) and len(set(paired)) == len(paired)
+    legs = set(re.findall(r"^(test-[a-z-]+):", makefile, re.M))
+    pairs = re.search(r"^TEST_PAIRS := (.*)$", makefile, re.M).group(1).split()
+    paired = [leg for pair in pairs for leg in pair.split(":")]
+    assert all(len(pair.split(":")) == 2 for pair in pairs)
+    assert sorted(paired) == sorted(legs) and len(set(paired)) == len(paired)
+    assert paired.index("test-notebooks") < paired.index("test-colab")  # Colab's notebooks meet its build/
+    assert re.search(r"^make test\b", (ROOT / ".ci" / "run").read_text(), re.M)
+
+
+def test_the_pairs_run_every_leg_and_fail_when_one_fails(tmp_path):
+    (tmp_path / "Makefile").write_text("a:\n\t@echo A\nb:\n\t@echo B\nc:\n\t@false\nd:\n\t@echo D\n")
+    run = lambda *pairs: subprocess.run(["bash", str(ROOT / ".ci" / "test_pairs"), *pairs], cwd=tmp_path,
+                                        capture_output=True, text=True)
+    good = run("a:b")
+    assert good.returncode == 0 and "A" in good.stdout and "--- make b (beside make a):\nB" in good.stdout
+    bad = run("c:d", "a:b")
+    assert bad.returncode != 0 and "D" in bad.stdout and "A" in bad.stdout  # the later pair still ran
