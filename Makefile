@@ -98,8 +98,8 @@ course: setup setup-flax
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course.runner --in-place
 
-# make test: every leg, two at a time (.ci/test_pairs; TEST_JOBS=1 for one after the other), after every set-up,
-# so that no two legs build a venv at once. test-colab comes after test-notebooks: its notebooks meet in build/ what
+# make test: every leg, one after the other (.ci/test_pairs; TEST_JOBS=2 runs each pair's two legs at once), after
+# every set-up, so that no two legs build a venv at once. test-colab comes after test-notebooks: its notebooks meet in build/ what
 # those runs left there. The legs of a pair share no folder (tests build in temporary folders, real-paths in
 # build/real-paths, the browser in build/browser, the Flax legs in build/twice-flax).
 TEST_PAIRS := test-python:test-real-paths test-notebooks:test-browser test-colab:test-flax

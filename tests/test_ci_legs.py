@@ -2,6 +2,7 @@
 .venv-colab takes from .venv only what Colab's install needs (.ci/colab_shared.py)."""
 
 import ast
+import os
 import re
 import importlib.util
 import shutil
@@ -162,9 +163,13 @@ def test_make_test_runs_every_leg_once_and_ci_runs_make_test():
 
 def test_the_pairs_run_every_leg_and_fail_when_one_fails(tmp_path):
     (tmp_path / "Makefile").write_text("a:\n\t@echo A\nb:\n\t@echo B\nc:\n\t@false\nd:\n\t@echo D\n")
-    run = lambda *pairs: subprocess.run(["bash", str(ROOT / ".ci" / "test_pairs"), *pairs], cwd=tmp_path,
-                                        capture_output=True, text=True)
-    good = run("a:b")
+    def run(*pairs, jobs):
+        return subprocess.run(["bash", str(ROOT / ".ci" / "test_pairs"), *pairs], cwd=tmp_path, text=True,
+                              capture_output=True, env=os.environ | {"TEST_JOBS": jobs})
+    one_by_one = run("a:b", jobs="1")
+    assert one_by_one.returncode == 0 and one_by_one.stdout.split() == ["A", "B"]
+    good = run("a:b", jobs="2")
     assert good.returncode == 0 and "A" in good.stdout and "--- make b (beside make a):\nB" in good.stdout
-    bad = run("c:d", "a:b")
-    assert bad.returncode != 0 and "D" in bad.stdout and "A" in bad.stdout  # the later pair still ran
+    for jobs in ("1", "2"):
+        bad = run("c:d", "a:b", jobs=jobs)
+        assert bad.returncode != 0 and "D" in bad.stdout and "A" in bad.stdout  # the later legs still ran
