@@ -150,6 +150,21 @@ def is_complete_base(path: str | Path) -> bool:
 PRETRAINED_TINY_BASE = Path(__file__).resolve().parents[1] / "assets" / "tiny-sd"
 
 
+def ensure_base_copy(name: str, asset: Path, is_complete, build, seed: int = 0) -> Path:
+    """``build/<name>``: a copy of the pretrained ``asset`` folder shipped with the package (refreshed when its model
+    card changes), or, where no complete asset is shipped, the base that ``build(path, seed=seed)`` makes with
+    seeded random weights (built once, kept). ``is_complete(path)`` says whether a folder holds every part."""
+    path = build_dir() / name
+    if is_complete(asset):
+        card = (asset / "README.md").read_text()
+        if not is_complete(path) or not (path / "README.md").is_file() or (path / "README.md").read_text() != card:
+            with staged_folder(path) as tmp:
+                shutil.copytree(asset, tmp, dirs_exist_ok=True)
+    elif not is_complete(path):
+        build(path, seed=seed)
+    return path
+
+
 def ensure_tiny_base(seed: int = 0) -> Path:
     """Return the tiny base's folder under the build folder (``build/tiny-sd``), putting it there first.
 

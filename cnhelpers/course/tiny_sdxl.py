@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from ..families.sdxl import added_conditions, make_add_time_ids
-from ..paths import build_dir, staged_folder
+from ..paths import staged_folder
 from ..tokenizer import write_clip_tokenizer
 from .fill import caption_words
-from .tiny_bases import TINY_VAE_CONFIG, seeded
+from .tiny_bases import TINY_VAE_CONFIG, ensure_base_copy, seeded
 
 #: Hidden sizes of the tiny base's two text encoders; the UNet's cross-attention reads both, concatenated.
 TINY_SDXL_TEXT_ENCODER_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -119,13 +119,14 @@ def is_complete_sdxl_base(path: str | Path) -> bool:
     return (path / "model_index.json").is_file() and all((path / part).is_dir() for part in SDXL_PARTS)
 
 
-def ensure_tiny_sdxl_base(seed: int = 0) -> Path:
-    """The tiny SDXL base's folder under the build folder, built first if it is missing."""
+#: The pretrained tiny SDXL base shipped with the package (``python -m cnhelpers.course.pretrain_base --family sdxl``).
+PRETRAINED_TINY_SDXL_BASE = Path(__file__).resolve().parents[1] / "assets" / "tiny-sdxl"
 
-    path = build_dir() / "tiny-sdxl"
-    if not is_complete_sdxl_base(path):
-        build_tiny_sdxl_base(path, seed=seed)
-    return path
+
+def ensure_tiny_sdxl_base(seed: int = 0) -> Path:
+    """The tiny SDXL base's folder, ``build/tiny-sdxl``: a copy of the pretrained one shipped in
+    ``cnhelpers/assets/tiny-sdxl``, or where none is shipped, one with seeded random weights."""
+    return ensure_base_copy("tiny-sdxl", PRETRAINED_TINY_SDXL_BASE, is_complete_sdxl_base, build_tiny_sdxl_base, seed)
 
 
 def sdxl_demo_inputs(unet, resolution: int, batch_size: int = 2, seed: int = 0, pooled_dim: int | None = None):

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..paths import staged_folder
 from ..tokenizer import write_clip_tokenizer
 from .fill import caption_words
-from .tiny_bases import TINY_VAE_CONFIG, seeded
+from .tiny_bases import TINY_VAE_CONFIG, ensure_base_copy, seeded
 
 #: The real VAEs' latent statistics (SD3's and FLUX.1's ``vae/config.json``); SD3's and Flux's VAEs have no
 #: quant convolutions.
@@ -147,3 +147,38 @@ def build_tiny_flux_base(path: str | Path, seed: int = 0, words: list[str] | Non
             f"# tiny-flux (ControlNet course)\n\nA Flux-layout model with seeded random weights, built by "
             f"`cnhelpers.course.tiny_transformers.build_tiny_flux_base(path, seed={seed})`.\n")
     return Path(path)
+
+
+SD3_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+             "tokenizer_3", "scheduler")
+FLUX_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
+#: The pretrained tiny bases shipped with the package (``python -m cnhelpers.course.pretrain_base --family ...``).
+PRETRAINED_TINY_SD3_BASE = _ASSETS / "tiny-sd3"
+PRETRAINED_TINY_FLUX_BASE = _ASSETS / "tiny-flux"
+
+
+def is_complete_sd3_base(path: str | Path) -> bool:
+    """True when ``path`` holds model_index.json and every SD3 part."""
+    path = Path(path)
+    return (path / "model_index.json").is_file() and all((path / part).is_dir() for part in SD3_PARTS)
+
+
+def is_complete_flux_base(path: str | Path) -> bool:
+    """True when ``path`` holds model_index.json and every Flux part."""
+    path = Path(path)
+    return (path / "model_index.json").is_file() and all((path / part).is_dir() for part in FLUX_PARTS)
+
+
+def ensure_tiny_sd3_base(seed: int = 0) -> Path:
+    """The tiny SD3 base's folder, ``build/tiny-sd3``: a copy of the pretrained one shipped in
+    ``cnhelpers/assets/tiny-sd3``, or where none is shipped, one with seeded random weights."""
+    return ensure_base_copy("tiny-sd3", PRETRAINED_TINY_SD3_BASE, is_complete_sd3_base, build_tiny_sd3_base, seed)
+
+
+def ensure_tiny_flux_base(seed: int = 0) -> Path:
+    """The tiny Flux base's folder, ``build/tiny-flux``: a copy of the pretrained one shipped in
+    ``cnhelpers/assets/tiny-flux``, or where none is shipped, one with seeded random weights."""
+    return ensure_base_copy("tiny-flux", PRETRAINED_TINY_FLUX_BASE, is_complete_flux_base, build_tiny_flux_base,
+                            seed)
