@@ -1,7 +1,8 @@
 """The notebooks' Colab set-up cell, written once: ``python -m cnhelpers.course.colab`` puts it into every notebook.
 
-On Colab (and only there) the cell clones the course, installs it (with the ``memory`` extra, bitsandbytes'
-8-bit Adam, when the runtime has a GPU) and moves into ``notebooks/``; a failed clone stops with the reason.
+On Colab (and only there) the cell clones the course and installs it, in lines the learner sees; then one import
+line, :func:`on_colab`, adds the ``memory`` extra (bitsandbytes' 8-bit Adam) when the runtime has a GPU and moves
+into ``notebooks/`` (a failed clone stops there with the reason). Elsewhere the cell only imports.
 A fork changes :data:`REPOSITORY` and runs ``python -m cnhelpers.course.colab``; ``tests/test_course.py`` checks that
 every notebook's cell and every Colab badge of the README use it.
 """
@@ -21,28 +22,38 @@ MARKER = "# On Colab: fetch the course and its helper package (elsewhere, `make 
 
 
 def colab_cell() -> str:
-    """The source of the notebooks' Colab set-up cell."""
+    """The source of the notebooks' Colab set-up cell: what touches the learner's runtime (the clone and the
+    install) stays visible; the rest is :func:`on_colab`, one import line."""
     return f'''{MARKER}
 import sys
-
 if "google.colab" in sys.modules:
+    !test -d {COLAB_CHECKOUT} || git clone -q --depth 1 {REPOSITORY} {COLAB_CHECKOUT}
+    %pip install -q -e {COLAB_CHECKOUT}
+    sys.path.insert(0, "{COLAB_CHECKOUT}")
+from cnhelpers.course.colab import on_colab; on_colab()  # noqa: E402, E702  Colab: GPU extras, cd notebooks/'''
+
+
+def on_colab(checkout: str = COLAB_CHECKOUT) -> bool:
+    """On Colab (and only there): install the ``memory`` extra (bitsandbytes' 8-bit Adam) when the runtime has a
+    GPU, and move into the course's ``notebooks/``. Elsewhere nothing. Returns whether it ran on Colab.
+
+    Importing this module imports :mod:`cnhelpers` first, which quiets bitsandbytes' warning about a CPU kernel.
+    """
+    if "google.colab" not in sys.modules:
+        return False
     import os
     import subprocess
 
     import torch
 
-    if not os.path.isdir("{COLAB_CHECKOUT}/cnhelpers"):
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", "{REPOSITORY}", "{COLAB_CHECKOUT}"],
-                               capture_output=True, text=True)
-        if clone.returncode:
-            raise RuntimeError(f"Could not clone {REPOSITORY} ({{clone.stderr.strip()}}): check the address "
-                               "(cnhelpers.course.colab.REPOSITORY in a fork) and that the runtime is online.")
-    extras = "[memory]" if torch.cuda.is_available() else ""  # 8-bit Adam (bitsandbytes) for the GPU recipes
-    %pip install -q -e {COLAB_CHECKOUT}{{extras}}
-    sys.path.insert(0, "{COLAB_CHECKOUT}")
-    %cd {COLAB_CHECKOUT}/notebooks
-
-import cnhelpers  # noqa: E402, F401  (first, so that it quiets bitsandbytes' warning about a CPU kernel)'''
+    if not os.path.isdir(f"{checkout}/notebooks"):
+        raise SystemExit(f"error: {checkout} has no notebooks/: the clone of {REPOSITORY} failed (see the line "
+                         "above); check the address (cnhelpers.course.colab.REPOSITORY in a fork) and that the "
+                         "runtime is online, then run this cell again.")
+    if torch.cuda.is_available():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{checkout}[memory]"], check=True)
+    os.chdir(f"{checkout}/notebooks")
+    return True
 
 
 def is_colab_cell(cell: dict) -> bool:
