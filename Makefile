@@ -22,6 +22,14 @@ CHROMIUM := /usr/bin/chromium
 LEG ?= $(SHELL) $(CURDIR)/.ci/leg
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
+# The course's kernels (cn-course, cn-flax) live inside this checkout's venvs (ipykernel install --sys-prefix), never
+# in the user's Jupyter folder, so two checkouts (a CI clone, a learner's) each run their own. JUPYTER_PATH puts
+# both venvs' kernels before any user-wide one for every target here (lab, course, outputs, test, nbval's
+# --nbval-kernel-name); the notebooks store only the plain names.
+JUPYTER_KERNELS := $(CURDIR)/$(VENV)/share/jupyter:$(CURDIR)/$(VENV_FLAX)/share/jupyter
+export JUPYTER_PATH := $(JUPYTER_KERNELS)$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))
+KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
+KERNEL_SPEC_FLAX := $(VENV_FLAX)/share/jupyter/kernels/$(KERNEL_FLAX)/kernel.json
 
 .PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-real-paths test-flax test-colab test-browser outputs lab clean help
 
@@ -41,25 +49,29 @@ help:
 # .ci/run installs .venv and .venv-flax at once: their editable installs of this folder take turns (flock).
 EDITABLE = mkdir -p build && flock build/editable-install.lock
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL_SPEC)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(EDITABLE) $(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "ControlNet course (.venv)" >/dev/null
 	touch $(STAMP)
 
-setup-flax: $(STAMP_FLAX)
+$(KERNEL_SPEC): $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "ControlNet course (.venv)" >/dev/null
+
+setup-flax: $(STAMP_FLAX) $(KERNEL_SPEC_FLAX)
 
 $(STAMP_FLAX): requirements-flax.txt pyproject.toml
 	test -x $(BIN_FLAX)/python || $(PYTHON) -m venv $(VENV_FLAX)
 	$(BIN_FLAX)/python -m pip install -q --upgrade pip
 	$(BIN_FLAX)/python -m pip install -q -r requirements-flax.txt
 	$(EDITABLE) $(BIN_FLAX)/python -m pip install -q --no-deps -e .
-	$(BIN_FLAX)/python -m ipykernel install --user --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 	touch $(STAMP_FLAX)
+
+$(KERNEL_SPEC_FLAX): $(STAMP_FLAX)
+	$(BIN_FLAX)/python -m ipykernel install --sys-prefix --name $(KERNEL_FLAX) --display-name "ControlNet course, Flax (.venv-flax)" >/dev/null
 
 # Colab's stack: the course's torch, then the package against Colab's pins, no bitsandbytes. Every distribution of
 # .venv that this install needs and Colab's pins leave alone (torch's ~5 GB among them; not those with files outside

@@ -152,6 +152,17 @@ def compact_pictures(nb) -> int:
     return saved
 
 
+def _encrypted_kernels():
+    """Configuration for kernel managers that provision CurveZMQ keys when the kernelspec supports them."""
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names():  # jupyter_client >= 8.7
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
 def run_notebook(path: Path, out_path: Path, timeout: int = 1800) -> tuple[bool, float, str]:
     """Execute ``path`` in a fresh kernel, write the executed copy to ``out_path``.
 
@@ -169,7 +180,10 @@ def run_notebook(path: Path, out_path: Path, timeout: int = 1800) -> tuple[bool,
         KernelSpecManager().get_kernel_spec(kernel)
     except NoSuchKernel:
         return False, 0.0, f"skipped: Jupyter kernel {kernel!r} is not installed (see README.md)"
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel,
+    # The kernel's channels are CurveZMQ-encrypted (the manager provisions keys where the kernelspec says it takes
+    # them, as ipykernel's does): a plain-TCP kernel prints ipykernel's "running over TCP without encryption"
+    # warning before every notebook, between the runner's own lines.
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, config=_encrypted_kernels(),
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     try:
