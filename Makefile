@@ -18,8 +18,6 @@ STAMP_COLAB := $(VENV_COLAB)/.installed
 # make test-browser: Playwright (requirements-browser.txt) in .venv, driving Debian's Chromium.
 STAMP_BROWSER := $(VENV)/.installed-browser
 CHROMIUM := /usr/bin/chromium
-# Each test leg runs through .ci/leg, which appends its wall time to $$CI_TIMES when .ci/run sets it.
-LEG ?= $(SHELL) $(CURDIR)/.ci/leg
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
 # The course's kernels (cn-course, cn-flax) live inside this checkout's venvs (ipykernel install --sys-prefix), never
@@ -31,7 +29,7 @@ export JUPYTER_PATH := $(JUPYTER_KERNELS)$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
 KERNEL_SPEC_FLAX := $(VENV_FLAX)/share/jupyter/kernels/$(KERNEL_FLAX)/kernel.json
 
-.PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-real-paths test-flax test-colab test-browser outputs lab clean help
+.PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-real-paths test-flax test-flax-python test-flax-notebook test-colab test-colab-python test-colab-notebooks test-browser outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
@@ -110,21 +108,27 @@ course: setup setup-flax
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course.runner --in-place
 
-# make test: every leg, one after the other (.ci/test_pairs; TEST_JOBS=2 runs each pair's two legs at once), after
-# every set-up, so that no two legs build a venv at once. test-colab comes after test-notebooks: its notebooks meet in build/ what
-# those runs left there. The legs of a pair share no folder (tests build in temporary folders, real-paths in
-# build/real-paths, the browser in build/browser, the Flax legs in build/twice-flax).
-TEST_PAIRS := test-python:test-real-paths test-notebooks:test-browser test-colab:test-flax
-test: setup setup-flax setup-colab setup-browser
-	bash .ci/test_pairs $(TEST_PAIRS)
+# make test: every set-up and test leg, TEST_JOBS (2) at a time, each on one torch thread, each after the legs it
+# needs (.ci/schedule.py: the legs listed first start first, so the longest chain leads: the notebooks on the
+# course's stack, then on Colab's, which meet in build/ what the first runs left there). Legs that run side by side
+# share no folder: tests build in temporary folders, real-paths in build/real-paths, the browser in build/browser,
+# the Flax legs in build/twice-flax. Every leg on .venv waits for setup-browser, which installs into .venv.
+# TEST_JOBS=1 runs the legs one after the other, with torch's default threads.
+TEST_JOBS ?= 2
+TEST_LEGS := setup setup-flax setup-browser:setup setup-colab:setup \
+  test-notebooks:setup-browser test-colab-notebooks:setup-colab,test-notebooks \
+  test-python:setup-browser test-colab-python:setup-colab test-flax-notebook:setup-flax \
+  test-flax-python:setup-flax test-real-paths:setup-browser test-browser:setup-browser
+test:
+	$(PYTHON) .ci/schedule.py --jobs $(TEST_JOBS) $(TEST_LEGS)
 
 # pytest-xdist: two workers, one torch thread each. The tests are mostly short CLI runs whose start-up is one
-# core's work, so two at a time use both cores (300 s -> 190 s here).
+# core's work, so two at a time use both cores.
 XDIST := -n 2
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 test-python: setup
-	$(LEG) test-python env $(ONE_THREAD) $(BIN)/python -m pytest $(XDIST) -p no:cacheprovider tests
+	env $(ONE_THREAD) $(BIN)/python -m pytest $(XDIST) -p no:cacheprovider tests
 
 # nbval over the notebooks as tests/notebooks_twice.py writes them into build/twice/: each doubled, its cells then
 # the same cells again, both with the stored outputs, in one fresh kernel, so one execution checks the first run
@@ -134,38 +138,46 @@ test-python: setup
 # test-colab's run of each notebook, in the same build/.
 # Notebook 03 trains 40 steps, not 2,400: a run that short shows what every checked cell says (its step counts
 # and checkpoint names are masked: tests/short_run_sanitize.cfg); make outputs runs the full one. (At 240 steps
-# the IoU stayed as flat as at 40: commit 493d770.)
-SHORT_RUN := CN_PROFILE_OVERRIDES="course_train_steps=40"
+# the IoU stayed as flat as at 40: commit 493d770.) Notebook 09 trains 20 steps on its own data, not 600.
+SHORT_RUN := CN_PROFILE_OVERRIDES="course_train_steps=40,own_data_train_steps=20"
 SHORT_RUN_SANITIZE := --nbval-sanitize-with tests/short_run_sanitize.cfg
 TWICE := build/twice
 
 test-notebooks: setup
 	$(BIN)/python tests/notebooks_twice.py --out $(TWICE) --skip 05_
-	$(LEG) test-notebooks env $(SHORT_RUN) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+	env $(SHORT_RUN) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
 	  $(SHORT_RUN_SANITIZE) $(TWICE)
 
 # The Flax notebook runs in its own kernel (cn-flax, the .venv-flax Python), not in the current one.
-test-flax: setup-flax
-	$(LEG) tests-flax $(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
+test-flax: test-flax-python test-flax-notebook
+
+test-flax-python: setup-flax
+	$(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
+
+test-flax-notebook: setup-flax
 	$(BIN_FLAX)/python tests/notebooks_twice.py --out $(TWICE)-flax --only 05_
-	$(LEG) notebook-flax $(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(TWICE)-flax
+	$(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(TWICE)-flax
 
 # The sd15 and sdxl profiles, small, over HTTP from the loopback test Hub (tests/real_paths_course.py).
 test-real-paths: setup
-	$(LEG) real-paths $(BIN)/python tests/real_paths_course.py
+	$(BIN)/python tests/real_paths_course.py
 
 # Colab's leg runs what can differ between library versions on Colab's libraries: the tests marked colab (every
 # test module says whether it is: tests/conftest.py), and each notebook once, in a fresh kernel; notebook 03
 # trains 40 steps there too, its step counts masked.
-test-colab: setup-colab
-	$(LEG) colab-python env $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider -m colab tests
-	$(LEG) colab-notebooks env $(SHORT_RUN) $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+test-colab: test-colab-python test-colab-notebooks
+
+test-colab-python: setup-colab
+	env $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider -m colab tests
+
+test-colab-notebooks: setup-colab
+	env $(SHORT_RUN) $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
 	  $(SHORT_RUN_SANITIZE) notebooks --ignore=$(FLAX_NOTEBOOK)
 
 # JupyterLab on loopback over a copy of the notebooks in build/browser/, Chromium through Playwright
 # (tests_browser/); screenshots of every notebook in build/browser/screenshots/.
 test-browser: setup-browser
-	$(LEG) test-browser $(BIN)/python -m pytest -p no:cacheprovider -s tests_browser
+	$(BIN)/python -m pytest -p no:cacheprovider -s tests_browser
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -1,4 +1,4 @@
-"""CI's legs: .ci/leg times each one; every test module declares whether Colab's leg runs it (tests/conftest.py);
+"""CI's legs: .ci/schedule.py runs and times them; every test module declares whether Colab's leg runs it (tests/conftest.py);
 .venv-colab takes from .venv only what Colab's install needs (.ci/colab_shared.py)."""
 
 import ast
@@ -15,20 +15,65 @@ import pytest
 pytestmark = pytest.mark.not_colab(reason="CI's own tooling")
 
 ROOT = Path(__file__).resolve().parents[1]
-LEG = ROOT / ".ci" / "leg"
+SCHEDULE = ROOT / ".ci" / "schedule.py"
 TESTS = ROOT / "tests"
 
 
-def test_a_leg_records_its_cpu_seconds_and_passes_a_failing_status_on(tmp_path):
+def schedule(tmp_path, makefile: str, *legs: str, jobs: int = 2):
+    """Run .ci/schedule.py on a toy Makefile; its times file's lines by leg."""
+    (tmp_path / "Makefile").write_text(makefile)
     times = tmp_path / "times.txt"
-    burn = "import time, sys\nend = time.process_time() + 1.5\nwhile time.process_time() < end: pass\nsys.exit(3)"
-    # the CPU is burnt in a grandchild, as a pytest worker or a Jupyter kernel would burn it
-    result = subprocess.run(["bash", str(LEG), "demo", "bash", "-c", f'"{sys.executable}" -c "$0"', burn],
-                            env={"CI_TIMES": str(times), "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 3
-    name, wall, status, cpu = times.read_text().split()
-    assert (name, status) == ("demo", "3")
-    assert int(cpu) >= 1 and int(wall) >= 1
+    run = subprocess.run([sys.executable, str(SCHEDULE), "--jobs", str(jobs), "--times", str(times), *legs],
+                         cwd=tmp_path, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    lines = {line.split()[0]: line.split()[1:] for line in times.read_text().splitlines()} if times.exists() else {}
+    return run, lines
+
+
+def test_a_leg_records_its_cpu_seconds_even_when_burnt_in_a_grandchild_and_its_failing_status(tmp_path):
+    burn = "import time, sys; end = time.process_time() + 1.5\nwhile time.process_time() < end: pass\nsys.exit(3)"
+    (tmp_path / "burn.py").write_text(burn)
+    run, lines = schedule(tmp_path, f"demo:\n\t@bash -c '{sys.executable} burn.py'\n", "demo")
+    assert run.returncode != 0
+    wall, status, cpu = lines["demo"]
+    assert status == "2" and int(cpu) >= 1  # make's own status for a failed recipe; the CPU of python, make's grandchild
+    assert "=== demo: FAILED (2)" in run.stdout
+
+
+def test_legs_wait_for_what_they_need_and_two_run_side_by_side(tmp_path):
+    makefile = ("slow-a:\n\t@sleep 1; echo A-done >> order\nslow-b:\n\t@sleep 1; echo B-done >> order\n"
+                "after-a:\n\t@echo after-a >> order\n")
+    run, lines = schedule(tmp_path, makefile, "after-a:slow-a", "slow-a", "slow-b")
+    assert run.returncode == 0, run.stdout + run.stderr
+    order = (tmp_path / "order").read_text().split()
+    assert order.index("after-a") > order.index("A-done")
+    assert sorted(lines) == ["after-a", "slow-a", "slow-b"]
+    # slow-a and slow-b ran at once: each took a second, the whole schedule well under their sum plus after-a
+    assert "=== slow-b: started" in run.stdout.split("=== slow-a: ok")[0]
+
+
+def test_a_failed_leg_skips_the_legs_that_need_it_and_every_other_leg_still_runs(tmp_path):
+    makefile = "bad:\n\t@false\nneeds-bad:\n\t@echo never\ngood:\n\t@echo GOOD\n"
+    for jobs in (1, 2):
+        run, lines = schedule(tmp_path, makefile, "bad", "needs-bad:bad", "good", jobs=jobs)
+        assert run.returncode != 0 and "GOOD" in run.stdout and "never" not in run.stdout
+        assert "=== needs-bad: skipped, it needs bad, which did not pass" in run.stdout
+        assert "needs-bad" not in lines and lines["good"][1] == "0"
+        (tmp_path / "times.txt").unlink()
+
+
+def test_a_leg_that_needs_an_unlisted_leg_is_refused_in_one_line(tmp_path):
+    run, _ = schedule(tmp_path, "a:\n\t@true\n", "a:missing")
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1] == (
+        "schedule: a needs missing, which is not a leg; list it too")
+
+
+def test_side_by_side_legs_get_one_thread_and_one_at_a_time_keeps_the_default(tmp_path):
+    makefile = "threads:\n\t@echo threads=$$OMP_NUM_THREADS\n"
+    two, _ = schedule(tmp_path, makefile, "threads", jobs=2)
+    assert "threads=1" in two.stdout
+    one, _ = schedule(tmp_path, makefile, "threads", jobs=1)
+    assert "threads=\n" in one.stdout
 
 
 # --- Colab's leg: the rule of tests/conftest.py -----------------------------------------------------------------
@@ -150,26 +195,16 @@ def test_the_report_within_the_budget_gives_the_total_and_no_warning(tmp_path):
     assert "budget: 95 s of 100 s wall" in run.stdout and "130 s of CPU" in run.stdout
 
 
-def test_make_test_runs_every_leg_once_and_ci_runs_make_test():
+def test_make_test_schedules_every_test_target_once_after_its_setup_and_ci_runs_make_test():
     makefile = (ROOT / "Makefile").read_text()
-    legs = set(re.findall(r"^(test-[a-z-]+):", makefile, re.M))
-    pairs = re.search(r"^TEST_PAIRS := (.*)$", makefile, re.M).group(1).split()
-    paired = [leg for pair in pairs for leg in pair.split(":")]
-    assert all(len(pair.split(":")) == 2 for pair in pairs)
-    assert sorted(paired) == sorted(legs) and len(set(paired)) == len(paired)
-    assert paired.index("test-notebooks") < paired.index("test-colab")  # Colab's notebooks meet its build/
+    targets = set(re.findall(r"^(test-[a-z-]+):", makefile, re.M)) - {"test-colab", "test-flax"}  # each two legs
+    spec = re.search(r"^TEST_LEGS := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
+    legs = {item.split(":")[0]: item.partition(":")[2].split(",") for item in spec}
+    assert targets <= set(legs) and len(legs) == len(spec)
+    for leg in targets:  # every leg waits, directly or not, for the set-up of its venv
+        needs, seen = set(legs[leg]), set()
+        while needs - seen:
+            need = (needs - seen).pop(); seen.add(need); needs |= set(legs.get(need, []))
+        assert seen & {"setup", "setup-flax", "setup-colab"}, leg
+    assert "test-notebooks" in legs["test-colab-notebooks"]  # Colab's notebooks meet what test-notebooks left in build/
     assert re.search(r"^make test\b", (ROOT / ".ci" / "run").read_text(), re.M)
-
-
-def test_the_pairs_run_every_leg_and_fail_when_one_fails(tmp_path):
-    (tmp_path / "Makefile").write_text("a:\n\t@echo A\nb:\n\t@echo B\nc:\n\t@false\nd:\n\t@echo D\n")
-    def run(*pairs, jobs):
-        return subprocess.run(["bash", str(ROOT / ".ci" / "test_pairs"), *pairs], cwd=tmp_path, text=True,
-                              capture_output=True, env=os.environ | {"TEST_JOBS": jobs})
-    one_by_one = run("a:b", jobs="1")
-    assert one_by_one.returncode == 0 and one_by_one.stdout.split() == ["A", "B"]
-    good = run("a:b", jobs="2")
-    assert good.returncode == 0 and "A" in good.stdout and "--- make b (beside make a):\nB" in good.stdout
-    for jobs in ("1", "2"):
-        bad = run("c:d", "a:b", jobs=jobs)
-        assert bad.returncode != 0 and "D" in bad.stdout and "A" in bad.stdout  # the later legs still ran
