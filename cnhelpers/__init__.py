@@ -6,7 +6,7 @@ only downward (``tests/test_package_layers.py`` checks both; README.md's table g
 
 0. ``paths`` (the build folder), ``env`` (the environment report), ``messages`` (one-line errors), ``hub`` (hub ids,
    offline errors), ``tokenizer`` (the tiny bases' CLIP BPE tokenizer); ``course`` (the subpackage),
-   ``course.profiles`` (tiny, sd15, sdxl: plain data);
+   ``course.profiles`` (tiny, sd15, sdxl: plain data), ``course.hub_server`` (the loopback Hub);
 1. ``data`` (loaders, checks, transforms, batches), ``own_data`` (your pictures, their conditions), ``images``
    (PIL grids), ``losses`` (target, Min-SNR, loss, ``predict_noise``), ``model_info`` (parameter counts,
    downsampling), ``families`` (which family a base is; ``families.family``, ``families.sd``, ``families.sdxl``:
