@@ -1,11 +1,11 @@
 """The bad-input and fault matrix of ``python -m cnhelpers.train``: one row per input.
 
-Each row runs the real CLI in a subprocess (or, where the fault must be injected, ``cnhelpers.train.main(argv)``
-in this process) with the tiny base and 8 fill examples at 64 px, and checks the standard: exit status 2 (143
-for SIGTERM), the last line of stderr is ``error: ...`` naming the problem and the fix, no traceback, and
-nothing written or lost (a previous run's checkpoints and ``train_log.jsonl`` as they were; no checkpoint and
-no ``config.json`` in a fresh output_dir). A few rows are inputs that must work (a corrupt newest checkpoint is
-skipped, pictures of different sizes but the same shape): they check the run and its warning line.
+Each row calls ``cnhelpers.train.main(argv)``, the CLI's own function, in this process (a few run the real CLI in
+a subprocess: SUBPROCESS says which and why) with the tiny base and 8 fill examples at 64 px, and checks the
+standard: exit status 2 (143 for SIGTERM), the last line of stderr is ``error: ...`` naming the problem and the
+fix, no traceback, and nothing written or lost (a previous run's checkpoints and ``train_log.jsonl`` as they were;
+no checkpoint and no ``config.json`` in a fresh output_dir). A few rows are inputs that must work (a corrupt newest
+checkpoint is skipped, pictures of different sizes but the same shape): they check the run and its warning line.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ from cnhelpers.checkpoints import checkpoint_problem, find_checkpoint, list_chec
 from cnhelpers.course.fill import write_fill_imagefolder
 from cnhelpers.tokenizer import BOS, EOS, write_clip_tokenizer
 
-pytestmark = pytest.mark.colab
+#: Colab's leg runs the rows whose error comes through a library (datasets, PIL, accelerate's checkpoints,
+#: diffusers' and transformers' loading, the Hub client: ``colab=True``); the rest are the course's own checks of
+#: flags, paths and memory, and the SIGTERM handling, the same code on either stack.
+pytestmark = pytest.mark.not_colab(reason="the rows refused by the course's own checks; the rows whose error comes "
+                                          "through a library are marked colab one by one")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Every run: 2 steps of batch 2 at 64 px, no trackers, no checkpoint (unless a row asks for one).
@@ -191,7 +195,7 @@ class Row:
     output: str = "interrupted"
     data: object = None  # (name, edit) of a data-set variant
     env: dict = field(default_factory=dict)
-    in_process: bool = False  # main(argv) here rather than a subprocess (the rows that load models, but one)
+    in_process: bool = True  # main(argv) here; False (SUBPROCESS): the real CLI in a subprocess
     prepare: object = None  # prepare(output_dir, world, monkeypatch) before the run
     check: object = None  # check(output_dir, world, stdout, stderr) after it
 
@@ -259,7 +263,7 @@ def _memory_limit(monkeypatch):
 CPU_ONLY = not torch.cuda.is_available()
 
 ROWS = [
-    # flags: each refused by check_args, before anything is loaded (subprocesses: the real CLI)
+    # flags: each refused by check_args, before anything is loaded
     Row("resolution-not-a-multiple-of-8", ["--resolution", "100"],
         [r"resolution=100 is not a positive multiple of 8", r"Use 96 or 104"]),
     Row("batch-size-0", ["--train_batch_size", "0"], [r"--train_batch_size must be at least 1, got 0"]),
@@ -280,7 +284,7 @@ ROWS = [
     Row("unknown-flag", ["--snr_gama", "5"], [r"unknown flags: --snr_gama \(did you mean --snr_gamma\?\)", r"--help"]),
     Row("compile-mode-without-inductor", ["--torch_compile", "aot_eager", "--torch_compile_mode", "max-autotune"],
         [r"--torch_compile_mode max-autotune sets a mode of inductor", r"add --torch_compile"]),
-    # speed flags that cannot run here: refused in setup, before the models are loaded (subprocesses)
+    # speed flags that cannot run here: refused in setup, before the models are loaded
     Row("unknown-compile-backend", ["--torch_compile", "no-such-backend"],
         [r"--torch_compile no-such-backend: not a torch\.compile backend", r"use one of .*\binductor\b"]),
     Row("inductor-on-a-cpu-without-a-cxx-compiler", ["--torch_compile"],
@@ -289,7 +293,7 @@ ROWS = [
     pytest.param(Row("fp16-on-a-cpu", ["--mixed_precision", "fp16"],
                      [r"fp16 needs a CUDA GPU", r"--mixed_precision no"]),
                  marks=pytest.mark.skipif(not CPU_ONLY, reason="fp16 is allowed on a GPU")),
-    # paths: refused in setup, before the models are loaded (subprocesses)
+    # paths: refused in setup, before the models are loaded
     Row("output-dir-is-a-file", ["--output_dir", "{root}/a-file"], [r"is a file, not a folder", r"pass a folder"],
         output="none"),
     Row("output-dir-under-a-file", ["--output_dir", "{root}/a-file/run"], [r"cannot be made: .*a-file is a file"],
@@ -312,62 +316,87 @@ ROWS = [
          r"(available RAM|free memory of GPU|container's memory limit) .*is [\d.]+ [GT]iB",
          r"use --resolution \d+ or less|Use --train_batch_size \d+"]),
     Row("resolution-fits-no-machine", ["--resolution", "1000000", "--train_batch_size", "1"],
-        [r"needs at least [\d.]+ TiB", r"Even --train_batch_size 1 does not fit: use --resolution \d+ or less"],
-        in_process=True),
+        [r"needs at least [\d.]+ TiB", r"Even --train_batch_size 1 does not fit: use --resolution \d+ or less"]),
     Row("batch-too-large-for-the-memory", ["--resolution", "512", "--train_batch_size", "8"],
         [r"needs at least [\d.]+ MiB .* but the available RAM is 256\.0 MiB",
-         r"Use --train_batch_size [1-7] \(with --gradient_accumulation_steps \d+ to keep the effective batch\)"],
-        in_process=True, prepare=lambda out, world, mp: _memory_limit(mp)),
-    # models (in this process: each loads the tiny base)
+         r"Use --train_batch_size [1-7] \(with --gradient_accumulation_steps \d+ to keep the effective batch\)"], prepare=lambda out, world, mp: _memory_limit(mp)),
+    # models (each loads the tiny base)
     Row("missing-base-model", ["--pretrained_model_name_or_path", "{root}/no-base"],
-        [r"no-base' is not an existing folder, nor a hub id", r"check the path"], in_process=True),
+        [r"no-base' is not an existing folder, nor a hub id", r"check the path"]),
     Row("hub-id-offline", ["--pretrained_model_name_or_path", "owner/some-base"],
-        [r"Cannot get the model 'owner/some-base' .*HF_HUB_OFFLINE is set", r"pass a local folder"],
-        in_process=True),
+        [r"Cannot get the model 'owner/some-base' .*HF_HUB_OFFLINE is set", r"pass a local folder"]),
     Row("controlnet-of-another-base", ["--controlnet_model_name_or_path", "{other_controlnet}"],
         [r"does not fit the base model: its block_out_channels is \[32, 32\], the base UNet's is \[64, 64\]",
          r"leave out --controlnet_model_name_or_path"]),  # (a subprocess: the real CLI's fit check)
     Row("tokenizer-knows-no-caption-word", ["--tokenizer_name", "{unknown_tokenizer}"],
         [r"turns \d+ of the captions' \d+ tokens into its unknown token \(words such as 'background'",
-         r"mostly unknown tokens", r"leave out --tokenizer_name"], in_process=True),
+         r"mostly unknown tokens", r"leave out --tokenizer_name"]),
     Row("tokenizer-larger-than-the-text-encoder", ["--tokenizer_name", "{big_tokenizer}"],
-        [r"has \d+ tokens, but the text encoder has only \d+ embeddings", r"leave out --tokenizer_name"],
-        in_process=True),
+        [r"has \d+ tokens, but the text encoder has only \d+ embeddings", r"leave out --tokenizer_name"]),
     # data: refused before the first example is transformed (a broken image: when it is read, here while caching)
     Row("empty-data-set", [], [r"is empty \(metadata\.jsonl has no rows\)", r"add examples"],
-        data=("empty", empty_data), in_process=True),
+        data=("empty", empty_data)),
     Row("unknown-image-column", ["--image_column", "img"],
-        [r"--image_column 'img' is not a column", r"image, conditioning_image, text", r"Pass --image_column"],
-        in_process=True),
+        [r"--image_column 'img' is not a column", r"image, conditioning_image, text", r"Pass --image_column"]),
     Row("integer-captions", [], [r"Row 0: the caption \('text' column\) is \d+ \(int\), not text",
                                  r"give every example a string caption"],
-        data=("int-captions", captions_of(lambda i, text: i)), in_process=True),
+        data=("int-captions", captions_of(lambda i, text: i))),
     Row("missing-captions", [], [r"Row 2: the caption \('text' column\) is None", r"string caption"],
-        data=("none-captions", captions_of(lambda i, text: None if i == 2 else text)), in_process=True),
+        data=("none-captions", captions_of(lambda i, text: None if i == 2 else text))),
     Row("truncated-png", [], [r"Row 3: cannot read the 'image' image \(.*images/00003\.png\)",
                               r"pass --skip_bad_images"],
         data=("truncated", truncated_png)),
     Row("different-aspect-ratios", [], [r"Row \d: the image is 64x64 but the conditioning image is 128x64",
                                         r"Crop or pad one to the other's aspect ratio"],
-        data=("aspect", resized_condition((128, 64))), in_process=True),
+        data=("aspect", resized_condition((128, 64)))),
     Row("every-checkpoint-corrupt", ["--resume_from_checkpoint", "latest"],
         [r"Every checkpoint in .* is incomplete or corrupt \(checkpoint-4, checkpoint-2\)", r"delete them"],
-        prepare=_corrupt_all, in_process=True),
+        prepare=_corrupt_all),
     # faults while training
     Row("disk-full-during-a-checkpoint", ["--max_train_steps", "4", "--checkpointing_steps", "2"],
         [r"No space left on device while saving checkpoint-4", r"checkpoint-2 is intact", r"free space",
          r"--output_dir on another disk"],
-        output="fresh", in_process=True, prepare=lambda out, world, mp: _disk_full(mp), check=_disk_full_lost_nothing),
+        output="fresh", prepare=lambda out, world, mp: _disk_full(mp), check=_disk_full_lost_nothing),
     # inputs that must work
     Row("truncated-png-skipped", ["--skip_bad_images"], [], code=0, output="fresh",
-        data=("truncated", truncated_png), check=_skipped_the_bad_image, in_process=True),
+        data=("truncated", truncated_png), check=_skipped_the_bad_image),
     Row("same-aspect-different-sizes", [], [], code=0, output="fresh", data=("sizes", resized_condition((128, 128))),
-        check=_trained, in_process=True),
+        check=_trained),
     Row("newest-checkpoint-corrupt-resume-latest",  # (a subprocess: the real CLI resumes)
         ["--resume_from_checkpoint", "latest", "--max_train_steps", "4", "--checkpointing_steps", "2"], [], code=0,
         prepare=_corrupt_newest, check=_resumed_from_the_good_one),
 ]
 
+
+#: The rows run as the real CLI in a subprocess, and why; the others call ``cnhelpers.train.main(argv)`` in this
+#: process (the same function the CLI calls, without a Python start-up and torch's import per row).
+SUBPROCESS = {
+    "unknown-flag": "argparse's exit, as the CLI ends",
+    "resolution-too-large": "it must not be killed for memory",
+    "controlnet-of-another-base": "the real CLI's fit check",
+    "truncated-png": "PIL reading a broken file in a fresh process",
+    "newest-checkpoint-corrupt-resume-latest": "the real CLI resumes",
+}
+#: The rows whose error comes through a library that Colab pins at another version (datasets, PIL, accelerate's
+#: and safetensors' checkpoints, diffusers' and transformers' loading, the Hub client): Colab's leg runs these.
+THROUGH_A_LIBRARY = {
+    "validation-image-not-an-image", "named-checkpoint-corrupt", "missing-base-model", "hub-id-offline",
+    "controlnet-of-another-base", "tokenizer-knows-no-caption-word", "tokenizer-larger-than-the-text-encoder",
+    "empty-data-set", "unknown-image-column", "integer-captions", "missing-captions", "truncated-png",
+    "different-aspect-ratios", "every-checkpoint-corrupt", "disk-full-during-a-checkpoint", "truncated-png-skipped",
+    "same-aspect-different-sizes", "newest-checkpoint-corrupt-resume-latest",
+}
+
+
+def _placed(row):
+    """A row with its process (SUBPROCESS) and its Colab mark (THROUGH_A_LIBRARY)."""
+    if not isinstance(row, Row):
+        return row  # already a pytest.param (fp16-on-a-cpu: this machine's, not a library's)
+    row.in_process = row.name not in SUBPROCESS
+    return pytest.param(row, marks=[pytest.mark.colab] if row.name in THROUGH_A_LIBRARY else [], id=row.name)
+
+
+ROWS = [_placed(row) for row in ROWS]
 
 def row_id(row):
     return row.name
@@ -420,6 +449,7 @@ def test_bad_input(row, world, tmp_path, monkeypatch, capsys):
 def test_the_matrix_has_a_row_for_every_required_input():
     names = {(r.values[0] if hasattr(r, "values") else r).name for r in ROWS}
     assert len(names) == len(ROWS) >= 22
+    assert set(SUBPROCESS) | THROUGH_A_LIBRARY <= names  # no name there that is no row's
 
 
 # --- SIGTERM while a checkpoint is being written -----------------------------------------------------------
