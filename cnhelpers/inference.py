@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -27,20 +29,20 @@ def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None,
     GPU set-up. Progress bars are off unless ``progress_bar`` is True.
     """
     import diffusers
-    from diffusers import UniPCMultistepScheduler
 
-    if isinstance(controlnet, (list, tuple)):
-        nets = [load_controlnet(c, dtype) for c in controlnet]
-    else:
-        nets = load_controlnet(controlnet, dtype)
     folder = resolve_base(base)
     family = detect_family(folder)
+    if isinstance(controlnet, (list, tuple)):
+        nets = [load_controlnet(c, dtype, family.controlnet_class) for c in controlnet]
+    else:
+        nets = load_controlnet(controlnet, dtype, family.controlnet_class)
     pipeline = getattr(diffusers, family.pipeline_name).from_pretrained(
         folder, controlnet=nets, **family.pipeline_kwargs, **dtype_kwargs(dtype))
     for net in nets if isinstance(nets, list) else [nets]:
         family.check_controlnet_fits(net, getattr(pipeline, family.denoiser_name), pipeline.vae_scale_factor)
-    # UniPC: a multistep solver that gives good pictures in 20-25 steps (the PNDM default needs ~50).
-    pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
+    # The family's sampler: UniPC for the UNet families, a multistep solver that gives good pictures in 20-25 steps
+    # (the PNDM default needs ~50); flow matching's Euler for SD3 and Flux.
+    pipeline.scheduler = family.validation_scheduler(pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=not progress_bar)
     return pipeline.to(device) if device is not None else pipeline
 
@@ -68,11 +70,14 @@ def generate(pipeline, examples_or_prompts, conditions=None, seed: int = 0, batc
     negative_prompts = pipeline_kwargs.pop("negative_prompt", None)
     if isinstance(negative_prompts, str):  # the pipeline wants a list when the prompts are a list
         negative_prompts = [negative_prompts] * len(prompts)
+    # the conditioning images' keyword: SD3's and Flux's pipelines call it control_image
+    condition = "control_image" if "control_image" in inspect.signature(pipeline.__call__).parameters else "image"
     generators = image_generators(seed, len(prompts))
     images = []
     for start in range(0, len(prompts), batch_size):
         batch = slice(start, start + batch_size)
-        images += pipeline(prompts[batch], [list(c) if isinstance(c, tuple) else c for c in conditions[batch]],
+        images += pipeline(prompts[batch], **{condition: [list(c) if isinstance(c, tuple) else c
+                                                          for c in conditions[batch]]},
                            negative_prompt=None if negative_prompts is None else negative_prompts[batch],
                            generator=generators[batch], **pipeline_kwargs).images
     return images

@@ -154,10 +154,11 @@ def dtype_kwargs(dtype: torch.dtype | None) -> dict:
     return {} if dtype is None else {DTYPE_KEYWORD: dtype}
 
 
-def load_controlnet(name_or_path, dtype: torch.dtype | None = None):
-    """A ``ControlNetModel`` from a folder or hub id (a ControlNetModel passes through, cast to ``dtype``)."""
-    from diffusers import ControlNetModel
+def load_controlnet(name_or_path, dtype: torch.dtype | None = None, class_name: str = "ControlNetModel"):
+    """A ControlNet from a folder or hub id (a loaded model passes through, cast to ``dtype``). ``class_name`` is
+    the base family's ControlNet class by diffusers' name (``SD3ControlNetModel``, ``FluxControlNetModel``)."""
+    import diffusers
 
-    if isinstance(name_or_path, ControlNetModel):
+    if isinstance(name_or_path, torch.nn.Module):
         return name_or_path.to(dtype=dtype) if dtype is not None else name_or_path
-    return ControlNetModel.from_pretrained(resolve_controlnet(name_or_path), **dtype_kwargs(dtype))
+    return getattr(diffusers, class_name).from_pretrained(resolve_controlnet(name_or_path), **dtype_kwargs(dtype))

@@ -192,3 +192,12 @@ def test_sdxl_added_embedding_width():  # notebook 07
     assert checks.check_sdxl_added_embedding_width(namespace["my_answer"])
     assert not checks.check_sdxl_added_embedding_width(1280 + 256)  # one time id, not six
     assert not checks.check_sdxl_added_embedding_width(1280)  # the pooled text alone
+
+
+def test_residual_index():  # notebook 08
+    namespace = {}
+    exec(solution_of("08_diffusion_transformers.ipynb", "check_residual_index"), namespace)
+    assert checks.check_residual_index(namespace["my_sd3_answer"], namespace["my_flux_answer"])
+    assert not checks.check_residual_index(5, 5)  # Flux's rounded-up interval taken for SD3's too
+    assert not checks.check_residual_index(6, 6)  # SD3's fractional interval taken for Flux's too
+    assert not checks.check_residual_index(6, 7)  # 22 // 3: the interval rounded down

@@ -167,3 +167,36 @@ def gradient_flow_steps(unet, controlnet, inputs: dict, steps: int = 3, learning
         history.append(record)
         optimizer.step()
     return history
+
+
+def measured_residual_reuse(transformer, num_residuals: int, inputs: dict) -> list[int | None]:
+    """Which ControlNet residual each joint block of an SD3 ``transformer`` adds, measured: residual ``k`` is filled
+    with the value ``k + 1``, and what reaches the next layer minus what the block returned names the residual
+    (None: the block adds none). ``inputs`` are the transformer's keyword arguments (``hidden_states``,
+    ``timestep``, ``encoder_hidden_states``, ``pooled_projections``).
+
+    Notebook 08.
+    """
+    blocks = list(transformer.transformer_blocks)
+    consumers = blocks[1:] + [transformer.norm_out]
+    returned, received = {}, {}
+    hooks = [block.register_forward_hook(lambda m, a, out, i=i: returned.__setitem__(i, out[1].detach()))
+             for i, block in enumerate(blocks)]
+    hooks += [layer.register_forward_pre_hook(
+        lambda m, args, kwargs, i=i: received.__setitem__(i, (kwargs.get("hidden_states") if args == () else args[0])
+                                                         .detach()), with_kwargs=True)
+        for i, layer in enumerate(consumers)]
+    tokens = inputs["hidden_states"].shape[-1] // transformer.config.patch_size
+    shape = (inputs["hidden_states"].shape[0], tokens * tokens, transformer.inner_dim)
+    residuals = [torch.full(shape, float(k + 1)) for k in range(num_residuals)]
+    try:
+        with torch.no_grad():
+            transformer(**inputs, block_controlnet_hidden_states=residuals, return_dict=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found = []
+    for i in range(len(blocks)):
+        added = (received[i] - returned[i]).mean().item()
+        found.append(None if abs(added) < 1e-3 else round(added) - 1)
+    return found

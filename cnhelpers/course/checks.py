@@ -9,6 +9,7 @@ error, so Run All stays clean. The solutions sit in a collapsed cell below each 
 from __future__ import annotations
 
 import functools
+import math
 
 from ..data import conditioning_image_transforms
 from ..losses import min_snr_weights
@@ -367,4 +368,32 @@ def check_sdxl_added_embedding_width(answer, pooled_dim: int = 1280, addition_ti
         f"each number embedded) = {expected}.",
         f"You answered {answer}. The UNet concatenates the pooled text embedding ({pooled_dim} numbers) with "
         f"the sinusoidal embedding of each of the 6 add_time_ids ({addition_time_embed_dim} numbers each).",
+    )
+
+
+# --- notebook 08: ControlNet on a diffusion transformer ------------------------------------------------------------
+
+
+@exercise(answers=2, hint="SD3's transformer divides (blocks / residuals, a fraction) and rounds the quotient down; "
+                          "Flux's rounds the interval up first (ceil), then divides with //.")
+def check_residual_index(sd3_answer, flux_answer, num_blocks: int = 24, num_residuals: int = 7,
+                         block: int = 22) -> bool:
+    """Exercise: which ControlNet residual the transformer's block ``block`` (counted from 0) adds, of
+    ``num_residuals``, in a transformer of ``num_blocks`` blocks: by SD3's rule (``int(block / (blocks /
+    residuals))``, diffusers' ``SD3Transformer2DModel``) and by Flux's (``block // ceil(blocks / residuals)``,
+    ``FluxTransformer2DModel``).
+
+    Notebook 08.
+    """
+    sd3 = int(block / (num_blocks / num_residuals))
+    flux = block // math.ceil(num_blocks / num_residuals)
+    last = (num_blocks - 1) // math.ceil(num_blocks / num_residuals)
+    right = (int(sd3_answer), int(flux_answer)) == (sd3, flux)
+    return verdict(
+        right,
+        f"SD3: int({block} / ({num_blocks}/{num_residuals})) = {sd3}; Flux: {block} // ceil({num_blocks}/"
+        f"{num_residuals}) = {block} // {math.ceil(num_blocks / num_residuals)} = {flux}. Under Flux's rule even "
+        f"the last block gets residual {last}: {num_residuals - 1 - last} residual(s) reach no block.",
+        f"You answered SD3 {sd3_answer}, Flux {flux_answer}. SD3 spreads the residuals evenly (the interval "
+        f"{num_blocks}/{num_residuals} is a fraction); Flux rounds the interval up to a whole number of blocks.",
     )

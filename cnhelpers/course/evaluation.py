@@ -24,19 +24,19 @@ def _check_single(pipeline) -> None:
 
 
 def held_out_scores(pipeline, examples, seed: int, *, num_inference_steps: int = 20, guidance_scale: float = 7.5,
-                    batch_size: int = 8, runs=RUNS) -> dict[str, list[dict]]:
+                    batch_size: int = 8, runs=RUNS, **pipeline_kwargs) -> dict[str, list[dict]]:
     """Scores (:func:`cnhelpers.course.metrics.score_fill_image`) of each example, per run of ``runs`` (label, scale).
 
     Both runs of :data:`RUNS` use the same prompts and the same per-image seeds (``seed + i``), so the only
     difference is the ControlNet: "without" is ``controlnet_conditioning_scale=0``, which multiplies its
-    residuals by zero.
+    residuals by zero. ``pipeline_kwargs`` go to every pipeline call (SD3's and Flux's ``max_sequence_length``).
     """
     _check_single(pipeline)
     scores = {}
     for label, scale in runs:
         images = generate(pipeline, examples, seed=seed, controlnet_conditioning_scale=scale,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          batch_size=batch_size)
+                          batch_size=batch_size, **pipeline_kwargs)
         scores[label] = [score_fill_image(image, example["conditioning_image"], example["text"])
                          for image, example in zip(images, examples)]
     return scores
@@ -109,12 +109,16 @@ class CheckpointIoU:
     each checkpoint's weights are loaded into it. Set ``on_score`` to be told of each new score. ``device`` and
     ``dtype`` are where and in what precision it generates: the training device and precision (fp16 on a GPU),
     so that scoring an SD 1.5 checkpoint does not take a CPU minutes per image. ``resolution`` defaults to the
-    UNet's sample size.
+    UNet's sample size (give it for a transformer base). Any family's base works: the pipeline and the ControlNet's
+    class are the base's family's (:func:`cnhelpers.inference.load_controlnet_pipeline`).
     """
 
     def __init__(self, base, output_dir, n: int = 8, num_inference_steps: int = 10, seed: int = HELD_OUT_SEED,
-                 guidance_scale: float = 7.5, on_score=None, device=None, dtype=None, resolution: int | None = None):
+                 guidance_scale: float = 7.5, on_score=None, device=None, dtype=None, resolution: int | None = None,
+                 pipeline_kwargs: dict | None = None):
         self.base, self.output_dir, self.n = base, output_dir, n
+        #: Further keyword arguments of the pipeline call (SD3's and Flux's ``max_sequence_length``, as trained).
+        self.pipeline_kwargs = dict(pipeline_kwargs or {})
         self.device, self.dtype, self.resolution = device, dtype, resolution
         self.num_inference_steps, self.seed, self.guidance_scale = num_inference_steps, seed, guidance_scale
         self.on_score = on_score
@@ -125,17 +129,16 @@ class CheckpointIoU:
 
     def score(self, controlnet_folder) -> float:
         """Mean circle IoU of the ControlNet in ``controlnet_folder`` on the held-out outlines."""
-        from diffusers import ControlNetModel
-
-        controlnet = ControlNetModel.from_pretrained(controlnet_folder, **dtype_kwargs(self.dtype))
-        if self._pipeline is None:
-            self._pipeline = load_controlnet_pipeline(self.base, controlnet, dtype=self.dtype, device=self.device)
+        if self._pipeline is None:  # the base's family's pipeline, with its ControlNet class
+            self._pipeline = load_controlnet_pipeline(self.base, controlnet_folder, dtype=self.dtype,
+                                                      device=self.device)
             resolution = self.resolution or self._pipeline.unet.config.sample_size * self._pipeline.vae_scale_factor
             self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution)
         else:
+            controlnet = type(self._pipeline.controlnet).from_pretrained(controlnet_folder, **dtype_kwargs(self.dtype))
             self._pipeline.controlnet.load_state_dict(controlnet.state_dict())
         images = generate(self._pipeline, self._examples, seed=self.seed, guidance_scale=self.guidance_scale,
-                          num_inference_steps=self.num_inference_steps)
+                          num_inference_steps=self.num_inference_steps, **self.pipeline_kwargs)
         return float(np.mean([score_fill_image(image, example["conditioning_image"], example["text"])["iou"]
                               for image, example in zip(images, self._examples)]))
 

@@ -279,10 +279,11 @@ KIND_COLOURS = {"copied": "tab:blue", "changed": "tab:purple", "new_zero": "tab:
                 "new_unknown": "tab:orange", "unet_only": "lightgray"}
 
 
-def show_parameter_groups(rows, title: str = ""):
+def show_parameter_groups(rows, title: str = "", kind_labels: dict | None = None):
     """Horizontal bars: parameters per module, coloured by copied / new zero / new random / UNet only.
+    ``kind_labels`` replaces some kinds' legend text (notebook 08: "copied from the transformer").
 
-    Notebook 02.
+    Notebooks 02 and 08.
     """
     from matplotlib.patches import Patch
 
@@ -294,7 +295,8 @@ def show_parameter_groups(rows, title: str = ""):
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     kinds = list(dict.fromkeys(kind for _, kind, _ in rows))
-    ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=PARAMETER_KINDS[k]) for k in kinds], fontsize=8,
+    names = PARAMETER_KINDS | (kind_labels or {})
+    ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=names[k]) for k in kinds], fontsize=8,
               loc="lower right")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -728,3 +730,187 @@ class LiveLossPlot:
         draw_loss(self.ax, self.steps, self.losses, self.total_steps, self.smoothing)
         self.fig.tight_layout()
         self.picture.value = _png(self.fig)
+
+
+# --- notebook 08: ControlNet on a diffusion transformer ------------------------------------------------------------
+
+
+def show_patches(image, latents: torch.Tensor, patch_size: int, tokens: torch.Tensor):
+    """From picture to tokens: the picture with its patches outlined, one latent channel cut into
+    ``patch_size`` x ``patch_size`` patches, and the token sequence (one row per patch, its features across).
+
+    Notebook 08.
+    """
+    side = latents.shape[-1]
+    pixels_per_patch = np.asarray(image).shape[1] // (side // patch_size)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    _imshow(axes[0], image)
+    axes[0].set_title(f"picture {np.asarray(image).shape[1]} px\n(a patch: {pixels_per_patch} px)", fontsize=9)
+    axes[1].imshow(latents[0, 0].float().numpy(), cmap="gray", interpolation="nearest")
+    axes[1].set_title(f"latents {tuple(latents.shape[1:])}, channel 0\n{patch_size}x{patch_size} patches", fontsize=9)
+    for ax, step, limit in ((axes[0], pixels_per_patch, np.asarray(image).shape[1]), (axes[1], patch_size, side)):
+        for line in range(0, limit + 1, step):
+            ax.axhline(line - 0.5, color="tab:orange", lw=1)
+            ax.axvline(line - 0.5, color="tab:orange", lw=1)
+        _bare(ax)
+    rows = side // patch_size
+    for index in range(rows * rows):
+        r, c = divmod(index, rows)
+        axes[1].text(c * patch_size + patch_size / 2 - 0.5, r * patch_size + patch_size / 2 - 0.5, str(index),
+                     color="tab:orange", ha="center", va="center", fontsize=8)
+    axes[2].imshow(tokens[0].float().numpy(), cmap="coolwarm", aspect="auto", interpolation="nearest")
+    axes[2].set(xlabel=f"features ({tokens.shape[-1]})", ylabel=f"token (patch index, {tokens.shape[1]})")
+    axes[2].set_title("the image tokens the transformer reads", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def residual_for_block(block: int, num_blocks: int, num_residuals: int, rule: str) -> int | None:
+    """Which ControlNet residual the transformer's block ``block`` adds, as diffusers' transformers pick it:
+    ``"sd3"``: ``int(block / (num_blocks / num_residuals))`` (SD3Transformer2DModel), and none for the last block,
+    which returns no text (``context_pre_only``); ``"flux"``: ``block // ceil(num_blocks / num_residuals)``
+    (FluxTransformer2DModel, double and single blocks alike).
+
+    Notebook 08.
+    """
+    if rule == "sd3":
+        return None if block == num_blocks - 1 else int(block / (num_blocks / num_residuals))
+    if rule == "flux":
+        return block // int(np.ceil(num_blocks / num_residuals))
+    raise ValueError(f"rule {rule!r}: 'sd3' or 'flux'")
+
+
+def show_residual_reuse(cases):
+    """Each case ``(title, num_blocks, num_residuals, rule)`` drawn as a row: the ControlNet's residuals (top) and the
+    transformer's blocks (bottom), a line from each block to the residual it adds (:func:`residual_for_block`);
+    a residual that no block adds is drawn hatched.
+
+    Notebook 08.
+    """
+    fig, axes = plt.subplots(len(cases), 1, figsize=(10, 1.6 * len(cases)), squeeze=False)
+    for ax, (title, num_blocks, num_residuals, rule) in zip(axes[:, 0], cases):
+        used = {residual_for_block(b, num_blocks, num_residuals, rule) for b in range(num_blocks)} - {None}
+        width = max(num_blocks, num_residuals)
+        block_x = np.linspace(0, width - 1, num_blocks)
+        residual_x = np.linspace(0, width - 1, num_residuals)
+        for b, x in enumerate(block_x):
+            r = residual_for_block(b, num_blocks, num_residuals, rule)
+            if r is None:  # a block that adds no residual
+                ax.add_patch(plt.Rectangle((x - 0.4, -0.35), 0.8, 0.35, color="lightgray"))
+                continue
+            ax.plot([residual_x[r], x], [1, 0], color=f"C{r % 10}", lw=1.2)
+            ax.add_patch(plt.Rectangle((x - 0.4, -0.35), 0.8, 0.35, color=f"C{r % 10}", alpha=0.5))
+        for r, x in enumerate(residual_x):
+            ax.add_patch(plt.Rectangle((x - 0.4, 1), 0.8, 0.35, color=f"C{r % 10}", alpha=0.9 if r in used else 0.2,
+                                       hatch=None if r in used else "//"))
+            ax.text(x, 1.17, str(r), ha="center", va="center", fontsize=7)
+        ax.set(xlim=(-0.8, width - 0.2), ylim=(-0.5, 1.5))
+        ax.set_yticks([-0.17, 1.17], ["blocks", "residuals"], fontsize=8)
+        ax.set_xticks([])
+        unused = num_residuals - len(used)
+        ax.set_title(f"{title}: {num_blocks} blocks, {num_residuals} residuals ({rule} rule)"
+                     + (f", {unused} never added" if unused else ""), fontsize=9)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def show_noise_paths(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, fractions=(0, .25, .5, .75, 1)):
+    """The forward processes side by side on one picture ``x0`` (``(3, H, W)`` in [-1, 1]) and one ``noise``: DDPM's
+    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` at timesteps ``fraction * (T - 1)`` (top row), flow
+    matching's ``x_t = (1 - sigma) x0 + sigma noise`` at ``sigma = fraction`` (middle row), and the two pairs of
+    coefficients over the path (bottom): a curve for DDPM, straight lines for flow matching.
+
+    Notebook 08.
+    """
+    steps = len(alphas_cumprod)
+    fig = plt.figure(figsize=(10, 6.2))
+    grid = fig.add_gridspec(3, len(fractions), height_ratios=[1, 1, 1.3])
+    for c, fraction in enumerate(fractions):
+        t = round(fraction * (steps - 1))
+        abar = alphas_cumprod[t]
+        rows = ((abar.sqrt() * x0 + (1 - abar).sqrt() * noise, f"DDPM t={t}\n√ᾱ={abar.sqrt():.2f}"),
+                ((1 - fraction) * x0 + fraction * noise, f"flow σ={fraction:.2f}"))
+        for r, (picture, label) in enumerate(rows):
+            ax = fig.add_subplot(grid[r, c])
+            _imshow(ax, to_picture(picture.clamp(-1, 1)))
+            ax.set_title(label, fontsize=8)
+            _bare(ax)
+    ax = fig.add_subplot(grid[2, :])
+    position = np.linspace(0, 1, steps)
+    ax.plot(position, alphas_cumprod.sqrt().numpy(), color="C0", label="DDPM: signal √ᾱ_t")
+    ax.plot(position, (1 - alphas_cumprod).sqrt().numpy(), color="C0", ls="--", label="DDPM: noise √(1-ᾱ_t)")
+    ax.plot(position, 1 - position, color="C3", label="flow: signal 1-σ")
+    ax.plot(position, position, color="C3", ls="--", label="flow: noise σ")
+    ax.set(xlabel="position on the path (t / T, or σ)", ylabel="coefficient")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_timestep_densities(draws: dict, sigmas: dict, bins: int = 50):
+    """Left: histograms of ``u`` per weighting scheme (``draws``: name -> samples in [0, 1], as
+    ``compute_density_for_timestep_sampling`` draws them). Right: the noise levels ``sigma`` those draws become
+    through the training scheduler's schedule (``sigmas``: name -> samples).
+
+    Notebook 08.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, samples, label in ((axes[0], draws, "u (the density's draw)"), (axes[1], sigmas, "σ (the noise level)")):
+        for i, (name, values) in enumerate(samples.items()):
+            ax.hist(np.asarray(values), bins=bins, range=(0, 1), density=True, histtype="step", lw=1.5, color=f"C{i}",
+                    label=name)
+        ax.set(xlabel=label, ylabel="density", xlim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_packing(latents: torch.Tensor, packed: torch.Tensor):
+    """Flux's packing on a real tensor: the ``(C, H, W)`` latents with their 2x2 squares numbered, and the packed
+    ``(H/2 * W/2, 4C)`` tokens, each row one square's four pixels of every channel.
+
+    Notebook 08.
+    """
+    channels, height, width = latents.shape[1:]
+    fig, axes = plt.subplots(1, channels + 1, figsize=(10, 2.8),
+                             gridspec_kw={"width_ratios": [1] * channels + [2]})
+    for c in range(channels):
+        ax = axes[c]
+        ax.imshow(latents[0, c].float().numpy(), cmap="gray", interpolation="nearest")
+        for line in range(0, height + 1, 2):
+            ax.axhline(line - 0.5, color="tab:orange", lw=0.8)
+            ax.axvline(line - 0.5, color="tab:orange", lw=0.8)
+        if c == 0:
+            for index in range((height // 2) * (width // 2)):
+                r, col = divmod(index, width // 2)
+                ax.text(2 * col + 0.5, 2 * r + 0.5, str(index), color="tab:orange", ha="center", va="center", fontsize=7)
+        ax.set_title(f"channel {c}\n{height}x{width}", fontsize=8)
+        _bare(ax)
+    axes[-1].imshow(packed[0].float().numpy(), cmap="gray", aspect="auto", interpolation="nearest")
+    axes[-1].set(xlabel=f"features: {channels} channels x 2x2 = {packed.shape[-1]}",
+                 ylabel=f"token ({packed.shape[1]})")
+    axes[-1].set_title("packed: one token per 2x2 square", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_iou_by_scale(scales, ious: dict, title: str = ""):
+    """Mean held-out circle IoU at each ControlNet conditioning scale, one line per run (``ious``: label -> values).
+
+    Notebook 08.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, values in ious.items():
+        ax.plot(scales, values, "o-", label=label)
+    ax.set(xlabel="controlnet_conditioning_scale", ylabel="circle IoU (held-out)", ylim=(0, 1))
+    ax.axvline(0.7, color="gray", ls="--", lw=1)
+    ax.text(0.71, 0.92, "0.7: upstream's\nvalidation", fontsize=7, color="gray", va="top")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
