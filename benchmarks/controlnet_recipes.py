@@ -5,7 +5,9 @@ recipe), as JSON. Each is trained for the profile's steps into ``build/controlne
 folder already holds a ControlNet), then its final ControlNet scores, with UniPC, 20 steps and the profile's guidance,
 64 outlines drawn anywhere in the frame from two seeds: the course's held-out seed (notebook 06's set) and a second
 one, so that a variant is not chosen on the set that reports it. Scores are split as
-``cnhelpers.course.metrics.iou_breakdown`` does.
+``cnhelpers.course.metrics.iou_breakdown`` does. Each training's wall time is printed beside the CPU seconds of this
+process (``time.process_time``: on a shared machine the wall time also counts other people's work) and the steps
+per second, so that recipes can be compared for time to control as well as final IoU.
 
     python benchmarks/controlnet_recipes.py --variant 'constant-1e-3={"lr_scheduler": "constant", "learning_rate": 1e-3}' \
         --variant 'cosine-2e-3={"lr_scheduler": "cosine", "learning_rate": 2e-3}' --out build/recipes.json
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
                         help="a variant: its name and the flags it overrides, e.g. 'seed-1={\"seed\": 1}'")
     parser.add_argument("--base", type=Path, default=Path("cnhelpers/assets/tiny-sd"))
     parser.add_argument("-n", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (quality, not time, is measured)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 for timings comparable with a notebook kernel on a busy machine)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     variants = [parse_variant(text) for text in args.variant]
@@ -70,9 +72,12 @@ def main(argv=None) -> int:
         output_dir = build_dir() / "controlnet-recipes" / name
         row = {"overrides": overrides}
         if not (output_dir / "diffusion_pytorch_model.safetensors").exists():
-            start = time.perf_counter()
-            train(course_training_args(profile, args.base, output_dir, **overrides))
+            start, cpu_start = time.perf_counter(), time.process_time()
+            result = train(course_training_args(profile, args.base, output_dir, **overrides))
             row["train_seconds"] = round(time.perf_counter() - start, 1)
+            row["train_cpu_seconds"] = round(time.process_time() - cpu_start, 1)
+            row["steps"] = result.global_step
+            row["steps_per_second_wall"] = round(result.global_step / row["train_seconds"], 2)
         pipeline = load_controlnet_pipeline(args.base, ControlNetModel.from_pretrained(output_dir))
         for label, seed in (("held-out (notebook 06)", HELD_OUT_SEED), ("second set", SELECTION_SEED)):
             row[label] = score(pipeline, seed, args.n, profile.guidance_scale)

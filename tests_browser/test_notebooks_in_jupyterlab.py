@@ -4,7 +4,8 @@ For each notebook: open it, clear its outputs, then Kernel > Restart Kernel and 
 dialog). When the kernel is done: every code cell ran; no error output and no error on stderr; every widget is
 rendered live (no text fallback such as ``VBox(...)``, no "Error displaying widget"); every image loaded; and
 moving each slider to an end of its range changes the pictures its cell shows (their pixels, not just their
-addresses). Then the notebook is saved, the page reloaded (the kernel keeps running), and the widget, image and
+addresses); and on each drawing canvas (notebook 06's), a closed stroke drawn with mouse events changes its cell's
+picture and its score line. Then the notebook is saved, the page reloaded (the kernel keeps running), and the widget, image and
 slider checks run again.
 
 A notebook's problems are collected and reported together, each naming the cell (its index in the notebook,
@@ -14,6 +15,7 @@ counted from 0, and its ``In [n]``) and what failed. Screenshots of each noteboo
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -260,6 +262,42 @@ def slider_problems(page, cells: list[dict], stem: str) -> list[str]:
     return problems
 
 
+#: The drawing widget's canvas (cnhelpers.course.drawing).
+CANVAS = "canvas.cn-outline-canvas"
+
+
+def canvas_problems(page, cells: list[dict], stem: str) -> list[str]:
+    """On every drawing canvas, draw a closed stroke with the mouse (press, a circle in the upper left, release);
+    the cell's picture and its score line (the last label) must change. Screenshot: ``<stem>-cell<index>-drawn.png``."""
+    problems = []
+    for cell in cells:
+        cell_node = page.locator(f".jp-NotebookPanel:not(.lm-mod-hidden) [data-cell-index='{cell['index']}']")
+        canvas = cell_node.locator(CANVAS)
+        if canvas.count() == 0:
+            continue
+        canvas.first.scroll_into_view_if_needed()
+        box = canvas.first.bounding_box()
+        label = cell_node.locator(".widget-label").last
+        before, score = pictures(page, cell["index"]), label.inner_text().strip()
+        cx, cy, r = box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"], 0.18 * box["width"]
+        page.mouse.move(cx + r, cy)
+        page.mouse.down()
+        for k in range(1, 25):
+            page.mouse.move(cx + r * math.cos(2 * math.pi * k / 24), cy + r * math.sin(2 * math.pi * k / 24))
+        page.mouse.up()
+        changed = wait_for_new_pictures(page, cell["index"], before)
+        wait_until_idle(page)
+        drawn = label.inner_text().strip()
+        cell_node.screenshot(path=str(SCREENSHOTS / f"{stem}-cell{cell['index']}-drawn.png"))
+        print(f"  {cell_label(cell)} canvas: a stroke drawn, picture {'changed' if changed else 'UNCHANGED'}, "
+              f"score {score!r} -> {drawn!r}")
+        if not changed:
+            problems.append(f"{cell_label(cell)}: drawing a stroke on the canvas did not change its cell's picture")
+        if drawn == score:
+            problems.append(f"{cell_label(cell)}: drawing a stroke on the canvas did not change its score ({score!r})")
+    return problems
+
+
 def wait_until_idle(page, timeout: float = FIGURE_TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and kernel_status(page) != "idle":
@@ -316,6 +354,8 @@ def test_notebook_runs_with_live_widgets_in_jupyterlab(lab, browser, name):
         problems += render_problems(cells)
         phase = "moving the sliders"
         problems += slider_problems(page, cells, f"{stem}-run-all")
+        phase = "drawing on the canvas"
+        problems += canvas_problems(page, cells, f"{stem}-run-all")
         screenshot_notebook(page, f"{stem}-run-all")
 
         phase = "saving and reloading"

@@ -1,5 +1,6 @@
 """The course's training recipe, written once: the flags of notebook 03's run for a profile, and the command
-line that trains the same ControlNet (:func:`cnhelpers.course.controlnet.ensure_controlnet` trains it when missing).
+line that trains the same ControlNet (notebook 03 runs it; the ControlNet shipped in ``cnhelpers/assets/tiny-controlnet`` was
+trained with it).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from ..config import training_args
 from ..paths import build_dir, shown_path
-from .fill import ensure_fill_dataset, fill_dataset_path
+from .fill import ensure_fill_dataset, fill_dataset_path, fill_example
 from .profiles import Profile, get_profile
 
 #: What the course adds to a profile's batch size, learning rate and steps: Min-SNR γ = 5 (the paper's
@@ -86,4 +87,31 @@ def how_to_make_controlnet(path: str | Path, profile: Profile | None = None) -> 
         profile.num_generated_examples, profile.resolution))}
     flags = course_flags(profile, base, path, **data)
     return (f"Make it by running notebook 03 (03_training_loop.ipynb), or from a shell:\n  {command_line(flags)}\n"
-            "(cnhelpers.course.controlnet.ensure_controlnet() trains a short run by itself).")
+            "(cnhelpers.course.controlnet.ensure_controlnet(path=..., max_train_steps=N) trains a run N steps long).")
+
+
+#: The seed of notebook 03's validation outlines: notebook 06's held-out seed, which the training data never uses.
+VALIDATION_SEED = 10_000
+
+
+def notebook_run_args(profile: Profile, base, output_dir, steps: int, seed: int = 0, validations: int = 4,
+                      checkpoints: int = 10):
+    """The flags of notebook 03's main run: the course's recipe for ``steps`` steps, plus its plumbing.
+
+    That is: ``checkpoints`` checkpoints over the run (the newest two kept), ``validations`` validation rounds
+    (two held-out outlines, whose PNGs are written to ``output_dir``'s sibling ``validation-outlines/``, three
+    images each) and TensorBoard logs.
+    """
+    outline_dir = Path(output_dir).parent / "validation-outlines"
+    outline_dir.mkdir(parents=True, exist_ok=True)
+    prompts, images = [], []
+    for index in range(2):
+        example = fill_example(seed=VALIDATION_SEED, index=index, resolution=profile.resolution)
+        example["conditioning_image"].save(outline_dir / f"outline-{index}.png")
+        prompts.append(example["text"])
+        images.append(outline_dir / f"outline-{index}.png")
+    return course_training_args(profile, base, output_dir, max_train_steps=steps, seed=seed,
+                                checkpointing_steps=max(steps // checkpoints, 1), checkpoints_total_limit=2,
+                                validation_prompt=prompts, validation_image=images, num_validation_images=3,
+                                validation_steps=max(steps // validations, 1), report_to="tensorboard")
+
