@@ -17,6 +17,8 @@ BIN_COLAB := $(CURDIR)/$(VENV_COLAB)/bin
 STAMP_COLAB := $(VENV_COLAB)/.installed
 # make test-browser: Playwright (requirements-browser.txt) in .venv, driving Debian's Chromium.
 STAMP_BROWSER := $(VENV)/.installed-browser
+# make slides: reveal.js's files, from PyPI's sphinx-revealjs (requirements-slides.txt), installed --no-deps into .venv.
+STAMP_SLIDES := $(VENV)/.installed-slides
 CHROMIUM := /usr/bin/chromium
 # The venv's tools come first, so the notebooks' "python3" kernel is the venv's Python.
 export PATH := $(BIN):$(PATH)
@@ -29,7 +31,7 @@ export JUPYTER_PATH := $(JUPYTER_KERNELS)$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
 KERNEL_SPEC_FLAX := $(VENV_FLAX)/share/jupyter/kernels/$(KERNEL_FLAX)/kernel.json
 
-.PHONY: setup setup-flax setup-colab setup-browser chromium course test test-python test-notebooks test-real-paths test-flax test-flax-python test-flax-notebook test-colab test-colab-python test-colab-notebooks test-browser outputs lab clean help
+.PHONY: setup setup-flax setup-colab setup-browser chromium course slides test test-python test-notebooks test-real-paths test-flax test-flax-python test-flax-notebook test-colab test-colab-python test-colab-notebooks test-browser outputs lab clean help
 
 help:
 	@echo "make setup    create .venv with the pinned stack and the '$(KERNEL)' Jupyter kernel"
@@ -41,7 +43,8 @@ help:
 	@echo "make test-real-paths  notebooks 00, 01, 03, 06 on sd15 and 07 on sdxl, small, from a loopback Hub (part of make test)"
 	@echo "make test-colab  the tests marked colab and nbval (05 aside) with Colab's library versions, in .venv-colab (part of make test)"
 	@echo "make test-browser  notebooks 00-03 and 06 in JupyterLab, driven in headless Chromium: errors, live widgets, sliders (part of make test)"
-	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs"
+	@echo "make outputs  re-execute the notebooks in place, refreshing their stored outputs (and their runtime notes)"
+	@echo "make slides   a reveal.js deck per notebook into build/slides/ (cells chosen by slideshow metadata), offline"
 	@echo "make lab      open JupyterLab on notebooks/"
 
 # .ci/run installs .venv and .venv-flax at once: their editable installs of this folder take turns (flock).
@@ -90,11 +93,15 @@ $(STAMP_COLAB): $(STAMP) constraints-colab.txt pyproject.toml requirements.txt .
 	  if [ -n "$$unneeded" ]; then $(BIN_COLAB)/python -m pip uninstall -q -y $$unneeded; fi
 	touch $(STAMP_COLAB)
 
-setup-browser: $(STAMP_BROWSER) chromium
+setup-browser: $(STAMP_BROWSER) $(STAMP_SLIDES) chromium
 
 $(STAMP_BROWSER): $(STAMP) requirements-browser.txt
 	$(BIN)/python -m pip install -q -r requirements-browser.txt
 	touch $(STAMP_BROWSER)
+
+$(STAMP_SLIDES): $(STAMP) requirements-slides.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-slides.txt
+	touch $(STAMP_SLIDES)
 
 # Debian's Chromium, when it is not there yet (sudo unless root). Playwright's own browser download is never used.
 chromium:
@@ -107,6 +114,10 @@ course: setup setup-flax
 
 outputs: setup setup-flax
 	$(BIN)/python -m cnhelpers.course.runner --in-place
+
+# A reveal.js deck per notebook that has slideshow metadata, with reveal.js beside them: open build/slides/*.html.
+slides: setup $(STAMP_SLIDES)
+	$(BIN)/python -m cnhelpers.course.slides --out build/slides
 
 # make test: every set-up and test leg, TEST_JOBS (2) at a time, each on one torch thread, each after the legs it
 # needs (.ci/schedule.py: the legs listed first start first, so the longest chain leads: the notebooks on the

@@ -28,7 +28,7 @@ LAYERS = (
     ("speed", "config", "optim", "cache", "checkpoints", "consistency", "outputs", "loading", "course.recipes"),
     ("training", "inference"),
     ("course.controlnet", "course.evaluation", "course.anatomy", "course.memory"),
-    ("train", "make_dataset", "course.plots", "course.drawing", "course.checks", "course.runner", "course.colab", "course.pretrain_base",
+    ("train", "make_dataset", "course.plots", "course.drawing", "course.checks", "course.runner", "course.slides", "course.colab", "course.pretrain_base",
      "course.flax_training"),
 )
 

@@ -28,9 +28,12 @@ PARAMETER_KINDS = {
     "changed": "in both, values differ",
     "new_zero": "new, zero-initialised",
     "new": "new, random init",
-    "new_unknown": "new (meta device: no values)",
     "unet_only": "UNet only (decoder)",
 }
+
+
+#: What ``ControlNetModel.__init__`` zero-initialises, by parameter name: the zero convolutions.
+ZERO_INITIALISED = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out.")
 
 
 def copied_and_new_parameters(unet, controlnet) -> dict[str, list[str]]:
@@ -43,7 +46,9 @@ def copied_and_new_parameters(unet, controlnet) -> dict[str, list[str]]:
     - ``unet_only``: in the UNet but not the ControlNet (its decoder half: up blocks, output layers).
 
     On the meta device values cannot be compared: names in both count as ``copied`` (what ``from_unet``
-    copies), and names only in the ControlNet as ``new_unknown``.
+    copies), and names only in the ControlNet are sorted by name into what ``ControlNetModel.__init__``
+    zero-initialises (:data:`ZERO_INITIALISED`) and the rest (``tests/test_controlnet_init.py`` checks on a real
+    ControlNet that the names and the values agree).
     """
     unet_params = dict(unet.named_parameters())
     result: dict[str, list[str]] = {kind: [] for kind in PARAMETER_KINDS}
@@ -53,7 +58,8 @@ def copied_and_new_parameters(unet, controlnet) -> dict[str, list[str]]:
             same = param.is_meta or other.is_meta or (param.shape == other.shape and torch.equal(param, other))
             result["copied" if same else "changed"].append(name)
         else:
-            result["new_unknown" if param.is_meta else "new_zero" if _is_zero(param) else "new"].append(name)
+            zero = name.startswith(ZERO_INITIALISED) if param.is_meta else _is_zero(param)
+            result["new_zero" if zero else "new"].append(name)
     controlnet_names = {name for name, _ in controlnet.named_parameters()}
     result["unet_only"] = [name for name in unet_params if name not in controlnet_names]
     return result
@@ -141,6 +147,17 @@ GRADIENT_GROUPS = {
 }
 
 
+def gradient_norms(controlnet) -> dict[str, float]:
+    """The norm of the gradient that reached each of :data:`GRADIENT_GROUPS` (0.0: none), after ``backward()``.
+
+    Notebook 02 (its three AdamW steps, written out)."""
+    norms = {}
+    for group, belongs in GRADIENT_GROUPS.items():
+        grads = [p.grad for n, p in controlnet.named_parameters() if belongs(n) and p.grad is not None]
+        norms[group] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))) if grads else 0.0
+    return norms
+
+
 def gradient_flow_steps(unet, controlnet, inputs: dict, steps: int = 3, learning_rate: float = 1e-4) -> list[dict]:
     """Train a copy of ``controlnet`` for a few AdamW steps on one batch and record, before each step,
     the loss, the largest residual and the gradient norm of each of :data:`GRADIENT_GROUPS`.
@@ -159,12 +176,9 @@ def gradient_flow_steps(unet, controlnet, inputs: dict, steps: int = 3, learning
         loss = torch.nn.functional.mse_loss(prediction.float(), inputs["target"].float())
         optimizer.zero_grad()
         loss.backward()
-        record = {"step": step, "loss": loss.item(),
-                  "max_residual": max(float(r.detach().abs().max()) for r in (*down, mid))}
-        for group, belongs in GRADIENT_GROUPS.items():
-            grads = [p.grad for n, p in controlnet.named_parameters() if belongs(n) and p.grad is not None]
-            record[group] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))) if grads else 0.0
-        history.append(record)
+        history.append({"step": step, "loss": loss.item(),
+                        "max_residual": max(float(r.detach().abs().max()) for r in (*down, mid)),
+                        **gradient_norms(controlnet)})
         optimizer.step()
     return history
 

@@ -103,7 +103,8 @@ def show_examples(dataset, n: int = 4, columns=("conditioning_image", "image"), 
             _imshow(axes[line][col], row[column])
             axes[line][col].set_xticks([])
             axes[line][col].set_yticks([])
-        axes[0][col].set_title(textwrap.fill(str(row[title_column]), round(tile * 20)), fontsize=7)
+        # About 12 characters of 7-point text to an inch of tile: a caption wraps before it reaches its neighbour's.
+        axes[0][col].set_title(textwrap.fill(str(row[title_column]), max(12, int(tile * 12))), fontsize=7)
     for line, column in enumerate(columns):
         axes[line][0].set_ylabel(column, fontsize=9)
     fig.tight_layout()
@@ -276,7 +277,7 @@ def canny_threshold_widget(image, low_threshold: int = 100, high_threshold: int 
 
 #: Colours of the parameter kinds of :func:`cnhelpers.course.anatomy.parameter_groups`.
 KIND_COLOURS = {"copied": "tab:blue", "changed": "tab:purple", "new_zero": "tab:red", "new": "tab:orange",
-                "new_unknown": "tab:orange", "unet_only": "lightgray"}
+                "unet_only": "lightgray"}
 
 
 def show_parameter_groups(rows, title: str = "", kind_labels: dict | None = None):
@@ -391,8 +392,11 @@ def draw_controlnet(controlnet, resolution: int, title: str = "", vae_factor: in
     shapes = residual_shapes(controlnet, resolution, vae_factor)
     levels = len(controlnet.config.block_out_channels)
     per_level = [controlnet.config.layers_per_block + (level < levels - 1) + (level == 0) for level in range(levels)]
-    fig, ax = plt.subplots(figsize=(10, 1.05 * (levels + 2) + 0.7))
-    ax.set_xlim(0, 9.8)
+    # Each level's zero convolutions are labelled in a column of their own, right of the drawing, where no arrow
+    # runs (labels between the rows were crossed by the vertical arrows).
+    label_x = 9.75
+    fig, ax = plt.subplots(figsize=(12.6, 1.05 * (levels + 2) + 0.7))
+    ax.set_xlim(0, 12.6)
     ax.set_ylim(-levels - 1.9, 1.25)
     ax.axis("off")
 
@@ -425,8 +429,8 @@ def draw_controlnet(controlnet, resolution: int, title: str = "", vae_factor: in
         first += len(group)
         counted = " + ".join(f"{n} x {shape}" for shape, n in Counter(group).items())
         ax.add_patch(Rectangle((zero_x, y - 0.12), 0.3, 0.24, facecolor="tab:red", edgecolor="black"))
-        ax.text(zero_x + 0.15, y + 0.43, f"{len(group)} zero conv{'s' if len(group) > 1 else ''}: {counted}",
-                fontsize=7, color="tab:red", ha="center")
+        ax.text(label_x, y, f"{len(group)} zero conv{'s' if len(group) > 1 else ''}:\n{counted}",
+                fontsize=7.5, color="tab:red", ha="left", va="center")
         arrow((copy_x + w, y), (zero_x, y), "tab:red")
         arrow((zero_x + 0.3, y), (up_x, y), "tab:red")
         arrow((down_x, y - 0.15), (up_x + w, y - 0.15), "gray")  # the UNet's own skip connections
@@ -438,13 +442,13 @@ def draw_controlnet(controlnet, resolution: int, title: str = "", vae_factor: in
     box(copy_x, y, w, "trainable copy\nmid block", "tab:orange")
     box(up_x, y, down_x + w - up_x, "locked UNet mid block", "tab:blue")
     ax.add_patch(Rectangle((zero_x, y - 0.12), 0.3, 0.24, facecolor="tab:red", edgecolor="black"))
-    ax.text(zero_x + 0.15, y + 0.43, f"1 zero conv: {shapes[-1]}", fontsize=7, color="tab:red", ha="center")
+    ax.text(label_x, y, f"1 zero conv:\n{shapes[-1]}", fontsize=7.5, color="tab:red", ha="left", va="center")
     arrow((copy_x + w, y), (zero_x, y), "tab:red")
     arrow((zero_x + 0.3, y), (up_x, y), "tab:red")
     arrow((copy_x + w / 2, y + 0.67), (copy_x + w / 2, y + 0.33))
     arrow((down_x + w / 2, y + 0.67), (down_x + w / 2, y + 0.33))
     arrow((up_x + w / 2, y + 0.33), (up_x + w / 2, y + 0.67))
-    ax.text(4.9, 1.12, title or f"ControlNet: {len(shapes)} residuals at {resolution} px", ha="center", fontsize=10)
+    ax.text(6.3, 1.12, title or f"ControlNet: {len(shapes)} residuals at {resolution} px", ha="center", fontsize=10)
     ax.text(0.1, y - 0.8, f"{len(shapes)} residuals. Orange: trained. Blue: frozen. Red: zero convolutions, which "
             "start at zero, so the UNet starts unchanged. Grey: the UNet's own skip connections.", fontsize=7.5)
     return fig

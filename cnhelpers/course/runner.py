@@ -6,14 +6,21 @@ notebook says how long it took and whether it passed, or which cell failed and w
 The executed copy keeps each widget's *static form* instead of the widget (:func:`static_widget_outputs`): a
 stored notebook has no kernel, so its widgets can never come alive again, and every viewer (a code host,
 JupyterLab without a kernel, ``jupyter nbconvert --to html`` offline) then shows what the widget showed at the
-end of the run: a progress bar's last line, a slider's value, its picture.
+end of the run: a slider's value, its picture. Progress bars are dropped (:func:`drop_progress_bars`): a finished
+bar says nothing a reader needs, and its timings are one machine's noise.
+
+``--in-place`` (``make outputs``) also records how long each notebook took in ``notebooks/runtimes.json`` and
+writes that one measurement into the notebook's ``**Runtime.**`` line and its row of ``notebooks/README.md``
+(:func:`sync_runtime_notes`), so the three never disagree (``tests/test_notebook_notes.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import html
+import json
 import re
 import sys
 import time
@@ -22,7 +29,8 @@ from pathlib import Path
 from .widgets import WIDGET_VIEW
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-_BLOCKS = " ▏▎▍▌▋▊▉█"
+#: A progress bar's text: tqdm's ``42%|████      | 42/100``, its rate, its ``[00:01<00:02`` times.
+PROGRESS_BAR = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+|\d+(?:\.\d+)?\s*(?:it/s|s/it)\b|\[\d+:\d+<[\d:?]+")
 
 
 def course_notebooks(folder: Path) -> list[Path]:
@@ -47,17 +55,9 @@ def _plain(markup: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", markup or "")).replace("\u200b", "").strip()
 
 
-def _bar_text(left: str, progress: dict, right: str) -> str:
-    """tqdm's text line from its notebook widget: ``Steps: 100%|██████████| 1200/1200 [03:56<00:00, ...]``."""
-    maximum = progress["state"].get("max") or 1
-    eighths = round(8 * 10 * min(max(progress["state"].get("value", 0) / maximum, 0), 1))
-    bar = "█" * (eighths // 8) + (_BLOCKS[eighths % 8] if eighths % 8 else "")
-    return f"{html.unescape(left)}|{bar:<10}|{html.unescape(right)}".replace("\u2007", " ").strip()
-
-
 def widget_static_form(model_id: str, state: dict) -> dict:
     """What the widget ``model_id`` showed at the end of the run, as a mime bundle, from the widget ``state``
-    nbclient saved: a tqdm bar's last text line; a slider's ``description: value``; an HTML or Label widget's
+    nbclient saved: nothing for a tqdm bar; a slider's ``description: value``; an HTML or Label widget's
     text; a box's parts, one per line; its picture (``image/png``) when it holds exactly one PNG Image widget.
     An empty dict when the state does not have the widget."""
     if model_id not in state:
@@ -69,9 +69,8 @@ def widget_static_form(model_id: str, state: dict) -> dict:
         children = _children(state, model)
         kinds = [child["model_name"] for child in children]
         if name == "HBoxModel" and len(kinds) == 3 and kinds[0] == kinds[2] == "HTMLModel" \
-                and kinds[1] in ("FloatProgressModel", "IntProgressModel"):  # a tqdm bar
-            lines.append(_bar_text(children[0]["state"].get("value", ""), children[1],
-                                   children[2]["state"].get("value", "")))
+                and kinds[1] in ("FloatProgressModel", "IntProgressModel"):  # a tqdm bar: nothing to keep
+            return
         elif children:
             for child in children:
                 visit(child)
@@ -110,10 +109,40 @@ def static_widget_outputs(nb) -> int:
                 continue
             static = {k: v for k, v in data.items() if k != WIDGET_VIEW}
             if not any(k.startswith("image/") for k in static):
-                static.update(widget_static_form(data[WIDGET_VIEW].get("model_id", ""), state))
+                form = widget_static_form(data[WIDGET_VIEW].get("model_id", ""), state)
+                static = form or {k: v for k, v in static.items() if not PROGRESS_BAR.search(str(v))}
             output["data"] = static
             changed += 1
     nb.metadata.pop("widgets", None)
+    drop_progress_bars(nb)
+    return changed
+
+
+def drop_progress_bars(nb) -> int:
+    """Remove progress-bar text from ``nb``'s outputs (a tqdm line written to a stream, a bar's text form) and
+    the outputs left empty; returns how many outputs were removed or shortened."""
+    changed = 0
+    for cell in nb.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                text = "".join(output.get("text", ""))
+                lines = [line for line in re.split(r"(?<=\n)", text) if not PROGRESS_BAR.search(line)]
+                lines = [line.rsplit("\r", 1)[-1] for line in lines]
+                if "".join(lines) != text:
+                    changed += 1
+                    output["text"] = "".join(lines)
+                if not output["text"].strip():
+                    continue
+            elif "data" in output:
+                data = output["data"]
+                if not data or (set(data) <= {"text/plain", "text/html"}
+                                and all(PROGRESS_BAR.search("".join(v)) for v in data.values())):
+                    changed += 1
+                    continue
+            kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
     return changed
 
 
@@ -201,6 +230,78 @@ def run_notebook(path: Path, out_path: Path, timeout: int = 1800) -> tuple[bool,
     return passed, seconds, message
 
 
+#: Where ``--in-place`` records each notebook's run time (in the notebooks' folder, committed with them).
+RUNTIMES = "runtimes.json"
+RUNTIME_LINE = re.compile(r"^\*\*Runtime\.\*\*.*$", re.M)
+#: A notebook's row of notebooks/README.md's table, its last cell: ``| about 10 s ... |``.
+README_RUNTIME = re.compile(r"(\|\s*)about [\d.,]+ (?:s|min)\b")
+
+
+def runtime_phrase(seconds: float) -> str:
+    """A run time as the course's notes give it: to 5 s under a minute, to half a minute under ten, else minutes."""
+    if seconds < 57.5:
+        return f"{max(5, 5 * round(seconds / 5))} s"
+    minutes = seconds / 60
+    return f"{round(minutes * 2) / 2:g} min" if minutes < 9.75 else f"{round(minutes)} min"
+
+
+def runtime_line(entry: dict) -> str:
+    """A notebook's ``**Runtime.**`` line, from its entry of ``runtimes.json``."""
+    return (f"**Runtime.** About {runtime_phrase(entry['seconds'])} on a 2-core CPU with the `tiny` profile "
+            f"(`make outputs`, {entry['date']}; every notebook's: `notebooks/{RUNTIMES}`).")
+
+
+def read_runtimes(folder: Path) -> dict:
+    path = Path(folder) / RUNTIMES
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_runtime(folder: Path, name: str, seconds: float, date: str | None = None) -> dict:
+    """Record ``name``'s run time in ``folder``/runtimes.json (read again just before writing: another run may
+    have recorded its own); returns the entry."""
+    entry = {"seconds": round(seconds, 1), "date": date or datetime.datetime.now(datetime.UTC).date().isoformat()}
+    runtimes = read_runtimes(folder)
+    runtimes[name] = entry
+    (Path(folder) / RUNTIMES).write_text(json.dumps(dict(sorted(runtimes.items())), indent=1) + "\n")
+    return entry
+
+
+def sync_runtime_notes(folder: Path, names=None) -> list[str]:
+    """Write each recorded run time (of ``names``, else all) into its notebook's ``**Runtime.**`` line and its row
+    of ``folder``/README.md; returns what changed. A notebook without such a line, or a README without its row,
+    is left as it is (the test names it)."""
+    import nbformat
+
+    runtimes, changed = read_runtimes(folder), []
+    readme = Path(folder) / "README.md"
+    table = readme.read_text() if readme.exists() else ""
+    for name, entry in runtimes.items():
+        path = Path(folder) / name
+        if (names is not None and name not in names) or not path.exists():
+            continue
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and RUNTIME_LINE.search(cell.source):
+                source = RUNTIME_LINE.sub(lambda _: runtime_line(entry), cell.source, count=1)
+                if source != cell.source:
+                    cell.source = source
+                    nbformat.write(nb, path)
+                    changed.append(name)
+                break
+        rows = table.splitlines(keepends=True)
+        for index, row in enumerate(rows):
+            if row.startswith("|") and f"]({name})" in row:
+                cells = row.rstrip("\n").split("|")
+                cells[-2] = README_RUNTIME.sub(lambda m: f"{m[1]}about {runtime_phrase(entry['seconds'])}",
+                                               "|" + cells[-2], count=1)[1:]
+                rows[index] = "|".join(cells) + ("\n" if row.endswith("\n") else "")
+        if "".join(rows) != table:
+            table = "".join(rows)
+            readme.write_text(table)
+            changed.append(f"README.md ({name})")
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="folder of the notebooks")
@@ -222,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         passed, seconds, message = run_notebook(path, out_path, args.timeout)
         failures += not passed and not message.startswith("skipped")
         print(f"{path.name:<32} {seconds:7.1f} s  {message}", flush=True)
+        if passed and args.in_place:  # the stored outputs and the runtime notes come from this one run
+            record_runtime(args.notebooks, path.name, seconds)
+            sync_runtime_notes(args.notebooks, [path.name])
     print(f"{len(notebooks)} notebooks, {failures} failed, {time.perf_counter() - total:.0f} s in all"
           + ("" if args.in_place else f"; executed copies in {args.out}/"))
     return 1 if failures else 0
