@@ -12,7 +12,8 @@ only downward (``tests/test_package_layers.py`` checks both; README.md's table g
    downsampling), ``families`` (which family a base is; ``families.family``, ``families.sd``, ``families.sdxl``:
    what each knows); ``course.fill`` (the generated fill data), ``course.held_out`` (held-out outlines),
    ``course.metrics`` (scoring pixels), ``course.tiny_bases`` (the tiny base, SD 1.5's architecture),
-   ``course.tiny_sdxl`` (the tiny SDXL base), ``course.widgets`` (widgets with a static form);
+   ``course.tiny_sdxl`` (the tiny SDXL base), ``course.widgets`` (widgets with a static form),
+   ``course.own_walkthrough`` (notebook 09's pictures and commands);
 2. ``speed`` (channels-last, torch.compile), ``config`` (train_controlnet.py's flags), ``optim``, ``cache``,
    ``checkpoints``, ``consistency`` (ControlNet++'s controllability), ``outputs`` (validation, final save, model
    card, log), ``loading`` (models to train);

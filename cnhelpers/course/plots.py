@@ -918,3 +918,64 @@ def plot_iou_by_scale(scales, ious: dict, title: str = ""):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --- notebook 09: your own ControlNet ------------------------------------------------------------------------------
+
+
+def read_consistency_log(log_path) -> tuple[list[int], list[float]]:
+    """The ``(steps, scores)`` of the consistency lines of a run's ``train_log.jsonl`` (``--validation_condition``).
+
+    Notebook 09.
+    """
+    import json
+
+    steps, scores = [], []
+    with open(log_path) as log:
+        for line in log:
+            record = json.loads(line)
+            if "consistency" in record:
+                steps.append(record["step"])
+                scores.append(record["consistency"])
+    return steps, scores
+
+
+def plot_consistency_curve(log_path, without: float | None = None, title: str = "", ax=None):
+    """The consistency score at each validation of a run, read from its ``train_log.jsonl``; ``without``: the score
+    of the same pictures drawn without the ControlNet (conditioning scale 0), a dashed line.
+
+    Notebook 09.
+    """
+    steps, scores = read_consistency_log(log_path)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, scores, "o-", label="with the ControlNet (each validation)")
+    if without is not None:
+        ax.axhline(without, color="grey", linestyle="--", label="without it (conditioning scale 0)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("consistency (silhouette IoU)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.figure.tight_layout()
+    return ax
+
+
+def plot_benchmark_curves(rows: list[dict], title: str = "", baseline: float | None = None, x_label: str = "steps",
+                          x=None, ax=None):
+    """Held-out circle IoU against steps (or ``x(row)``), one curve per row of a ``benchmarks/fill_curves.py`` result
+    (``name``, ``steps``, ``iou``); ``baseline``: the base alone, dotted.
+
+    Notebook 09.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 3.8))
+    for row in rows:
+        ax.plot(x(row) if x else row["steps"], row["iou"], marker="o", markersize=3, label=row["name"])
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle=":", label="base alone (no ControlNet)")
+    ax.set(title=title, xlabel=x_label, ylabel="held-out circle IoU", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.figure.tight_layout()
+    return ax

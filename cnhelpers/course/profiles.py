@@ -52,6 +52,9 @@ class Profile:
     #: Steps of notebook 03's default run (``make course``): all of ``max_train_steps`` on the tiny profile, a
     #: short run that shows the loop working on the GPU profiles (set MAX_TRAIN_STEPS for the full run).
     course_train_steps: int = 0
+    #: Steps of notebook 09's run on your own data set (the CLI, a few CPU minutes on the tiny profile); 0 on the GPU
+    #: profiles, whose run notebook 09 shows without running it.
+    own_data_train_steps: int = 0
     #: Steps of each of notebook 08's runs on the tiny SD3 and Flux bases (``make outputs``; CI runs fewer through
     #: ``CN_PROFILE_OVERRIDES``); 0 on the GPU profiles, which notebook 08 does not train.
     transformer_train_steps: int = 0
@@ -76,6 +79,7 @@ PROFILES: dict[str, Profile] = {
         num_generated_examples=2048,
         guidance_scale=3.0,
         course_train_steps=1200,
+        own_data_train_steps=400,
         transformer_train_steps=200,
     ),
     "sd15": Profile(
