@@ -162,26 +162,100 @@ def draw_circle(circle: Circle, resolution: int) -> tuple[Image.Image, Image.Ima
     return image, conditioning
 
 
-def fill_example(seed: int, index: int, resolution: int, placement: str = "course") -> dict:
+#: The fill world's condition types (:func:`fill_condition`): what a ControlNet can be told about the circle.
+FILL_CONDITIONS = ("outline", "mask", "depth", "scribble", "keypoints", "canny")
+
+
+def _white_on_black(mask: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.repeat((np.asarray(mask, np.float64) * 255).round().astype(np.uint8)[..., None], 3, 2))
+
+
+def _distance_from_centre(circle: Circle, resolution: int) -> np.ndarray:
+    """Each pixel centre's distance from the circle's centre, in units of its radius."""
+    y, x = (np.mgrid[0:resolution, 0:resolution] + 0.5) / resolution
+    return np.hypot(x - circle.cx, y - circle.cy) / circle.radius
+
+
+def fill_condition(circle: Circle, resolution: int, condition: str = "outline", *, seed: int = 0,
+                   index: int = 0) -> Image.Image:
+    """The conditioning picture of ``circle`` for a condition type of :data:`FILL_CONDITIONS` (RGB, ``resolution``
+    square): what each kind of ControlNet is told about the circle.
+
+    - ``outline``: the thin white circle on black (fill50k's condition; :func:`draw_circle`).
+    - ``mask``: the filled disc, white on black (a segmentation mask).
+    - ``depth``: a depth-like map, the height of a dome over the disc, ``sqrt(1 - (d/r)^2)`` with ``d`` the
+      distance from the centre (near is bright, as MiDaS-style depth maps draw it); black outside.
+    - ``scribble``: a partial, jittered outline, as a hand would draw it: an arc over 55-85 % of the circle,
+      its radius wobbling by up to about 6 %, a stroke twice the outline's; seeded by ``(seed, index)``.
+    - ``keypoints``: two dots, the centre (red) and one point of the rim (green), as pose key points are drawn;
+      the rim point's angle is seeded and chosen inside the frame where one is.
+    - ``canny``: canny edges of the target picture (:func:`cnhelpers.own_data.canny_conditioning`), the
+      condition a user extracts from their own photos.
+    """
+    if condition not in FILL_CONDITIONS:
+        raise ValueError(f"Unknown fill condition {condition!r}: choose one of {', '.join(FILL_CONDITIONS)}")
+    image, outline = draw_circle(circle, resolution)
+    if condition == "outline":
+        return outline
+    if condition == "canny":
+        from ..own_data import canny_conditioning
+
+        return canny_conditioning(image)
+    distance = _distance_from_centre(circle, resolution)
+    if condition == "mask":
+        return _white_on_black(distance <= 1)
+    if condition == "depth":
+        return _white_on_black(np.sqrt(np.clip(1 - distance ** 2, 0, 1)))
+    rng = np.random.default_rng([seed, index, 2])  # a stream apart from the circles' own
+    if condition == "scribble":
+        start, extent = rng.uniform(0, 2 * np.pi), rng.uniform(0.55, 0.85) * 2 * np.pi
+        angles = np.linspace(start, start + extent, 180)
+        phases, amplitudes = rng.uniform(0, 2 * np.pi, 3), rng.uniform(0.01, 0.02, 3)
+        wobble = 1 + sum(a * np.sin(k * angles + p) for k, a, p in zip((2, 3, 5), amplitudes, phases))
+        radius = circle.radius * wobble * resolution
+        points = np.column_stack([circle.cx * resolution + radius * np.cos(angles),
+                                  circle.cy * resolution + radius * np.sin(angles)])
+        picture = Image.new("RGB", (resolution, resolution), (0, 0, 0))
+        ImageDraw.Draw(picture).line([tuple(p) for p in points], fill=(255, 255, 255),
+                                     width=2 * outline_width(resolution))
+        return picture
+    # keypoints
+    angles = rng.uniform(0, 2 * np.pi, 16)
+    rims = [(circle.cx + circle.radius * np.cos(a), circle.cy + circle.radius * np.sin(a)) for a in angles]
+    rim = next((p for p in rims if 0 <= p[0] < 1 and 0 <= p[1] < 1), rims[0])
+    dot = max(1.5, resolution / 32)
+    picture = Image.new("RGB", (resolution, resolution), (0, 0, 0))
+    draw = ImageDraw.Draw(picture)
+    for (x, y), colour in (((circle.cx, circle.cy), (255, 0, 0)), (rim, (0, 255, 0))):
+        draw.ellipse([x * resolution - dot, y * resolution - dot, x * resolution + dot, y * resolution + dot],
+                     fill=colour)
+    return picture
+
+
+def fill_example(seed: int, index: int, resolution: int, placement: str = "course", condition: str = "outline") -> dict:
     """One example as a dict with the fill50k columns (PIL images and the caption); ``placement`` as in
-    :func:`placed_circle`."""
+    :func:`placed_circle`, ``condition`` (the conditioning image's type) as in :func:`fill_condition`."""
     circle = placed_circle(seed, index, placement)
     image, conditioning = draw_circle(circle, resolution)
+    if condition != "outline":
+        conditioning = fill_condition(circle, resolution, condition, seed=seed, index=index)
     return {"image": image, "conditioning_image": conditioning, "text": circle.text}
 
 
-def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int, seed: int = 0) -> Path:
+def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int, seed: int = 0,
+                           condition: str = "outline") -> Path:
     """Write a generated fill data set as an imagefolder that ``datasets.load_dataset(path)`` reads.
 
     Layout: ``images/NNNNN.png``, ``conditioning_images/NNNNN.png`` and ``metadata.jsonl`` with the keys
-    ``file_name``, ``conditioning_image_file_name`` and ``text``.
+    ``file_name``, ``conditioning_image_file_name`` and ``text``. ``condition``: the conditioning images' type
+    (:func:`fill_condition`; the outline by default).
     """
     check_resolution(resolution)
     with staged_folder(path) as tmp, open(tmp / "metadata.jsonl", "w") as metadata:
         (tmp / "images").mkdir()
         (tmp / "conditioning_images").mkdir()
         for index in range(num_examples):
-            example = fill_example(seed, index, resolution)
+            example = fill_example(seed, index, resolution, condition=condition)
             name = f"{index:05d}.png"
             example["image"].save(tmp / "images" / name)
             example["conditioning_image"].save(tmp / "conditioning_images" / name)
@@ -191,7 +265,7 @@ def write_fill_imagefolder(path: str | Path, num_examples: int, resolution: int,
                 "text": example["text"],
             }
             metadata.write(json.dumps(row) + "\n")
-        (tmp / GENERATOR_FILE).write_text(json.dumps(generator_signature()))
+        (tmp / GENERATOR_FILE).write_text(json.dumps(generator_signature(condition)))
     return Path(path)
 
 
@@ -222,32 +296,37 @@ def write_fill50k_raw(path: str | Path, num_examples: int, resolution: int, seed
     return Path(path)
 
 
-def fill_dataset_path(num_examples: int, resolution: int, seed: int = 0) -> Path:
-    """Where :func:`ensure_fill_dataset` keeps a generated data set: ``build/fill-{res}px-{n}-seed{seed}``."""
-    return build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}"
+def fill_dataset_path(num_examples: int, resolution: int, seed: int = 0, condition: str = "outline") -> Path:
+    """Where :func:`ensure_fill_dataset` keeps a generated data set: ``build/fill-{res}px-{n}-seed{seed}``, with
+    ``-{condition}`` after it for a condition other than the outline."""
+    suffix = "" if condition == "outline" else f"-{condition}"
+    return build_dir() / f"fill-{resolution}px-{num_examples}-seed{seed}{suffix}"
 
 
-def generator_signature() -> dict:
-    """What decides the generated circles: a data set written under another signature is out of date."""
-    return {"radius_range": list(RADIUS_RANGE), "border_cut_share": BORDER_CUT_SHARE,
-            "inside_margin": INSIDE_MARGIN, "min_overhang": MIN_OVERHANG}
+def generator_signature(condition: str = "outline") -> dict:
+    """What decides the generated circles (and, for a condition other than the outline, its name): a data set
+    written under another signature is out of date."""
+    signature = {"radius_range": list(RADIUS_RANGE), "border_cut_share": BORDER_CUT_SHARE,
+                 "inside_margin": INSIDE_MARGIN, "min_overhang": MIN_OVERHANG}
+    return signature if condition == "outline" else signature | {"condition": condition}
 
 
 #: The file in a generated data set's folder that records :func:`generator_signature`.
 GENERATOR_FILE = "generator.json"
 
 
-def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0) -> Path:
-    """Generate the tiny profile's data set under the build folder once; return its path.
+def ensure_fill_dataset(num_examples: int, resolution: int, seed: int = 0, condition: str = "outline") -> Path:
+    """Generate the tiny profile's data set (its conditioning images of type ``condition``, :func:`fill_condition`)
+    under the build folder once; return its path.
 
     A folder written by another version of the generator (its ``generator.json`` differs, or is missing) is
     written again, so a build folder kept from an older course never trains on out-of-date circles.
     """
-    path = fill_dataset_path(num_examples, resolution, seed)
+    path = fill_dataset_path(num_examples, resolution, seed, condition)
     recorded = path / GENERATOR_FILE
-    current = recorded.is_file() and json.loads(recorded.read_text()) == generator_signature()
+    current = recorded.is_file() and json.loads(recorded.read_text()) == generator_signature(condition)
     if not (path / "metadata.jsonl").is_file() or not current:
-        write_fill_imagefolder(path, num_examples, resolution, seed)
+        write_fill_imagefolder(path, num_examples, resolution, seed, condition)
     return path
 
 
