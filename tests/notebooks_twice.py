@@ -1,6 +1,7 @@
 """Each notebook doubled, for nbval: Run All twice in one fresh kernel, both runs against the stored outputs.
 
     python tests/notebooks_twice.py --out build/twice [--skip 05_] [--only NAME] [notebooks/]   (make test-notebooks)
+    python tests/notebooks_twice.py --once --short --out build/colab-notebooks --skip 05_   (make test-colab-notebooks)
 
 A learner runs a notebook again without restarting: a second Run All must not find the first one's
 checkpoints and resume, skip work because a variable exists, or print other figures. This writes each
@@ -11,12 +12,17 @@ outputs (a fresh kernel, as every CI run did before), and the second run, in the
 against the same outputs. nbval names a failing cell by its index among the code cells: an index past the
 notebook's own count of code cells is the second run's.
 
-The second run is there for what the first one leaves in the kernel, so it is left out where nothing is left
+The second run is there for what the first one leaves in the kernel and in ``build/`` (the second copy runs in the
+same folder, so it meets the first one's outputs, checkpoints and data), so it is left out where nothing is left
 that a second run could meet (``RUN_ONCE``, each with its reason; such a notebook is written once, as it is),
 and it runs at a smaller size where the notebook has a knob for it (``SHORT_RUN``: values for the second copy's
 ``parameters`` cell; the first copy keeps the stored run's). Every other notebook, a new one included, is
-doubled whole. The files a run writes are met again by the next leg's run of the same notebook in the same
-``build/`` (make test-colab after make test-notebooks), in a fresh kernel.
+doubled whole.
+
+``--once --short`` writes each notebook once, with the ``SHORT_RUN`` values in its ``parameters`` cell: Colab's
+leg runs those (its own build folder, so it need not wait for this leg), because what it checks is that each
+notebook's code runs and prints the same on Colab's library versions, which the short run shows as well as the
+stored one (the doubled notebooks' second copies pass against the same stored outputs).
 
 ``checked_outputs`` gives the text of the checked cells (tagged ``nbval-check-output``), as nbval compares
 them, to compare two copies of a notebook by hand (for instance before and after ``make outputs``).
@@ -39,9 +45,6 @@ SECOND_RUN_MARKER = "## Second Run All, in the same kernel (tests/notebooks_twic
 
 #: Notebooks run once, and why a second Run All in the same kernel cannot meet anything of the first.
 RUN_ONCE = {
-    "00_setup": "its cells read the profile, the base and the data into fresh objects; what they write (the base's "
-                "copy, the data, accelerate's config, the raw demo) is only read again by a later run, as the next "
-                "leg's run of it does",
     "04b_measuring_memory": "its measuring runs in a process of its own (benchmarks/memory_ladder.py), and the "
                             "kernel only reads that run's JSON and the committed results",
 }
@@ -113,7 +116,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the doubled notebooks (emptied first)")
     parser.add_argument("--only", default="", help="only notebooks whose name contains this")
     parser.add_argument("--skip", action="append", default=[], help="leave out notebooks whose name contains this")
+    parser.add_argument("--once", action="store_true", help="write each notebook once, not doubled")
+    parser.add_argument("--short", action="store_true",
+                        help="with --once: the SHORT_RUN values in each notebook's parameters cell")
     args = parser.parse_args(argv)
+    if args.short and not args.once:
+        parser.error("--short goes with --once (a doubled notebook's second copy is already short)")
     paths = [p for p in sorted(args.folder.glob("[0-9][0-9]*_*.ipynb"))
              if args.only in p.name and not any(s in p.name for s in args.skip)]
     if not paths:
@@ -125,10 +133,17 @@ def main(argv=None) -> int:
         stale.unlink()
     for path in paths:
         nb = nbformat.read(path, as_version=4)
-        if path.stem not in RUN_ONCE:
+        if args.once:
+            if args.short and path.stem in SHORT_RUN:
+                set_parameters(nb, SHORT_RUN[path.stem], "tests/notebooks_twice.py --short")
+        elif path.stem not in RUN_ONCE:
             nb = doubled(nb, SHORT_RUN.get(path.stem))
         nbformat.validate(nb)
         nbformat.write(nb, args.out / path.name)
+    if args.once:
+        short = [p.stem for p in paths if args.short and p.stem in SHORT_RUN]
+        print(f"{len(paths)} notebooks into {args.out}, once each; short: {', '.join(short) or 'none'}")
+        return 0
     twice = [p.stem + (" (short second run)" if p.stem in SHORT_RUN else "") for p in paths if p.stem not in RUN_ONCE]
     once = [p.stem for p in paths if p.stem in RUN_ONCE]
     print(f"{len(paths)} notebooks into {args.out}: doubled {', '.join(twice) or 'none'}; "

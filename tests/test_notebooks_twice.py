@@ -99,3 +99,21 @@ def test_a_notebook_run_once_is_written_as_it_is_and_the_others_doubled_with_the
             assert f"{name} = {value!r}" in second, (path.name, name)
         if path.stem not in SHORT_RUN:
             assert second == first, path.name
+
+
+def test_once_short_writes_each_notebook_once_with_its_short_values_and_short_needs_once(tmp_path, capsys):
+    assert main([str(NOTEBOOKS), "--out", str(tmp_path), "--skip", "05_", "--once", "--short"]) == 0
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb")):
+        if path.stem.startswith("05_"):
+            continue
+        stored, written = (nbformat.read(p, as_version=4) for p in (path, tmp_path / path.name))
+        assert len(written.cells) == len(stored.cells), path.name
+        changed = [i for i, (a, b) in enumerate(zip(stored.cells, written.cells)) if a.source != b.source]
+        if path.stem in SHORT_RUN:
+            assert all(f"{n} = {v!r}" in parameters_source(written)[0] for n, v in SHORT_RUN[path.stem].items())
+            assert len(changed) == 1, path.name  # the parameters cell, nothing else
+        else:
+            assert not changed, path.name
+    with pytest.raises(SystemExit):
+        main([str(NOTEBOOKS), "--out", str(tmp_path), "--short"])
+    assert "--short goes with --once" in capsys.readouterr().err
