@@ -330,7 +330,10 @@ def check_min_snr_loss(loss_fn) -> bool:
 # --- notebook 06: inference and control fidelity -------------------------------------------------------------------
 
 
-@exercise(answers=1, hint='IoU = intersection / union of two equal discs one radius apart.')
+@exercise(answers=1, hint='make two boolean masks on a fine grid (y, x = np.mgrid[0:400, 0:400]; a disc is '
+                            '(x - cx)**2 + (y - cy)**2 <= r**2 with r = 100), the second centred r further along x, and '
+                            'pass both to mask_iou; or on paper, the lens two discs share, centres d apart, has area '
+                            '2r²·acos(d/2r) − (d/2)·√(4r² − d²), and the union is both discs minus that lens.')
 def check_shifted_disc_iou(answer: float) -> bool:
     """Exercise: the IoU of two equal discs whose centres are one radius apart.
 
