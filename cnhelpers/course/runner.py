@@ -259,7 +259,10 @@ def read_runtimes(folder: Path) -> dict:
 def record_runtime(folder: Path, name: str, seconds: float, date: str | None = None) -> dict:
     """Record ``name``'s run time in ``folder``/runtimes.json (read again just before writing: another run may
     have recorded its own); returns the entry."""
-    entry = {"seconds": round(seconds, 1), "date": date or datetime.datetime.now(datetime.UTC).date().isoformat()}
+    import os
+
+    entry = {"seconds": round(seconds, 1), "date": date or datetime.datetime.now(datetime.UTC).date().isoformat(),
+             "load": round(os.getloadavg()[0], 1)}  # the machine's 1-minute load then: a busy machine's wall times run long
     runtimes = read_runtimes(folder)
     runtimes[name] = entry
     (Path(folder) / RUNTIMES).write_text(json.dumps(dict(sorted(runtimes.items())), indent=1) + "\n")
