@@ -332,7 +332,10 @@ def check_min_snr_loss(loss_fn) -> bool:
 # --- notebook 06: inference and control fidelity -------------------------------------------------------------------
 
 
-@exercise(answers=1, hint='IoU = intersection / union of two equal discs one radius apart.')
+@exercise(answers=1, hint='make two boolean masks on a fine grid (y, x = np.mgrid[0:400, 0:400]; a disc is '
+                            '(x - cx)**2 + (y - cy)**2 <= r**2 with r = 100), the second centred r further along x, and '
+                            'pass both to mask_iou; or on paper, the lens two discs share, centres d apart, has area '
+                            '2r²·acos(d/2r) − (d/2)·√(4r² − d²), and the union is both discs minus that lens.')
 def check_shifted_disc_iou(answer: float) -> bool:
     """Exercise: the IoU of two equal discs whose centres are one radius apart.
 
@@ -399,3 +402,70 @@ def check_residual_index(sd3_answer, flux_answer, num_blocks: int = 24, num_resi
         f"You answered SD3 {sd3_answer}, Flux {flux_answer}. SD3 spreads the residuals evenly (the interval "
         f"{num_blocks}/{num_residuals} is a fraction); Flux rounds the interval up to a whole number of blocks.",
     )
+
+
+# --- notebook 09: your own ControlNet ------------------------------------------------------------------------------
+
+#: The words a knob prediction takes, and how far apart two scores must be to count as higher or lower.
+KNOB_PREDICTIONS = ("higher", "lower", "about the same")
+KNOB_TOLERANCE = 0.05
+
+
+def knob_outcome(baseline: float, changed: float, tolerance: float = KNOB_TOLERANCE) -> str:
+    """``higher``, ``lower`` or ``about the same``: the changed run's last score against the baseline's.
+
+    Notebook 09.
+    """
+    if changed > baseline + tolerance:
+        return "higher"
+    if changed < baseline - tolerance:
+        return "lower"
+    return "about the same"
+
+
+@exercise(answers=1, hint='predict before you run: "higher", "lower" or "about the same" than the run above, and set '
+                          'MY_KNOB to one flag and its new value, e.g. ("learning_rate", 2e-4).')
+def check_knob_prediction(prediction, baseline: float, changed: float, tolerance: float = KNOB_TOLERANCE) -> bool:
+    """Whether ``prediction`` (one of :data:`KNOB_PREDICTIONS`) says how the changed run's last consistency score
+    ``changed`` compares with the baseline run's ``baseline`` (within ``tolerance`` is "about the same").
+
+    Notebook 09.
+    """
+    if prediction not in KNOB_PREDICTIONS:
+        raise ValueError(f"say one of {', '.join(map(repr, KNOB_PREDICTIONS))}, not {prediction!r}")
+    outcome = knob_outcome(baseline, changed, tolerance)
+    measured = f"the run above ended at {baseline:.2f}, yours at {changed:.2f}: {outcome}"
+    return verdict(prediction == outcome, f"As measured, {measured}.",
+                   f"You predicted {prediction!r}, but {measured}. Why? Read the sweep above again.")
+
+
+#: Two conditions whose final IoUs are closer than this count as tied in :func:`check_condition_ranking`.
+RANKING_TIE = 0.05
+
+
+def final_scores(rows: list[dict]) -> dict[str, float]:
+    """Each condition's IoU at its last checkpoint, from the rows of a ``benchmarks/condition_types.py`` result.
+
+    Notebook 09.
+    """
+    return {row["condition"]: row["iou"][-1] for row in rows}
+
+
+@exercise(answers=1, hint='list the six condition types from the one that controls the circle best to the worst, as '
+                          'strings: "outline", "mask", "depth", "scribble", "keypoints", "canny".')
+def check_condition_ranking(ranking, scores: dict[str, float], tie: float = RANKING_TIE) -> bool:
+    """Whether ``ranking`` (condition names, best first) agrees with the measured final ``scores``: no condition is
+    placed above one that scored more than ``tie`` higher.
+
+    Notebook 09.
+    """
+    ranking = list(ranking)
+    if sorted(ranking) != sorted(scores):
+        raise ValueError(f"rank each of {', '.join(sorted(scores))} exactly once")
+    wrong = [(a, b) for i, a in enumerate(ranking) for b in ranking[i + 1:] if scores[b] > scores[a] + tie]
+    if not wrong:
+        measured = sorted(scores, key=scores.get, reverse=True)
+        return verdict(True, f"The measured order is {', '.join(measured)}: read why below.", "")
+    above, below = wrong[0]
+    return verdict(False, "", f"{len(wrong)} pairs are the wrong way round, for instance {above!r} above {below!r}: "
+                              "think about how much of the circle each condition pins down, and try again.")
