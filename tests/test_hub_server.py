@@ -6,6 +6,7 @@ folder: huggingface_hub reads both at import, so a fresh process is the supporte
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -283,3 +284,34 @@ def test_the_server_runs_as_a_script_and_writes_its_port(hub_server, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_local_hub_logs_the_client_in_and_refuses_a_client_imported_before_it(tmp_path):
+    """Notebook 09's stand-in for huggingface.co: local_hub() points the client at an empty Hub as user learner,
+    and, started after huggingface_hub was imported (its endpoint read at import), says to restart the kernel."""
+    code = """
+import json, os
+from cnhelpers.course.hub_server import local_hub
+hub = local_hub()
+from huggingface_hub import HfApi, constants
+user = HfApi().whoami()["name"]
+HfApi().create_repo("learner/a-repo")
+same = local_hub() is hub
+constants.ENDPOINT = "https://huggingface.co"  # as if imported before local_hub() set HF_ENDPOINT
+try:
+    local_hub()
+    refusal = None
+except RuntimeError as error:
+    refusal = str(error)
+print(json.dumps({"user": user, "same": same, "endpoint": os.environ["HF_ENDPOINT"], "refusal": refusal,
+                  "repos": sorted(p.name for p in (hub.root / "models" / "learner").iterdir())}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["user"] == "learner" and result["same"] and result["repos"] == ["a-repo"]
+    assert result["endpoint"].startswith("http://127.0.0.1:")
+    assert result["refusal"].startswith("huggingface_hub was imported before the local Hub started")
+    assert "restart the kernel" in result["refusal"]
