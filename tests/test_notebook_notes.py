@@ -20,7 +20,8 @@ import nbformat
 import pytest
 
 from cnhelpers.course.runner import (PROGRESS_BAR, README_RUNTIME, RUNTIME_LINE, course_notebooks, drop_progress_bars,
-                                     read_runtimes, record_runtime, runtime_line, runtime_phrase, sync_runtime_notes)
+                                     read_runtimes, readme_phrase, record_runtime, runtime_line, runtime_phrase,
+                                     sync_runtime_notes)
 
 pytestmark = pytest.mark.not_colab(reason="reads the stored notebooks' JSON; no library behaviour")
 
@@ -54,7 +55,7 @@ def test_runtime_notes_are_the_one_recorded_measurement(path):
     row = _readme_row(path.name)
     assert row, f"{path.name} has no row in notebooks/README.md's table"
     last = row.rstrip().rstrip("|").split("|")[-1].strip()
-    assert last.startswith(f"about {runtime_phrase(entry['seconds'])}"), (path.name, last, entry)
+    assert last.startswith(readme_phrase(entry)), (path.name, last, entry)
 
 
 def test_the_runner_writes_one_measurement_into_the_header_and_the_readme(tmp_path):
@@ -63,12 +64,19 @@ def test_the_runner_writes_one_measurement_into_the_header_and_the_readme(tmp_pa
     nbformat.write(nb, tmp_path / "09_new.ipynb")
     (tmp_path / "README.md").write_text("| notebook | runs in |\n| --- | --- |\n"
                                         "| [09 · New](09_new.ipynb) | about 1 min (the long cell) |\n")
-    record_runtime(tmp_path, "09_new.ipynb", 23.4, date="2026-12-05")
+    record_runtime(tmp_path, "09_new.ipynb", 23.4, date="2026-12-05", cpu_seconds=21.0, load=0.5, cores=2)
     assert sync_runtime_notes(tmp_path) == ["09_new.ipynb", "README.md (09_new.ipynb)"]
     source = nbformat.read(tmp_path / "09_new.ipynb", as_version=4).cells[0].source
     assert "**Runtime.** About 25 s on a 2-core CPU" in source and "2026-12-05" in source and "Objectives." in source
+    assert "busy" not in source
     assert "| about 25 s (the long cell) |" in (tmp_path / "README.md").read_text()
     assert sync_runtime_notes(tmp_path) == []  # written once
+    # measured again on a busy machine: both notes say so, with the CPU time the notebook took
+    record_runtime(tmp_path, "09_new.ipynb", 700, date="2026-12-06", cpu_seconds=21.0, load=19.6, cores=2)
+    sync_runtime_notes(tmp_path)
+    source = nbformat.read(tmp_path / "09_new.ipynb", as_version=4).cells[0].source
+    assert "About 12 min" in source and "busy machine (load 19.6 on 2 cores)" in source and "about 20 s" in source
+    assert "| about 12 min (busy machine) (the long cell) |" in (tmp_path / "README.md").read_text()
     assert [runtime_phrase(s) for s in (3, 57, 58, 89, 274, 700)] == ["5 s", "55 s", "1 min", "1.5 min", "4.5 min",
                                                                       "12 min"]
     assert README_RUNTIME.search("| about 10 s |")

@@ -245,10 +245,24 @@ def runtime_phrase(seconds: float) -> str:
     return f"{round(minutes * 2) / 2:g} min" if minutes < 9.75 else f"{round(minutes)} min"
 
 
+def busy(entry: dict) -> bool:
+    """Whether the machine was busier than its cores when the entry was measured (its wall time then runs long)."""
+    return entry.get("load", 0) > entry.get("cores", 2)
+
+
 def runtime_line(entry: dict) -> str:
     """A notebook's ``**Runtime.**`` line, from its entry of ``runtimes.json``."""
-    return (f"**Runtime.** About {runtime_phrase(entry['seconds'])} on a 2-core CPU with the `tiny` profile "
+    line = (f"**Runtime.** About {runtime_phrase(entry['seconds'])} on a 2-core CPU with the `tiny` profile "
             f"(`make outputs`, {entry['date']}; every notebook's: `notebooks/{RUNTIMES}`).")
+    if busy(entry) and entry.get("cpu_seconds") is not None:
+        line += (f" Measured on a busy machine (load {entry['load']:g} on {entry.get('cores', 2)} cores), where its "
+                 f"kernel computed for about {runtime_phrase(entry['cpu_seconds'])}: on an idle one it takes less.")
+    return line
+
+
+def readme_phrase(entry: dict) -> str:
+    """A notebook's run time as notebooks/README.md's table gives it."""
+    return f"about {runtime_phrase(entry['seconds'])}" + (" (busy machine)" if busy(entry) else "")
 
 
 def read_runtimes(folder: Path) -> dict:
@@ -256,13 +270,17 @@ def read_runtimes(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def record_runtime(folder: Path, name: str, seconds: float, date: str | None = None) -> dict:
+def record_runtime(folder: Path, name: str, seconds: float, date: str | None = None,
+                   cpu_seconds: float | None = None, load: float | None = None, cores: int | None = None) -> dict:
     """Record ``name``'s run time in ``folder``/runtimes.json (read again just before writing: another run may
     have recorded its own); returns the entry."""
     import os
 
     entry = {"seconds": round(seconds, 1), "date": date or datetime.datetime.now(datetime.UTC).date().isoformat(),
-             "load": round(os.getloadavg()[0], 1)}  # the machine's 1-minute load then: a busy machine's wall times run long
+             "load": round(os.getloadavg()[0] if load is None else load, 1),  # a busy machine's wall times run long
+             "cores": cores or os.cpu_count()}
+    if cpu_seconds is not None:  # the kernel's and its subprocesses' CPU time: what the notebook computed
+        entry["cpu_seconds"] = round(cpu_seconds, 1)
     runtimes = read_runtimes(folder)
     runtimes[name] = entry
     (Path(folder) / RUNTIMES).write_text(json.dumps(dict(sorted(runtimes.items())), indent=1) + "\n")
@@ -295,8 +313,8 @@ def sync_runtime_notes(folder: Path, names=None) -> list[str]:
         for index, row in enumerate(rows):
             if row.startswith("|") and f"]({name})" in row:
                 cells = row.rstrip("\n").split("|")
-                cells[-2] = README_RUNTIME.sub(lambda m: f"{m[1]}about {runtime_phrase(entry['seconds'])}",
-                                               "|" + cells[-2], count=1)[1:]
+                cells[-2] = README_RUNTIME.sub(lambda m: f"{m[1]}{readme_phrase(entry)}",
+                                               "|" + cells[-2].replace(" (busy machine)", ""), count=1)[1:]
                 rows[index] = "|".join(cells) + ("\n" if row.endswith("\n") else "")
         if "".join(rows) != table:
             table = "".join(rows)
@@ -323,11 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter()
     for path in notebooks:
         out_path = path if args.in_place else args.out / path.name
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         passed, seconds, message = run_notebook(path, out_path, args.timeout)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel has exited: its CPU time is counted
+        cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         failures += not passed and not message.startswith("skipped")
         print(f"{path.name:<32} {seconds:7.1f} s  {message}", flush=True)
         if passed and args.in_place:  # the stored outputs and the runtime notes come from this one run
-            record_runtime(args.notebooks, path.name, seconds)
+            record_runtime(args.notebooks, path.name, seconds, cpu_seconds=cpu_seconds)
             sync_runtime_notes(args.notebooks, [path.name])
     print(f"{len(notebooks)} notebooks, {failures} failed, {time.perf_counter() - total:.0f} s in all"
           + ("" if args.in_place else f"; executed copies in {args.out}/"))
