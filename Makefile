@@ -149,7 +149,7 @@ test-python: setup
 # Notebook 03 trains 40 steps, not 2,400: a run that short shows what every checked cell says (its step counts
 # and checkpoint names are masked: tests/short_run_sanitize.cfg); make outputs runs the full one. (At 240 steps
 # the IoU stayed as flat as at 40: commit 493d770.) Notebook 09 trains 20 steps on its own data, not 400.
-# Notebook 08 trains 4 steps on each tiny transformer base, not 60.
+# Notebook 08 trains 4 steps on each tiny transformer base, not 20.
 SHORT_RUN := CN_PROFILE_OVERRIDES="course_train_steps=40,own_data_train_steps=20,transformer_train_steps=4"
 SHORT_RUN_SANITIZE := --nbval-sanitize-with tests/short_run_sanitize.cfg
 TWICE := build/twice

@@ -838,7 +838,7 @@ def show_noise_paths(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torc
                 ((1 - fraction) * x0 + fraction * noise, f"flow σ={fraction:.2f}"))
         for r, (picture, label) in enumerate(rows):
             ax = fig.add_subplot(grid[r, c])
-            _imshow(ax, to_picture(picture.clamp(-1, 1)))
+            _imshow(ax, to_picture(picture, normalised=True))
             ax.set_title(label, fontsize=8)
             _bare(ax)
     ax = fig.add_subplot(grid[2, :])

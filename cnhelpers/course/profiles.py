@@ -80,7 +80,7 @@ PROFILES: dict[str, Profile] = {
         guidance_scale=3.0,
         course_train_steps=1200,
         own_data_train_steps=400,
-        transformer_train_steps=200,
+        transformer_train_steps=20,
     ),
     "sd15": Profile(
         name="sd15",
