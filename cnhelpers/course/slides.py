@@ -34,9 +34,11 @@ TEMPLATE = r"""{%- extends 'reveal/index.html.j2' -%}
 <script src="{{ resources.reveal.url_prefix }}/dist/reveal.js"></script>
 <script src="{{ resources.reveal.url_prefix }}/plugin/notes/notes.js"></script>
 <script>
-Reveal.initialize({controls: true, progress: true, history: true, transition: "{{ resources.reveal.transition }}",
-                   slideNumber: "{{ resources.reveal.number }}", plugins: [RevealNotes],
-                   width: {{ resources.reveal.width }}, height: {{ resources.reveal.height }}});
+Reveal.initialize({controls: true, progress: true, history: true,
+                   transition: "{{ resources.reveal.transition | default('slide', true) }}",
+                   slideNumber: "{{ resources.reveal.number | default('', true) }}", plugins: [RevealNotes],
+                   width: {{ resources.reveal.width | default(960, true) }},
+                   height: {{ resources.reveal.height | default(700, true) }}});
 </script>
 {% endblock footer_js %}
 """
