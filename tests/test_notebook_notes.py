@@ -33,7 +33,7 @@ OTHERS = {"03_training_loop.ipynb", "06_inference.ipynb", "07_sdxl.ipynb", "08_d
           "09_your_own_controlnet.ipynb"}
 #: Stored before the runner recorded run times and dropped bars, and not regenerated yet: the machine ran at load ~20
 #: when they were edited (2026-12-05), and their kernels got a few per cent of a core. `make outputs` clears them.
-NOT_REGENERATED = {"runtime": {"04_memory_tricks.ipynb", "04b_measuring_memory.ipynb", "05_flax_tpu.ipynb"},
+NOT_REGENERATED = {"runtime": {"04b_measuring_memory.ipynb", "05_flax_tpu.ipynb"},
                    "progress": {"05_flax_tpu.ipynb"}, "answers": set()}
 KNOWN = {check: OTHERS | NOT_REGENERATED[check] for check in ("runtime", "progress", "answers")}
 
