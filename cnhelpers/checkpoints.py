@@ -24,6 +24,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from .lora import has_lora, load_lora_state, save_controlnet
+
 #: The last file written into a checkpoint: ``{"step": N, "files": {relative path: size in bytes}}``.
 MANIFEST = "checkpoint.json"
 #: The errno values of a full disk (or a full quota).
@@ -219,13 +221,19 @@ def register_controlnet_hooks(accelerator):
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            for model in models:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, "controlnet"))
+            for model in models:  # (a LoRA ControlNet: merged, and its adapters in controlnet/lora)
+                save_controlnet(accelerator.unwrap_model(model), os.path.join(output_dir, "controlnet"))
         weights.clear()  # accelerate must not save the same weights again
 
     def load_hook(models, input_dir):
         while models:
             model = accelerator.unwrap_model(models.pop())
+            if has_lora(model):
+                load_lora_state(model, os.path.join(input_dir, "controlnet"))
+                continue
+            if os.path.isdir(os.path.join(input_dir, "controlnet", "lora")):
+                raise ValueError(f"{input_dir} is a LoRA ControlNet's checkpoint: resume it with the --lora_rank (and "
+                                 "--lora_alpha) its run was started with.")
             loaded = type(model).from_pretrained(input_dir, subfolder="controlnet")
             # (not its private keys: _name_or_path would name the checkpoint in the final config.json)
             model.register_to_config(**{k: v for k, v in loaded.config.items() if not k.startswith("_")})

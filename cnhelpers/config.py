@@ -32,6 +32,7 @@ from PIL import Image
 from .data import check_resolution
 from .families.flow_matching import WEIGHTING_SCHEMES
 from .hub import HubUnavailableError, hub_offline
+from .lora import check_lora_flags
 from .own_data import condition_function
 from .speed import COMPILE_MODES
 
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-08)
     optim.add_argument("--max_grad_norm", default=1.0, type=float,
                        help="Clip gradients to this global norm; 0 turns clipping off.")
+    optim.add_argument("--lora_rank", type=int, default=None,
+                       help="Train a LoRA ControlNet: adapters of this rank on the blocks copied from the denoiser, the "
+                            "conditioning embedding and zero convolutions in full (cnhelpers.lora; the course's "
+                            "addition). Saved merged (loads as any ControlNet) and as adapters in output_dir/lora.")
+    optim.add_argument("--lora_alpha", type=float, default=None,
+                       help="The LoRA update's scale is lora_alpha / lora_rank (default: alpha = rank, a scale of 1).")
 
     memory = p.add_argument_group("memory and speed")
     memory.add_argument("--gradient_checkpointing", action="store_true",
@@ -296,6 +303,7 @@ def check_args(args) -> None:
                          "--mixed_precision no (or bf16, which CPUs support).")
     if min(args.crops_coords_top_left_h, args.crops_coords_top_left_w) < 0:
         raise ValueError("--crops_coords_top_left_h/w are pixel coordinates of a crop's corner: 0 or more.")
+    check_lora_flags(args.lora_rank, args.lora_alpha)
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (5.0 is usual), got {args.snr_gamma}.")
     if not args.learning_rate > 0:

@@ -15,6 +15,7 @@ import torch
 from .consistency import validation_consistency
 from .hub import HubUnavailableError
 from .images import image_grid
+from .lora import ADAPTER_FILE, FULL_MODULES_FILE, LORA_FOLDER, save_controlnet
 from .messages import error_summary
 
 
@@ -108,7 +109,7 @@ Trained with `python -m cnhelpers.train` (same flags as diffusers' train_control
 | Min-SNR γ | {snr_gamma} |
 | mixed precision | {mixed_precision} |
 | seed | {seed} |
-
+{lora}
 {validation}
 ```python
 from diffusers import {controlnet_class}, {pipeline}
@@ -116,6 +117,20 @@ controlnet = {controlnet_class}.from_pretrained("{output_dir}")
 pipe = {pipeline}.from_pretrained("{base}", controlnet=controlnet)
 ```
 """
+
+
+def lora_card_text(args, family) -> str:
+    """The model card's lines for a LoRA ControlNet (``--lora_rank``): its rank and alpha, and how to load its adapters
+    (none for a ControlNet trained in full)."""
+    if args.lora_rank is None:
+        return ""
+    alpha = args.lora_alpha if args.lora_alpha is not None else args.lora_rank
+    return (f"| LoRA rank (alpha) | {args.lora_rank} ({alpha:g}) |\n\n"
+            f"A LoRA ControlNet: adapters of rank {args.lora_rank} on the blocks copied from the base, the conditioning "
+            "embedding and zero convolutions trained in full. The weights here have the adapters merged in; "
+            f"`{LORA_FOLDER}/` holds the adapters alone (`{ADAPTER_FILE}`, diffusers' `save_lora_adapter` format) and the "
+            f"fully trained modules (`{FULL_MODULES_FILE}`): `cnhelpers.lora.load_lora_controlnet(unet, folder)` makes the "
+            f"ControlNet from the base's {family.denoiser_name} and loads them (`load_lora_adapter`).\n")
 
 
 def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None,
@@ -129,7 +144,7 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
     output_dir = Path(args.output_dir)
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
     try:
-        controlnet.save_pretrained(staging)
+        save_controlnet(controlnet, staging)  # (a LoRA ControlNet: merged, and its adapters in lora/)
         grid = ""
         if validation:
             grid = (f"Validation at step {validation['step']}:\n\n"
@@ -139,11 +154,15 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
             steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
             snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
             validation=grid, output_dir=output_dir, pipeline=family.pipeline_name, tags=", ".join(family.card_tags()),
-            controlnet_class=family.controlnet_class))
+            controlnet_class=family.controlnet_class, lora=lora_card_text(args, family)))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if not (staging / LORA_FOLDER).exists() and (output_dir / LORA_FOLDER).is_dir():
+        shutil.rmtree(output_dir / LORA_FOLDER)  # a LoRA run's adapters, which these weights no longer match
     for item in staging.iterdir():
+        if item.is_dir() and (output_dir / item.name).is_dir():  # (a folder is replaced whole: an earlier run's lora/)
+            shutil.rmtree(output_dir / item.name)
         os.replace(item, output_dir / item.name)
     staging.rmdir()
 

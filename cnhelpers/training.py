@@ -52,6 +52,7 @@ from .config import changed_flags, check_paths, check_push_to_hub, resolved_args
 from .data import check_captions, check_columns, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
 from .families import Models, StepConstants
 from .loading import check_step_fits_memory, load_models
+from .lora import add_controlnet_lora, trainable_parameters
 from .optim import check_optimizer_in_backward, configure_attention, make_optimizer, match_state_layout
 from .outputs import TrainLog, log_validation, push_to_hub, save_final_controlnet
 from .paths import shown_path
@@ -192,6 +193,11 @@ def prepare_models(args, accelerator) -> StepSetup:
                          pretrained_vae_model_name_or_path=args.pretrained_vae_model_name_or_path,
                          cache_dir=args.cache_dir, flags=vars(args), changed_flags=changed_flags(args))
     models.family.check_resolution(models, args.resolution)
+    if args.lora_rank is not None:  # (a family without a LoRA layout refuses here, before anything else is done)
+        counts = add_controlnet_lora(models.controlnet, models.family.lora_layout(), args.lora_rank, args.lora_alpha)
+        accelerator.print(f"LoRA ControlNet, rank {args.lora_rank}: training {counts['trainable']:,} parameters "
+                          f"({counts['adapter']:,} in adapters, {counts['full']:,} in the conditioning embedding and "
+                          f"zero convolutions) of {counts['total'] - counts['adapter']:,}")
     register_controlnet_hooks(accelerator)
     configure_attention(args.enable_xformers_memory_efficient_attention, models.denoiser, models.controlnet)
     # Memory layouts (the same arithmetic, reordered): --channels_last for both models; on a CPU the
@@ -452,7 +458,7 @@ def train(args, callback=None) -> TrainResult:
         step_setup = prepare_models(args, accelerator)
         dataloader = prepare_data(args, accelerator, step_setup)
         optimizer, lr_scheduler, schedule = make_optimizer_and_lr_scheduler(args, accelerator,
-                                                                            step_setup.models.controlnet.parameters(),
+                                                                            trainable_parameters(step_setup.models.controlnet),
                                                           dataloader)
         step_setup.models.controlnet, optimizer, dataloader, lr_scheduler = accelerator.prepare(
             step_setup.models.controlnet, optimizer, dataloader, lr_scheduler)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data import check_resolution, load_fill50k, load_imagefolder
+from ..own_data import canny_conditioning
 from ..paths import build_dir, staged_folder
 from .profiles import Profile
 
@@ -198,8 +199,6 @@ def fill_condition(circle: Circle, resolution: int, condition: str = "outline", 
     if condition == "outline":
         return outline
     if condition == "canny":
-        from ..own_data import canny_conditioning
-
         return canny_conditioning(image)
     distance = _distance_from_centre(circle, resolution)
     if condition == "mask":

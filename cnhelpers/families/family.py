@@ -237,3 +237,12 @@ class Family:
     def card_tags(self) -> list[str]:
         """Model card tags for a ControlNet of this family."""
         return ["controlnet", "diffusers"]
+
+    # -- a LoRA ControlNet ---------------------------------------------------------------------------------
+    def lora_layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(copied_blocks, full_modules)`` of this family's ControlNet for ``--lora_rank``
+        (:func:`cnhelpers.lora.add_controlnet_lora`): the top-level modules copied from the denoiser, which get LoRA
+        adapters, and the ControlNet's own modules (conditioning embedding, zero convolutions), trained in full.
+        A family without one refuses ``--lora_rank`` in one line."""
+        raise ValueError(f"--lora_rank is not supported for {self.label or self.name} bases here (the course's LoRA "
+                         "ControlNet covers the UNet families, SD 1.x/2.x and SDXL): leave --lora_rank out.")

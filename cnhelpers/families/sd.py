@@ -20,7 +20,7 @@ import torch
 
 from ..data import tokenize_prompts
 from ..losses import DDPMObjective, predict_noise
-from ..model_info import conditioning_downsampling, count_parameters, vae_scale_factor
+from ..model_info import conditioning_downsampling, vae_scale_factor
 from .family import Family, Models, StepConstants, StepMemory
 
 
@@ -73,7 +73,8 @@ def step_memory(models, resolution: int, activation_bytes: int = 4, adam_state_b
     step = (2 * embedding * pixels + 2 * 2 * first_block * latent_pixels) * activation_bytes \
         + 4 * models.denoiser.config.in_channels * latent_pixels * 4
     vae = 2 * models.vae.config.block_out_channels[0] * pixels * activation_bytes if models.vae is not None else 0
-    return StepMemory(pictures, max(step, vae), 2 * count_parameters(models.controlnet) * adam_state_bytes)
+    trained = sum(p.numel() for p in models.controlnet.parameters() if p.requires_grad)  # (a LoRA's: a few %)
+    return StepMemory(pictures, max(step, vae), 2 * trained * adam_state_bytes)
 
 
 class StableDiffusion(Family):
@@ -161,6 +162,12 @@ class StableDiffusion(Family):
             vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.denoiser,
             controlnet=controlnet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
+
+    def lora_layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        # The encoder half copied from the UNet (SDXL's added-condition embedding too); the conditioning embedding
+        # and the zero convolutions are the ControlNet's own, trained in full.
+        return (("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"),
+                ("controlnet_cond_embedding", "controlnet_down_blocks", "controlnet_mid_block"))
 
     def card_tags(self) -> list[str]:
         return ["controlnet", "stable-diffusion", "diffusers", "controlnet-course"]
