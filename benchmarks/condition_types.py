@@ -30,11 +30,14 @@ def main(argv=None) -> int:
     parser.add_argument("-n", type=int, default=16, help="held-out circles per checkpoint")
     parser.add_argument("--conditions", nargs="+", default=list(FILL_CONDITIONS), choices=FILL_CONDITIONS)
     parser.add_argument("--out", type=Path, default=None, help="OUT.json and OUT.png are written")
+    parser.add_argument("--cached_only", action="store_true",
+                        help="report only the conditions already trained and scored (their folders' figures)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     wall, cpu = time.perf_counter(), time.process_time()
     rows = [run_curve(Variant(condition, {"lr_scheduler": "constant", "learning_rate": 2e-3}, args.steps, args.every,
-                              condition), args.n) for condition in args.conditions]
+                              condition), args.n, cached_only=args.cached_only) for condition in args.conditions]
+    rows = [row for row in rows if row is not None]
     baseline = base_alone_iou(args.n)
     print(f"base alone (no ControlNet): {baseline:.3f}")
     print(markdown_table(rows))

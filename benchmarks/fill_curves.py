@@ -60,9 +60,20 @@ def mean_iou(pipeline, held: dict, guidance_scale: float) -> float:
                           for image, outline, prompt in zip(images, held["outlines"], held["prompts"])]))
 
 
-def run_curve(variant: Variant, n: int, load=None) -> dict:
+def run_curve(variant: Variant, n: int, load=None, cached_only: bool = False) -> dict | None:
     """Train (or reuse) ``variant`` and score each checkpoint; prints and returns its row: the run's figures,
-    ``steps`` and ``iou`` (lists), and the CPU seconds of its scoring."""
+    ``steps`` and ``iou`` (lists), and the CPU seconds of its scoring. The scores are kept in the variant's folder
+    (``bench_scores-n{n}.json``) and read back by a later call. ``cached_only``: None (and a line saying so) for a
+    variant not trained and scored yet, instead of the work."""
+    scores = variant.folder / f"bench_scores-n{n}.json"
+    if scores.is_file():
+        row = json.loads(scores.read_text()) | {"name": variant.name}
+        print(f"{variant.name:<24} IoU by step " + ", ".join(f"{s}: {v:.3f}" for s, v in zip(row["steps"], row["iou"]))
+              + " (read from " + str(scores) + ")", flush=True)
+        return row
+    if cached_only:
+        print(f"{variant.name:<24} not measured yet (no {scores})", flush=True)
+        return None
     overrides = dict(variant.overrides)
     if variant.condition != "outline":
         overrides["train_data_dir"] = str(ensure_fill_dataset(2048, 64, condition=variant.condition))
@@ -80,6 +91,7 @@ def run_curve(variant: Variant, n: int, load=None) -> dict:
     print(f"{variant.name:<24} IoU by step " + ", ".join(f"{s}: {v:.3f}" for s, v in zip(steps, ious))
           + f"  (train {run['cpu_seconds']:.0f} CPU s{' (cached)' if run['cached'] else ''},"
             f" {run['wall_seconds']:.0f} s wall; scoring {row['score_cpu_seconds']:.0f} CPU s)", flush=True)
+    scores.write_text(json.dumps(row))
     return row
 
 

@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, RECIPE_LR, 1e-2])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[16, 4, 1])
     parser.add_argument("--out", type=Path, default=None, help="OUT.json and OUT.png are written")
+    parser.add_argument("--cached_only", action="store_true",
+                        help="report only the variants already trained and scored (their folders' figures)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -52,10 +54,11 @@ def main(argv=None) -> int:
     # condition_types.py has trained it by then and it is read from its folder.
     variants = [lr_variant(lr) for lr in args.learning_rates if lr != RECIPE_LR]
     variants += [batch_variant(b) for b in args.batch_sizes if b != 16]
-    rows = {v.name: run_curve(v, args.n) for v in variants}
-    recipe = run_curve(lr_variant(RECIPE_LR), args.n)
-    lr_rows = [rows.get(f"lr {lr:g}", recipe) for lr in sorted(args.learning_rates)]
-    batch_rows = [rows.get(f"batch {b}") or recipe | {"name": "batch 16"} for b in sorted(args.batch_sizes)]
+    rows = {v.name: run_curve(v, args.n, cached_only=args.cached_only) for v in variants}
+    recipe = run_curve(lr_variant(RECIPE_LR), args.n, cached_only=args.cached_only)
+    lr_rows = [row for lr in sorted(args.learning_rates) if (row := rows.get(f"lr {lr:g}", recipe))]
+    batch_rows = [row for b in sorted(args.batch_sizes)
+                  if (row := rows.get(f"batch {b}") or (recipe and recipe | {"name": "batch 16"}))]
     for row in batch_rows:
         row["batch"] = 16 if row["name"] == "batch 16" else row["overrides"]["train_batch_size"]
         row["samples"] = [step * row["batch"] for step in row["steps"]]
