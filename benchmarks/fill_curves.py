@@ -129,7 +129,17 @@ def plot_curves(panels: list[tuple[str, list[dict], str, object]], path: Path, b
 
 
 def base_alone_iou(n: int) -> float:
-    """Mean IoU of the base alone (the outline ControlNet's first checkpoint at scale 0): the floor of every curve."""
+    """Mean IoU of the base alone (a ControlNet at scale 0): the floor of every curve; kept in the build folder."""
+    kept = build_dir() / "fill-curves" / f"base-alone-n{n}.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())["iou"]
+    iou = _base_alone_iou(n)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps({"iou": iou}))
+    return iou
+
+
+def _base_alone_iou(n: int) -> float:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     from cnhelpers.inference import load_controlnet_pipeline
