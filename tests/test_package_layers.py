@@ -24,7 +24,7 @@ LAYERS = (
     ("paths", "env", "messages", "hub", "tokenizer", "run_lock", "course", "course.profiles", "course.hub_server"),
     ("data", "own_data", "images", "losses", "model_info", "lora", "families", "families.family", "families.sd",
      "families.sdxl", "families.flow_matching", "families.sd3", "families.flux", "course.fill", "course.held_out", "course.metrics",
-     "course.tiny_bases", "course.tiny_sdxl", "course.tiny_transformers", "course.widgets", "course.own_walkthrough"),
+     "course.tiny_bases", "course.tiny_sdxl", "course.tiny_transformers", "course.pretrain_families", "course.widgets", "course.own_walkthrough"),
     ("speed", "config", "optim", "cache", "checkpoints", "consistency", "outputs", "loading", "course.recipes"),
     ("training", "inference"),
     ("course.controlnet", "course.evaluation", "course.anatomy", "course.memory"),

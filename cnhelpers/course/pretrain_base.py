@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..families import detect_family, family_named
+from ..families.family import Models
 from ..families.sd import FAMILY as SD
 from ..inference import image_generators, load_controlnet_pipeline
 from ..paths import build_dir, staged_folder
@@ -48,7 +50,9 @@ from .held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
 from .metrics import circle_mask, colour_accuracy, mask_iou
 from .profiles import get_profile
 from .recipes import course_training_args
-from .tiny_bases import build_tiny_base, ensure_tiny_base, is_complete_base
+from . import pretrain_families
+from .pretrain_families import FAMILY_NAMES, T5_LENGTH, build_init, family_options, pipeline_options
+from .tiny_bases import PRETRAINED_TINY_BASE, build_tiny_base, ensure_tiny_base, is_complete_base
 
 #: Seed of the pretraining data (the ControlNet trains on seed 0; evaluations use HELD_OUT_SEED).
 PRETRAIN_SEED = 2
@@ -59,6 +63,7 @@ COLOUR_NAMES = list(PALETTE)
 class PretrainConfig:
     """Every knob of the recipe (a plain field each, as a command-line flag of the same name)."""
 
+    family: str = "sd"  # sd (the VAE, latents, unet and assemble stages), or sd3, flux, sdxl (pretrain_families)
     resolution: int = 64
     seed: int = 0
     # stage 1: VAE
@@ -263,14 +268,15 @@ def latent_scaling_factor(vae, resolution: int, n: int = 512) -> float:
 
 
 @torch.no_grad()
-def encode_latents(config: PretrainConfig) -> Path:
-    """Stage 2: the VAE posterior (mean, std) and colour indices of the training images (a .pt file)."""
+def encode_latents(config: PretrainConfig, vae_folder: Path | None = None, path: Path | None = None) -> Path:
+    """Stage 2: the VAE posterior (mean, std) and colour indices of the training images (a .pt file). The VAE is
+    stage 1's unless ``vae_folder`` names another (the families' stages encode with the tiny SD base's)."""
     from diffusers import AutoencoderKL
 
-    path = work_dir() / "latents.pt"
+    path = path or work_dir() / "latents.pt"
     if path.is_file():
         return path
-    vae = AutoencoderKL.from_pretrained(work_dir() / "vae").eval()
+    vae = AutoencoderKL.from_pretrained(vae_folder or work_dir() / "vae").eval()
     means, stds, colours = [], [], []
     chunk = 64
     bar = _progress(config.num_latent_examples, 0, "latents")
@@ -292,11 +298,14 @@ def encode_latents(config: PretrainConfig) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+def caption_texts() -> list[str]:
+    """Every caption, row ``16 * circle + background``, and the empty prompt in the last row."""
+    return [caption((c, b)) for c in range(len(COLOUR_NAMES)) for b in range(len(COLOUR_NAMES))] + [""]
+
+
 def caption_token_table(tokenizer) -> torch.Tensor:
-    """Token ids of every caption, padded to the tokenizer's length: row ``16 * circle + background``,
-    and the empty prompt in the last row."""
-    texts = [caption((c, b)) for c in range(len(COLOUR_NAMES)) for b in range(len(COLOUR_NAMES))] + [""]
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+    """Token ids of every caption (:func:`caption_texts`), padded to the tokenizer's length."""
+    return tokenizer(caption_texts(), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
 
 
@@ -315,9 +324,7 @@ def unet_start(config: PretrainConfig) -> Path:
 def train_unet(config: PretrainConfig) -> Path:
     """Stage 3: train the UNet and the text encoder on the cached latents; returns ``build/pretrain/unet``."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import EMAModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
 
     final = work_dir() / "unet"
     if (final / "unet" / "config.json").is_file():
@@ -329,39 +336,57 @@ def train_unet(config: PretrainConfig) -> Path:
     text_encoder = CLIPTextModel.from_pretrained(start, subfolder="text_encoder")
     unet = UNet2DConditionModel.from_pretrained(start, subfolder="unet")
     noise_scheduler = DDPMScheduler.from_pretrained(init, subfolder="scheduler")
-    objective = SD.objective(noise_scheduler)  # the training loop's noising, target and loss (SD 1.5's family)
+    models = Models(SD, {"tokenizer": tokenizer}, {"text_encoder": text_encoder}, None, unet, noise_scheduler, None)
     tokens = caption_token_table(tokenizer)
-    empty_prompt = len(tokens) - 1
-    caption_rows = cache["colours"][:, 0] * len(COLOUR_NAMES) + cache["colours"][:, 1]
-    scaling_factor = cache["scaling_factor"]
+    train_denoiser(config, models, cache, lambda rows: (text_encoder(tokens[rows])[0],),
+                   {"unet": unet, "text_encoder": text_encoder},
+                   [{"params": list(unet.parameters()), "lr": config.unet_learning_rate},
+                    {"params": list(text_encoder.parameters()), "lr": config.text_encoder_learning_rate}],
+                   work_dir() / "unet-checkpoint.pt", "UNet + text encoder", scaling_factor=cache["scaling_factor"])
+    with staged_folder(final) as tmp:
+        unet.save_pretrained(tmp / "unet")
+        text_encoder.save_pretrained(tmp / "text_encoder")
+    return final
 
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW([
-        {"params": list(unet.parameters()), "lr": config.unet_learning_rate},
-        {"params": list(text_encoder.parameters()), "lr": config.text_encoder_learning_rate},
-    ], weight_decay=1e-2)
+
+def train_denoiser(config: PretrainConfig, models: Models, cache: dict, text, modules: dict, parameter_groups: list,
+                   checkpoint: Path, desc: str, scaling_factor: float, shift_factor: float = 0.0) -> None:
+    """The denoiser stage's loop, for every family: ``config.unet_steps`` steps of the family's diffusion loss
+    (:meth:`Family.objective`, its inputs and prediction with no ControlNet) on latents drawn from the cached
+    posteriors, with 10 % empty prompts, AdamW with warm-up and cosine decay, and an EMA of the weights, which
+    are copied into ``modules`` at the end. ``text(rows)``: the text conditioning (a tuple, as the family's
+    ``encode_prompts`` returns it) of caption-table rows (:func:`caption_token_table`'s order). ``modules``: the
+    trained modules by checkpoint key. A checkpoint is written every ``config.checkpoint_every`` steps and the loop
+    resumes from it exactly (every draw comes from a generator seeded by the step)."""
+    from diffusers.training_utils import EMAModel
+
+    family = models.family
+    objective = family.objective(models.noise_scheduler)
+    snr_gamma = config.snr_gamma if "snr_gamma" in family.flags else None  # (Min-SNR: the DDPM families only)
+    constants = family.step_constants(models, resolution=config.resolution)
+    empty_prompt = len(COLOUR_NAMES) ** 2
+    caption_rows = cache["colours"][:, 0] * len(COLOUR_NAMES) + cache["colours"][:, 1]
+    parameters = [p for group in parameter_groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(parameter_groups, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, config.unet_steps, config.warmup_steps))
     ema = EMAModel(parameters, decay=config.ema_decay)
-    checkpoint = work_dir() / "unet-checkpoint.pt"
-    step = restore(load_state(checkpoint), unet=unet, text_encoder=text_encoder, optimizer=optimizer,
-                   scheduler=scheduler, ema=ema)
-    unet.train()
-    text_encoder.train()
+    step = restore(load_state(checkpoint), **modules, optimizer=optimizer, scheduler=scheduler, ema=ema)
+    for module in modules.values():
+        module.train()
     num_examples = len(caption_rows)
-    bar = _progress(config.unet_steps, step, "UNet + text encoder")
+    bar = _progress(config.unet_steps, step, desc)
     while step < config.unet_steps:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         batch = torch.randint(0, num_examples, (config.unet_batch_size,), generator=generator)
         latents = cache["mean"][batch] + cache["std"][batch] * torch.randn(
             cache["mean"][batch].shape, generator=generator)
-        latents = latents * scaling_factor
+        latents = family.scale_latents(latents, scaling_factor, shift_factor)
         rows = caption_rows[batch].clone()
         rows[torch.rand(len(rows), generator=generator) < config.proportion_empty_prompts] = empty_prompt
         noised = objective.noised(latents, generator)
-        encoder_hidden_states = text_encoder(tokens[rows])[0]
-        model_pred = unet(noised.latents, noised.timesteps, encoder_hidden_states).sample
-        loss = objective.loss(model_pred, noised, config.snr_gamma)
+        model_pred = family.predict(models, family.step_inputs(models, constants, noised, text(rows), None))
+        loss = objective.loss(model_pred, noised, snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -373,15 +398,11 @@ def train_unet(config: PretrainConfig) -> Path:
         if step % config.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % config.checkpoint_every == 0 or step == config.unet_steps:
-            save_state(checkpoint, {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+            save_state(checkpoint, {**{key: module.state_dict() for key, module in modules.items()},
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "ema": ema.state_dict(), "step": step})
+                                    "ema": ema.state_dict(), "step": step, "loss": loss.item()})
     bar.close()
     ema.copy_to(parameters)  # the averaged weights sample better than the last ones
-    with staged_folder(final) as tmp:
-        unet.save_pretrained(tmp / "unet")
-        text_encoder.save_pretrained(tmp / "text_encoder")
-    return final
 
 
 def ema_snapshot(config: PretrainConfig, path: Path | None = None) -> Path:
@@ -488,6 +509,152 @@ image generator.
 """
 
 # --------------------------------------------------------------------------------------------------
+# The SD3, Flux and SDXL bases (--family): SD's VAE and CLIP shared, the denoiser trained (pretrain_families)
+# --------------------------------------------------------------------------------------------------
+
+
+def family_dir(family: str) -> Path:
+    """Where a family's stages keep their folders and checkpoints: ``build/pretrain/<family>``."""
+    return work_dir() / family
+
+
+def shared_latents(config: PretrainConfig) -> Path:
+    """The latents of the training images under the shipped tiny SD base's VAE, which the families share."""
+    return encode_latents(config, PRETRAINED_TINY_BASE / "vae", work_dir() / "sd-vae-latents.pt")
+
+
+def family_init(config: PretrainConfig) -> Path:
+    """Stage ``init``: the family's layout with SD's VAE (its latent statistics measured) and CLIP, a random T5
+    and a random denoiser (:func:`cnhelpers.course.pretrain_families.build_init`)."""
+    path = family_dir(config.family) / "init"
+    if not (path / "model_index.json").is_file():
+        build_init(config.family, path, load_state(shared_latents(config)), seed=config.seed)
+    return path
+
+
+def train_family_denoiser(config: PretrainConfig) -> Path:
+    """Stage ``denoiser``: the family's denoiser trained from scratch by :func:`train_denoiser` (the UNet stage's
+    loop) with the text encoders frozen, so each caption's text is encoded once."""
+    family = family_named(config.family)
+    final = family_dir(config.family) / "denoiser"
+    if (final / "config.json").is_file():
+        return final
+    init = family_init(config)
+    cache = load_state(shared_latents(config))
+    models = family.load(init, options=family_options(family))
+    models.controlnet = None  # the base alone
+    table = family.encode_prompts(models, caption_texts())
+    denoiser = models.denoiser.requires_grad_(True)
+    train_denoiser(config, models, cache, lambda rows: tuple(t[rows] for t in table), {"denoiser": denoiser},
+                   [{"params": list(denoiser.parameters()), "lr": config.unet_learning_rate}],
+                   family_dir(config.family) / "denoiser-checkpoint.pt", f"{family.label} {family.denoiser_name}",
+                   scaling_factor=models.vae.config.scaling_factor,
+                   shift_factor=models.vae.config.get("shift_factor") or 0.0)
+    # from_transformer (in family.load) writes the ControlNet's num_layers into the transformer's own config
+    # (diffusers 0.42.1): save the weights under the init's config
+    clean = type(denoiser).from_pretrained(init, subfolder=family.denoiser_name)
+    clean.load_state_dict(denoiser.state_dict())
+    with staged_folder(final) as tmp:
+        clean.save_pretrained(tmp)
+    return final
+
+
+def assemble_family(config: PretrainConfig, path: Path | None = None) -> Path:
+    """Stage ``assemble`` of a family: the init folder with the trained denoiser, the recipe and a model card."""
+    family = family_named(config.family)
+    path = Path(path) if path is not None else family_dir(config.family) / f"tiny-{config.family}"
+    with staged_folder(path) as tmp:
+        shutil.copytree(family_init(config), tmp, dirs_exist_ok=True)
+        shutil.rmtree(tmp / family.denoiser_name)
+        shutil.copytree(train_family_denoiser(config), tmp / family.denoiser_name)
+        (tmp / "pretrain_config.json").write_text(json.dumps(asdict(config), indent=2))
+        (tmp / "README.md").write_text(family_model_card(config, scores=None))
+    return path
+
+
+def family_model_card(config: PretrainConfig, scores: dict | None, notes: str = "") -> str:
+    """A family base's README: the layout, the recipe that made it, and its evaluation's figures."""
+    family = family_named(config.family)
+    recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
+    figures = "Not evaluated yet: run `python -m cnhelpers.course.pretrain_base evaluate --base <this folder>`."
+    if scores:
+        figures = "\n".join(" " * (len(line) - len(line.lstrip())) + f"- {line.lstrip()}" for line in format_scores(scores))
+    return FAMILY_MODEL_CARD.format(
+        name=config.family, label=family.label, pipeline=family.pipelines[0], layout=family_layout(config.family),
+        recipe=recipe, figures=figures, seed=PRETRAIN_SEED, held_out=HELD_OUT_SEED, t5_length=T5_LENGTH,
+        notes=notes, doc=pretrain_families_doc())
+
+
+FAMILY_MODEL_CARD = """\
+# tiny-{name} (ControlNet course), pretrained
+
+A {label}-layout model small enough to train and run on a CPU, for the course's notebooks on {label}. Its parts are
+the real pipeline's (`{pipeline}.from_pretrained(path)`, each part with `from_pretrained(path, subfolder=...)`):
+
+{layout}
+
+It knows only the course's fill images (a circle of one of 16 named colours on a background of another, caption
+"{{circle}} circle with {{background}} background"); it is a teaching model, not an image generator.
+
+## How it was made
+
+`python -m cnhelpers.course.pretrain_base --family {name}` (`cnhelpers/course/pretrain_families.py`):
+
+{doc}
+
+Data: fill images of seed {seed} (their latents under the tiny SD base's VAE, encoded once); every evaluation uses
+seed {held_out}, which no training stage sees. T5's length is {t5_length} where the layout has a T5: pass
+`max_sequence_length={t5_length}` to the pipeline and `--max_sequence_length {t5_length}` to `cnhelpers.train`.
+{notes}
+| field | value |
+| --- | --- |
+{recipe}
+
+## Evaluation
+
+Printed by `python -m cnhelpers.course.pretrain_base evaluate --base <this folder> -n 64` (20 steps):
+
+{figures}
+"""
+
+
+def family_layout(name: str) -> str:
+    """The model card's list of parts of a family's base."""
+    return {
+        "sd3": "- `transformer/`: SD3Transformer2DModel, 4 joint blocks, 4 heads x 16, patches of 2x2 latents\n"
+               "- `vae/`: the tiny SD base's AutoencoderKL (4 latent channels), `shift_factor` and `scaling_factor` "
+               "measured on its latents\n"
+               "- `text_encoder/`, `text_encoder_2/`: CLIPTextModelWithProjection, the tiny SD base's CLIP with an "
+               "identity projection\n"
+               "- `text_encoder_3/`: T5EncoderModel (d_model 128), seeded random weights\n"
+               "- `tokenizer/`, `tokenizer_2/`: the tiny SD base's CLIP tokenizer; `tokenizer_3/`: a T5 (Unigram) "
+               "tokenizer holding every caption word\n"
+               "- `scheduler/`: FlowMatchEulerDiscreteScheduler (shift 3)",
+        "flux": "- `transformer/`: FluxTransformer2DModel, 2 double- and 4 single-stream blocks, 4 heads x 16, "
+                "guidance embedding\n"
+                "- `vae/`: the tiny SD base's AutoencoderKL (4 latent channels, 16 a packed token), `shift_factor` "
+                "and `scaling_factor` measured on its latents\n"
+                "- `text_encoder/`: CLIPTextModel, the tiny SD base's; `text_encoder_2/`: T5EncoderModel (d_model 64), "
+                "seeded random weights\n"
+                "- `tokenizer/`: the tiny SD base's CLIP tokenizer; `tokenizer_2/`: a T5 (Unigram) tokenizer holding "
+                "every caption word\n"
+                "- `scheduler/`: FlowMatchEulerDiscreteScheduler with FLUX.1's dynamic shift",
+        "sdxl": "- `unet/`: UNet2DConditionModel in SDXL's layout (blocks 64, 64; text_time embedding)\n"
+                "- `vae/`: the tiny SD base's AutoencoderKL\n"
+                "- `text_encoder/`: CLIPTextModel and `text_encoder_2/`: CLIPTextModelWithProjection, both the tiny "
+                "SD base's CLIP (identity projection)\n"
+                "- `tokenizer/`, `tokenizer_2/`: the tiny SD base's CLIP tokenizer\n"
+                "- `scheduler/`: EulerDiscreteScheduler with SD's noise schedule",
+    }[name]
+
+
+def pretrain_families_doc() -> str:
+    """The recipe of the family bases, as pretrain_families' docstring has it (its bullet list)."""
+    text = pretrain_families.__doc__
+    return text[text.index("- **VAE**"):text.index("\n\nSD3's and Flux's T5 length")]
+
+
+# --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
 
@@ -499,19 +666,21 @@ def held_out_prompts(n: int, seed: int = HELD_OUT_SEED) -> list[str]:
 
 def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_inference_steps: int = 20,
                          guidance_scale: float | None = None) -> dict[str, float]:
-    """Share of the base's images (no ControlNet) whose circle and background have the prompt's colours."""
-    from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
+    """Share of the base's images (no ControlNet) whose circle and background have the prompt's colours (a base of
+    any family: its pipeline, the family's validation sampler, its T5 length and guidance as trained)."""
+    import diffusers
 
-
+    family = detect_family(base)
     guidance_scale = guidance_scale or _tiny_guidance_scale()
-    pipeline = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
-    pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
+    pipeline = getattr(diffusers, family.pipelines[0]).from_pretrained(base, **family.pipeline_kwargs)
+    pipeline.scheduler = family.validation_scheduler(pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
+    options = pipeline_options(family, guidance_scale)
     prompts = held_out_prompts(n, seed)
     images = []
     for start in range(0, n, 16):
         chunk = prompts[start:start + 16]
-        images += pipeline(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        images += pipeline(chunk, num_inference_steps=num_inference_steps, **options,
                            generator=image_generators(seed + start, len(chunk))).images
     return colour_accuracy(images, prompts)
 
@@ -606,12 +775,14 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
 # --------------------------------------------------------------------------------------------------
 
 STAGES = ("vae", "latents", "unet", "assemble")
+#: The stages of ``--family sd3|flux|sdxl``: the shared latents, the layout's init folder, the denoiser, the folder.
+FAMILY_STAGES = ("latents", "init", "denoiser", "assemble")
 
 
 def parse_config(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
     """The recipe's config from command-line flags named like its fields, plus ``--stage``."""
     parser = argparse.ArgumentParser(prog="python -m cnhelpers.course.pretrain_base", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("all",) + STAGES, default="all")
+    parser.add_argument("--stage", choices=("all",) + tuple(dict.fromkeys(STAGES + FAMILY_STAGES)), default="all")
     for field in fields(PretrainConfig):
         parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
     namespace = parser.parse_args(argv)
@@ -642,7 +813,8 @@ def evaluate_main(argv) -> int:
         args.json.write_text(json.dumps(scores, indent=2))
     if args.update_card:
         recipe = PretrainConfig(**json.loads((Path(base) / "pretrain_config.json").read_text()))
-        (Path(base) / "README.md").write_text(model_card(recipe, scores))
+        card = model_card(recipe, scores) if recipe.family == "sd" else family_model_card(recipe, scores)
+        (Path(base) / "README.md").write_text(card)
         (Path(base) / "evaluation.json").write_text(json.dumps(scores, indent=2))
     return 0
 
@@ -655,14 +827,24 @@ def main(argv=None) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    if namespace.stage in ("all", "unet"):
+    if config.family == "sd" and namespace.stage in ("all", "unet"):
         try:
             unet_start(config)
         except ValueError as error:  # a bad flag: one line, no traceback
             print(f"error: {error}", file=sys.stderr)
             return 2
-    stages = STAGES if namespace.stage == "all" else (namespace.stage,)
-    runners = {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "assemble": assemble}
+    if config.family == "sd":
+        stages = STAGES if namespace.stage == "all" else (namespace.stage,)
+        runners = {"vae": train_vae, "latents": encode_latents, "unet": train_unet, "assemble": assemble}
+    else:
+        stages = FAMILY_STAGES if namespace.stage == "all" else (namespace.stage,)
+        runners = {"latents": shared_latents, "init": family_init, "denoiser": train_family_denoiser,
+                   "assemble": assemble_family}
+    if config.family not in ("sd",) + FAMILY_NAMES or any(stage not in runners for stage in stages):
+        print(f"error: --family {config.family} has the stages {', '.join(runners) if config.family == 'sd' or config.family in FAMILY_NAMES else '-'}"
+              f" (--family is one of sd, {', '.join(FAMILY_NAMES)}); --stage {namespace.stage} is not one of them",
+              file=sys.stderr)
+        return 2
     for stage in stages:
         start = time.perf_counter()
         result = runners[stage](config)

@@ -214,7 +214,8 @@ class Family:
         raise NotImplementedError
 
     def predict(self, models: Models, inputs: dict) -> torch.Tensor:
-        """The denoiser's prediction with the ControlNet's residuals added."""
+        """The denoiser's prediction with the ControlNet's residuals added (``models.controlnet`` None: the denoiser
+        alone, with ``step_inputs``' conditioning None)."""
         raise NotImplementedError
 
     # -- after training ------------------------------------------------------------------------------------

@@ -193,14 +193,16 @@ class Flux(StableDiffusion3):
                 "encoder_hidden_states": text[0], "pooled_projections": text[1],
                 "txt_ids": torch.zeros(text[0].shape[1], 3, device=latents.device, dtype=latents.dtype),
                 "img_ids": latent_image_ids(height, width, latents.device, latents.dtype),
-                "conditioning": pack_latents(conditioning.contiguous()), "size": (height, width)}
+                "conditioning": None if conditioning is None else pack_latents(conditioning.contiguous()),
+                "size": (height, width)}
 
     def predict(self, models: Models, inputs: dict) -> torch.Tensor:
         shared = {name: inputs[name] for name in ("timesteps", "guidance", "encoder_hidden_states",
                                                   "pooled_projections", "txt_ids", "img_ids")}
         shared["timestep"] = shared.pop("timesteps")
-        double, single = models.controlnet(hidden_states=inputs["latents"], controlnet_cond=inputs["conditioning"],
-                                           return_dict=False, **shared)
+        # (models.controlnet None: the transformer alone, as the course's pretraining of the tiny base runs it)
+        double, single = (None, None) if models.controlnet is None else models.controlnet(
+            hidden_states=inputs["latents"], controlnet_cond=inputs["conditioning"], return_dict=False, **shared)
         dtype = next(models.denoiser.parameters()).dtype  # the frozen transformer may run in half precision
         tokens = models.denoiser(
             hidden_states=inputs["latents"], return_dict=False, **shared,

@@ -295,15 +295,17 @@ class StableDiffusion3(Family):
                 "pooled_projections": text[1], "conditioning": conditioning}
 
     def predict(self, models: Models, inputs: dict) -> torch.Tensor:
-        residuals = models.controlnet(hidden_states=inputs["latents"], timestep=inputs["timesteps"],
-                                      encoder_hidden_states=inputs["encoder_hidden_states"],
-                                      pooled_projections=inputs["pooled_projections"],
-                                      controlnet_cond=inputs["conditioning"], return_dict=False)[0]
+        # (models.controlnet None: the transformer alone, as the course's pretraining of the tiny base runs it)
+        residuals = None if models.controlnet is None else models.controlnet(
+            hidden_states=inputs["latents"], timestep=inputs["timesteps"],
+            encoder_hidden_states=inputs["encoder_hidden_states"], pooled_projections=inputs["pooled_projections"],
+            controlnet_cond=inputs["conditioning"], return_dict=False)[0]
         dtype = next(models.denoiser.parameters()).dtype  # the frozen transformer may run in half precision
         return models.denoiser(hidden_states=inputs["latents"], timestep=inputs["timesteps"],
                                encoder_hidden_states=inputs["encoder_hidden_states"],
                                pooled_projections=inputs["pooled_projections"],
-                               block_controlnet_hidden_states=[r.to(dtype) for r in residuals],
+                               block_controlnet_hidden_states=None if residuals is None
+                               else [r.to(dtype) for r in residuals],
                                return_dict=False)[0]
 
     # -- after training ------------------------------------------------------------------------------------
