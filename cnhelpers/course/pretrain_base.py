@@ -651,7 +651,7 @@ def family_layout(name: str) -> str:
 def pretrain_families_doc() -> str:
     """The recipe of the family bases, as pretrain_families' docstring has it (its bullet list)."""
     text = pretrain_families.__doc__
-    return text[text.index("- **VAE**"):text.index("\n\nSD3's and Flux's T5 length")]
+    return text[text.index("- **VAE**"):text.index("\n\nThe run that makes")]
 
 
 # --------------------------------------------------------------------------------------------------

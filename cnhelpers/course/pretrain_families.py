@@ -17,6 +17,16 @@ denoiser is trained here:
   matching for SD3 and Flux, epsilon prediction with Min-SNR for SDXL. The text encoders are frozen, so the text
   of each of the 257 captions (16 x 16 colour pairs and the empty prompt) is encoded once.
 
+The run that makes the SD3 base (resumable: the same command continues from ``build/pretrain/sd3``'s checkpoint,
+written every 50 steps; 0.5 CPU-s a step on one thread)::
+
+    python -m cnhelpers.course.pretrain_base --family sd3 --num_latent_examples 4096 --unet_steps 3000 \
+        --unet_batch_size 32 --unet_learning_rate 0.001 --warmup_steps 100 --checkpoint_every 50 --threads 1
+
+then ``--family flux`` and ``--family sdxl`` with the same flags. SD3's ``from_transformer`` with its default of 12
+copied blocks needs a transformer of 13 blocks or more; this one has 4 (pass ``num_layers``; the course's
+family does).
+
 SD3's and Flux's T5 length is :data:`T5_LENGTH` (77, upstream's SD3 default): pass ``max_sequence_length=77`` to
 their pipelines and ``--max_sequence_length 77`` to ``cnhelpers.train`` (the model cards say so).
 """
