@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .runner import course_notebooks
+
 #: The PyPI package whose wheel carries reveal.js (``dist/``, ``plugin/``) and the folder inside it.
 REVEAL_PACKAGE, REVEAL_FOLDER = "sphinx_revealjs", ("_static", "revealjs")
 SLIDE_TYPES = ("slide", "subslide", "fragment", "-", "skip", "notes")
@@ -126,8 +128,6 @@ def build_decks(notebooks: list[Path], out: Path, reveal: Path) -> list[tuple[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runner import course_notebooks
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="folder of the notebooks")
     parser.add_argument("--out", type=Path, default=Path("build/slides"), help="folder for the decks")
