@@ -56,6 +56,7 @@ SHORT_RUN = {
     "06_inference": {"NUM_INFERENCE_STEPS": 4, "NUM_EVALUATION_OUTLINES": 2, "NUM_BREAKDOWN_OUTLINES": 8},
     "07_sdxl": {"MAX_TRAIN_STEPS": 4},
     "08_diffusion_transformers": {"SD3_TRAIN_STEPS": 2, "FLUX_TRAIN_STEPS": 2},
+    "09_your_own_controlnet": {"TRAIN_STEPS": 4},
 }
 
 

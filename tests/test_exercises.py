@@ -194,6 +194,22 @@ def test_sdxl_added_embedding_width():  # notebook 07
     assert not checks.check_sdxl_added_embedding_width(1280)  # the pooled text alone
 
 
+def test_knob_prediction(capsys):  # notebook 09: the outcome is measured by the learner's own run
+    namespace = {}
+    exec(solution_of("09_your_own_controlnet.ipynb", "check_knob_prediction"), namespace)
+    knob, value = namespace["MY_KNOB"]
+    assert knob == "learning_rate" and value < 2e-3 and namespace["my_prediction"] in checks.KNOB_PREDICTIONS
+    assert checks.check_knob_prediction("lower", 0.6, 0.2)
+    assert not checks.check_knob_prediction("higher", 0.6, 0.2)
+    assert not checks.check_knob_prediction("lower", 0.6, 0.58)  # within the tolerance: about the same
+    assert checks.check_knob_prediction("about the same", 0.6, 0.58)
+    assert checks.check_knob_prediction("higher", 0.3, 0.5)
+    assert checks.check_knob_prediction(None, 0.6, None) is False  # the shipped cell: a hint
+    assert checks.check_knob_prediction("better", 0.3, 0.5) is False  # not one of the three words: a hint
+    out = capsys.readouterr().out
+    assert "Not answered yet" in out and "could not use your answer" in out
+
+
 def test_residual_index():  # notebook 08
     namespace = {}
     exec(solution_of("08_diffusion_transformers.ipynb", "check_residual_index"), namespace)
@@ -201,3 +217,17 @@ def test_residual_index():  # notebook 08
     assert not checks.check_residual_index(5, 5)  # Flux's rounded-up interval taken for SD3's too
     assert not checks.check_residual_index(6, 6)  # SD3's fractional interval taken for Flux's too
     assert not checks.check_residual_index(6, 7)  # 22 // 3: the interval rounded down
+
+
+def test_condition_ranking(capsys):  # notebook 09's ranking exercise, for the condition-types benchmark's result
+    scores = checks.final_scores([{"condition": "mask", "iou": [0.2, 0.8]}, {"condition": "outline", "iou": [0.78]},
+                                  {"condition": "keypoints", "iou": [0.5, 0.3]}])
+    assert scores == {"mask": 0.8, "outline": 0.78, "keypoints": 0.3}
+    assert checks.check_condition_ranking(["mask", "outline", "keypoints"], scores)
+    assert checks.check_condition_ranking(["outline", "mask", "keypoints"], scores)  # within 0.05: a tie
+    assert not checks.check_condition_ranking(["keypoints", "mask", "outline"], scores)
+    assert not checks.check_condition_ranking(["mask", "keypoints", "outline"], scores)
+    assert checks.check_condition_ranking(["mask", "outline"], scores) is False  # one left out: a hint
+    assert checks.check_condition_ranking(None, scores) is False
+    out = capsys.readouterr().out
+    assert "wrong way round" in out and "could not use your answer" in out and "Not answered yet" in out

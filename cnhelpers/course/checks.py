@@ -436,7 +436,8 @@ def check_knob_prediction(prediction, baseline: float, changed: float, tolerance
     outcome = knob_outcome(baseline, changed, tolerance)
     measured = f"the run above ended at {baseline:.2f}, yours at {changed:.2f}: {outcome}"
     return verdict(prediction == outcome, f"As measured, {measured}.",
-                   f"You predicted {prediction!r}, but {measured}. Why? Read the sweep above again.")
+                   f"You predicted {prediction!r}, but {measured}. Why? Think about how far each step "
+                   "moves the zero convolutions, and how many steps the run had.")
 
 
 #: Two conditions whose final IoUs are closer than this count as tied in :func:`check_condition_ranking`.

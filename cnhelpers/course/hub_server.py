@@ -879,7 +879,7 @@ def local_hub() -> HubServer:
     with this process's environment pointed at it, as ``hf auth login`` and the Hub would set it up: ``HF_ENDPOINT``
     (the server), ``HF_TOKEN`` (:data:`LOCAL_TOKEN`, user ``learner``), ``HF_HOME`` (a folder of its own, so the
     real Hub's token and cache are never touched), ``HF_HUB_DISABLE_XET=1`` (the server speaks the LFS upload
-    protocol, not Xet's). Processes started afterwards (``python -m cnhelpers.train --push_to_hub``) inherit it.
+    protocol, not Xet's), no download bars. Processes started afterwards (``python -m cnhelpers.train --push_to_hub``) inherit it.
 
     ``huggingface_hub`` reads these when it is imported: call this first. If it was imported already, pointing at
     another address, this raises a RuntimeError that says to restart the kernel. Returns the server
@@ -893,7 +893,7 @@ def local_hub() -> HubServer:
         atexit.register(shutil.rmtree, root, True)
         atexit.register(server.stop)
         os.environ.update(HF_ENDPOINT=url, HF_TOKEN=LOCAL_TOKEN, HF_HOME=str(root / "hf-home"),
-                          HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+                          HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
         _local["server"] = server
     server = _local["server"]
     constants = sys.modules.get("huggingface_hub.constants")
