@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     recipe = run_curve(lr_variant(RECIPE_LR), args.n, cached_only=args.cached_only)
     lr_rows = [row for lr in sorted(args.learning_rates) if (row := rows.get(f"lr {lr:g}", recipe))]
     batch_rows = [row for b in sorted(args.batch_sizes)
-                  if (row := rows.get(f"batch {b}") or (recipe and recipe | {"name": "batch 16"}))]
+                  if (row := (recipe and recipe | {"name": "batch 16"}) if b == 16 else rows.get(f"batch {b}"))]
     for row in batch_rows:
         row["batch"] = 16 if row["name"] == "batch 16" else row["overrides"]["train_batch_size"]
         row["samples"] = [step * row["batch"] for step in row["steps"]]
