@@ -287,8 +287,10 @@ def test_the_server_runs_as_a_script_and_writes_its_port(hub_server, tmp_path):
 
 
 def test_local_hub_logs_the_client_in_and_refuses_a_client_imported_before_it(tmp_path):
-    """Notebook 09's stand-in for huggingface.co: local_hub() points the client at an empty Hub as user learner,
-    and, started after huggingface_hub was imported (its endpoint read at import), says to restart the kernel."""
+    """Notebook 09's stand-in for huggingface.co: local_hub() points the client at an empty Hub as user learner;
+    creating a repo that exists answers as the Hub does (409 with the repo's url, which create_repo(exist_ok=True)
+    reads: a second Run All pushes again); started after huggingface_hub was imported (its endpoint read at
+    import), it says to restart the kernel."""
     code = """
 import json, os
 from cnhelpers.course.hub_server import local_hub
@@ -296,6 +298,7 @@ hub = local_hub()
 from huggingface_hub import HfApi, constants
 user = HfApi().whoami()["name"]
 HfApi().create_repo("learner/a-repo")
+again = str(HfApi().create_repo("learner/a-repo", exist_ok=True))  # a second push's create: the Hub's 409, its url
 same = local_hub() is hub
 constants.ENDPOINT = "https://huggingface.co"  # as if imported before local_hub() set HF_ENDPOINT
 try:
@@ -303,7 +306,7 @@ try:
     refusal = None
 except RuntimeError as error:
     refusal = str(error)
-print(json.dumps({"user": user, "same": same, "endpoint": os.environ["HF_ENDPOINT"], "refusal": refusal,
+print(json.dumps({"user": user, "same": same, "again": again, "endpoint": os.environ["HF_ENDPOINT"], "refusal": refusal,
                   "repos": sorted(p.name for p in (hub.root / "models" / "learner").iterdir())}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -312,6 +315,7 @@ print(json.dumps({"user": user, "same": same, "endpoint": os.environ["HF_ENDPOIN
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["user"] == "learner" and result["same"] and result["repos"] == ["a-repo"]
+    assert result["again"] == f"{result['endpoint']}/learner/a-repo"
     assert result["endpoint"].startswith("http://127.0.0.1:")
     assert result["refusal"].startswith("huggingface_hub was imported before the local Hub started")
     assert "restart the kernel" in result["refusal"]

@@ -124,9 +124,11 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 class HubError(Exception):
     """An error answer, in the shape hf_raise_for_status turns into the matching huggingface_hub error."""
 
-    def __init__(self, status: int, code: str | None, message: str, commit: str | None = None):
+    def __init__(self, status: int, code: str | None, message: str, commit: str | None = None,
+                 body: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.commit = status, code, message, commit
+        self.body = body or {}  # more fields of the JSON answer (the Hub's 409 on create names the repo's url)
 
 
 class FileInfo:
@@ -512,7 +514,7 @@ class HubHandler(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = error.code
         if error.commit:
             headers["X-Repo-Commit"] = error.commit
-        self._send_json({"error": error.message}, error.status, headers)
+        self._send_json({"error": error.message, **error.body}, error.status, headers)
 
     # -- routes
     def _route(self, method: str, path: str, query: dict) -> None:
@@ -564,8 +566,13 @@ class HubHandler(BaseHTTPRequestHandler):
             repo_id = f"{spec.get('organization') or user_for_token(self._token())}/{spec.get('name')}"
             self._entry.update(repo_type=repo_type, repo_id=repo_id)
             self._upload_fault("<create>", repo_id)
-            self.server.create_repo(repo_type, repo_id)
             prefix = "" if repo_type == "models" else f"{repo_type}/"
+            try:
+                self.server.create_repo(repo_type, repo_id)
+            except HubError as error:  # the Hub's 409 names the repo's url: create_repo(exist_ok=True) reads it
+                if error.status == 409:
+                    error.body = {"url": f"{self.server.url}/{prefix}{repo_id}"}
+                raise
             return self._send_json({"url": f"{self.server.url}/{prefix}{repo_id}", "name": repo_id,
                                     "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
         if len(parts) < 3 or parts[0] not in REPO_TYPES:
