@@ -67,7 +67,9 @@ def test_the_widget_redraws_its_picture_and_score_after_a_stroke_and_a_colour(sh
         form.widget.children[2]
     before = (picture.value, score.value)
     canvas.points = circle_points(0.7, 0.3, 0.2)  # what the browser sends after a stroke
-    assert picture.value != before[0] and score.value != before[1]
+    # the picture is drawn anew; the score line is recomputed, but may read the same (two circles the ControlNet
+    # follows equally well scored 0.91, drawn in 0.27 s, on Colab's versions): the browser test sees it change
+    assert picture.value != before[0] and "IoU of the drawn region" in score.value
     after_stroke = picture.value
     menus[0].value = "red"
     assert picture.value != after_stroke and "'red circle with navy background'" in score.value
