@@ -135,10 +135,12 @@ test:
 # pytest-xdist: two workers, one torch thread each. The tests are mostly short CLI runs whose start-up is one
 # core's work, so two at a time use both cores.
 XDIST := -n 2
+# Each pytest leg's log ends with its slowest items, so a leg that grows shows where.
+DURATIONS := --durations=15
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 test-python: setup
-	env $(ONE_THREAD) $(BIN)/python -m pytest $(XDIST) -p no:cacheprovider tests
+	env $(ONE_THREAD) $(BIN)/python -m pytest $(XDIST) -p no:cacheprovider $(DURATIONS) tests
 
 # nbval over the notebooks as tests/notebooks_twice.py writes them into build/twice/: each doubled, its cells then
 # the same cells again, both with the stored outputs, in one fresh kernel, so one execution checks the first run
@@ -156,18 +158,18 @@ TWICE := build/twice
 
 test-notebooks: setup
 	$(BIN)/python tests/notebooks_twice.py --out $(TWICE) --skip 05_
-	env $(SHORT_RUN) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+	env $(SHORT_RUN) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(DURATIONS) \
 	  $(SHORT_RUN_SANITIZE) $(TWICE)
 
 # The Flax notebook runs in its own kernel (cn-flax, the .venv-flax Python), not in the current one.
 test-flax: test-flax-python test-flax-notebook
 
 test-flax-python: setup-flax
-	$(BIN_FLAX)/python -m pytest -p no:cacheprovider tests_flax
+	$(BIN_FLAX)/python -m pytest -p no:cacheprovider $(DURATIONS) tests_flax
 
 test-flax-notebook: setup-flax
 	$(BIN_FLAX)/python tests/notebooks_twice.py --out $(TWICE)-flax --only 05_
-	$(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(TWICE)-flax
+	$(BIN_FLAX)/python -m pytest --nbval-lax --nbval-kernel-name $(KERNEL_FLAX) -p no:cacheprovider $(DURATIONS) $(TWICE)-flax
 
 # The sd15 and sdxl profiles, small, over HTTP from the loopback test Hub (tests/real_paths_course.py).
 test-real-paths: setup
@@ -185,17 +187,17 @@ test-colab: test-colab-python test-colab-notebooks
 # the clean-clone run of 894d615), so these legs see Colab's own tools and kernels only.
 COLAB_ENV := env -u JUPYTER_PATH PATH=$(BIN_COLAB):$(PATH)
 test-colab-python: setup-colab
-	$(COLAB_ENV) $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider -m colab tests
+	$(COLAB_ENV) $(ONE_THREAD) $(BIN_COLAB)/python -m pytest $(XDIST) -p no:cacheprovider $(DURATIONS) -m colab tests
 
 test-colab-notebooks: setup-colab
 	$(BIN_COLAB)/python tests/notebooks_twice.py --once --short --out $(COLAB_NOTEBOOKS) --skip 05_
 	$(COLAB_ENV) $(SHORT_RUN) CN_BUILD_DIR=$(CURDIR)/build/colab $(BIN_COLAB)/python -m pytest --nbval-lax --nbval-current-env \
-	  -p no:cacheprovider $(SHORT_RUN_SANITIZE) $(COLAB_NOTEBOOKS)
+	  -p no:cacheprovider $(DURATIONS) $(SHORT_RUN_SANITIZE) $(COLAB_NOTEBOOKS)
 
 # JupyterLab on loopback over a copy of the notebooks in build/browser/, Chromium through Playwright
 # (tests_browser/); screenshots of every notebook in build/browser/screenshots/.
 test-browser: setup-browser
-	$(BIN)/python -m pytest -p no:cacheprovider -s tests_browser
+	$(BIN)/python -m pytest -p no:cacheprovider $(DURATIONS) -s tests_browser
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
