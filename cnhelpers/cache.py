@@ -107,13 +107,19 @@ def build_cache(train_dataset, captions, encode_prompts, vae, device, batch_size
 
 
 def use_cache(mode: str, raw, *, caption_column: str, resolution: int, text_shape,
-              max_train_samples: int | None = None, latent_channels: int = 4, condition_latents: bool = False) -> bool:
+              max_train_samples: int | None = None, latent_channels: int = 4, condition_latents: bool = False,
+              examples_read: int | None = None) -> bool:
     """Whether to take the fast path: ``mode`` ``"always"`` (refused when the cache cannot fit in the available
-    RAM), ``"never"``, or ``"auto"`` when it fits in :data:`CACHE_AUTO_LIMIT_BYTES` and in half the available RAM.
+    RAM), ``"never"``, or ``"auto"`` when the run reads every example at least once and the cache fits in
+    :data:`CACHE_AUTO_LIMIT_BYTES` and in half the available RAM.
 
     ``raw`` is the data set before transforms; ``text_shape`` the shape of one prompt's text embedding (the base's
     family knows it: ``family.text_shape(models)``), ``latent_channels`` the VAE's, ``condition_latents`` whether the
-    conditioning images are cached as latents (SD3, Flux).
+    conditioning images are cached as latents (SD3, Flux). ``examples_read`` is how many examples one process
+    reads in the whole run (steps x batch size x accumulation; ``None``: whole epochs). Building the cache encodes
+    every example once, a step without it encodes the examples it reads: a run that reads fewer examples than the
+    data set holds (a short run on a large set) is faster without it. The whole run counts, not what is left of
+    it, so a resumed run takes the path its start took.
     """
     if mode == "never":
         return False
@@ -125,6 +131,8 @@ def use_cache(mode: str, raw, *, caption_column: str, resolution: int, text_shap
                              "of captions. Use --cache never (captions are then drawn per step).")
         return False
     n = min(len(raw), max_train_samples or len(raw))
+    if mode == "auto" and examples_read is not None and examples_read < n:
+        return False
     size = estimated_cache_bytes(n, resolution, len(set(captions)), text_shape, latent_channels,
                                  condition_latents=condition_latents)
     available, limit = available_memory("cpu")

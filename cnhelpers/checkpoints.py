@@ -48,13 +48,14 @@ def list_checkpoints(output_dir) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def write_manifest(folder, step: int) -> Path:
-    """Write :data:`MANIFEST` into ``folder``: every file's size (called last, when everything else is saved)."""
+def write_manifest(folder, step: int, run_facts: dict | None = None) -> Path:
+    """Write :data:`MANIFEST` into ``folder``: every file's size (called last, when everything else is saved), and
+    ``run_facts``, what a resumed run must repeat (read back by :func:`checkpoint_run_facts`)."""
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != MANIFEST}
     tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    tmp.write_text(json.dumps({"step": step, "files": files, **(run_facts or {})}, indent=1))
     os.replace(tmp, folder / MANIFEST)
     return folder / MANIFEST
 
@@ -166,8 +167,20 @@ def find_checkpoint(output_dir, resume_from_checkpoint: str) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: int | None) -> Path:
+def checkpoint_run_facts(checkpoint) -> dict:
+    """The ``run_facts`` a checkpoint's manifest holds (``{}`` for one saved before they were written)."""
+    manifest = Path(checkpoint) / MANIFEST
+    if not manifest.is_file():
+        return {}
+    facts = json.loads(manifest.read_text())
+    return {key: value for key, value in facts.items() if key not in ("step", "files")}
+
+
+def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: int | None,
+                    run_facts: dict | None = None) -> Path:
     """``accelerator.save_state`` into ``checkpoint-N``, atomically, then prune to ``total_limit``.
+
+    ``run_facts`` go into the manifest: what the run chose once that a resumed run must choose the same way.
 
     Called on every process (each saves its RNG state; DeepSpeed needs all of them). The state is written
     to ``checkpoint-N.partial``, the manifest last, and the folder renamed when complete; older checkpoints
@@ -185,7 +198,7 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: int 
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            write_manifest(partial, global_step)
+            write_manifest(partial, global_step, run_facts)
     except BaseException as error:
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)

@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--crops_coords_top_left_w", type=int, default=0,
                       help="SDXL: the crop's left coordinate given to the UNet (add_time_ids).")
     data.add_argument("--cache", choices=["auto", "always", "never"], default="auto",
-                      help="Encode latents and text once (auto: when the cache fits in 4 GiB and in half the "
-                           "available RAM).")
+                      help="Encode latents and text once (auto: when the run reads every example at least once "
+                           "and the cache fits in 4 GiB and in half the available RAM).")
     data.add_argument("--skip_bad_images", action="store_true",
                       help="Before training, read every image and leave out the rows whose image or conditioning "
                            "image cannot be read (each is named in a warning). By default an unreadable image "

@@ -47,7 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import build_cache, use_cache
-from .checkpoints import find_checkpoint, list_checkpoints, register_controlnet_hooks, save_checkpoint
+from .checkpoints import (
+    checkpoint_run_facts, find_checkpoint, list_checkpoints, register_controlnet_hooks, save_checkpoint)
 from .config import changed_flags, check_paths, check_push_to_hub, resolved_args
 from .data import check_captions, check_columns, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
 from .families import Models, StepConstants
@@ -258,10 +259,11 @@ def prepare_data(args, accelerator, setup: StepSetup):
         if len(raw) == 0:
             raise ValueError("--skip_bad_images left no rows: every example has an unreadable image. Check the "
                              "data set's image files.")
-    cached = use_cache(args.cache, raw, caption_column=args.caption_column, resolution=args.resolution,
+    cached = use_cache(cache_mode(args), raw, caption_column=args.caption_column, resolution=args.resolution,
                        text_shape=models.family.text_shape(models), max_train_samples=args.max_train_samples,
                        latent_channels=models.vae.config.latent_channels,
-                       condition_latents=models.family.condition_as_latents)
+                       condition_latents=models.family.condition_as_latents,
+                       examples_read=examples_read(args))
     dataset = make_train_dataset(
         raw, models.tokenizer, resolution=args.resolution, image_column=args.image_column,
         conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column,
@@ -287,6 +289,24 @@ def prepare_data(args, accelerator, setup: StepSetup):
     return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, collate_fn=collate,
                                        sampler=EpochSampler(len(dataset), args.seed),
                                        num_workers=args.dataloader_num_workers)
+
+
+def cache_mode(args) -> str:
+    """``--cache``, where a resumed run's ``auto`` becomes the choice its start made (written in its checkpoints):
+    a run extended past its first ``--max_train_steps`` reads more examples, but must take the same path to end
+    with the weights of an uninterrupted run."""
+    if args.cache != "auto" or not args.resume_from_checkpoint:
+        return args.cache
+    checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    cached = checkpoint_run_facts(checkpoint).get("cached") if checkpoint is not None else None
+    return args.cache if cached is None else ("always" if cached else "never")
+
+
+def examples_read(args) -> int | None:
+    """How many examples one process reads in the whole run (``None`` when the run is counted in epochs)."""
+    if args.max_train_steps is None:
+        return None
+    return args.max_train_steps * args.train_batch_size * args.gradient_accumulation_steps
 
 
 def check_data(args, raw, models: Models) -> None:
@@ -502,7 +522,8 @@ def train(args, callback=None) -> TrainResult:
             accelerator.log({"loss": logs["loss"], "lr": logs["lr"]}, step=global_step)
             if global_step % args.checkpointing_steps == 0:
                 with guard.critical():  # a signal now waits until the checkpoint is complete
-                    save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
+                                    run_facts={"cached": bool(step_setup.text_tables)})
             if accelerator.is_main_process and args.validation_prompt and global_step % args.validation_steps == 0:
                 result.validations.append(log_validation(accelerator, args, step_setup.models, step_setup.weight_dtype,
                                                          global_step))

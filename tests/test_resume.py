@@ -120,7 +120,8 @@ def test_every_checkpoint_has_a_manifest_of_its_files(straight):
         manifest = json.loads((checkpoint / MANIFEST).read_text())
         files = {p.relative_to(checkpoint).as_posix(): p.stat().st_size for p in checkpoint.rglob("*")
                  if p.is_file() and p.name != MANIFEST}
-        assert manifest == {"step": int(checkpoint.name.split("-")[1]), "files": files}
+        # and the run's choices that a resumed run repeats (the fast path: tests/test_cache.py)
+        assert manifest == {"step": int(checkpoint.name.split("-")[1]), "files": files, "cached": True}
         assert "controlnet/diffusion_pytorch_model.safetensors" in files and "optimizer.bin" in files
 
 
