@@ -14,10 +14,11 @@ notebook's own count of code cells is the second run's.
 
 The second run is there for what the first one leaves in the kernel and in ``build/`` (the second copy runs in the
 same folder, so it meets the first one's outputs, checkpoints and data), so it is left out where nothing is left
-that a second run could meet (``RUN_ONCE``, each with its reason; such a notebook is written once, as it is),
-and it runs at a smaller size where the notebook has a knob for it (``SHORT_RUN``: values for the second copy's
-``parameters`` cell; the first copy keeps the stored run's). Every other notebook, a new one included, is
-doubled whole.
+that a second run could meet (``RUN_ONCE``, each with its reason; such a notebook is written once), and it runs
+at a smaller size where the notebook has a knob for it (``SHORT_RUN``: values for the second copy's
+``parameters`` cell; the first copy keeps the stored run's). A notebook run once runs at the ``SHORT_RUN`` size
+too where it has one: its checked cells must then not depend on the size, as a second copy's do not. Every
+other notebook, a new one included, is doubled whole.
 
 ``--once --short`` writes each notebook once, with the ``SHORT_RUN`` values in its ``parameters`` cell: Colab's
 leg runs those (its own build folder, so it need not wait for this leg), because what it checks is that each
@@ -57,6 +58,9 @@ SHORT_RUN = {
     "07_sdxl": {"MAX_TRAIN_STEPS": 4},
     "08_diffusion_transformers": {"SD3_TRAIN_STEPS": 2, "FLUX_TRAIN_STEPS": 2},
     "09_your_own_controlnet": {"TRAIN_STEPS": 4},
+    # run once: two of the ladder's rungs, side by side, instead of every rung (tests/test_memory.py runs rungs
+    # 1, 6, 7 and 8 and compares side by side with one at a time; make outputs runs every rung)
+    "04b_measuring_memory": {"LADDER_RUNGS": "7,8"},
 }
 
 
@@ -139,6 +143,8 @@ def main(argv=None) -> int:
                 set_parameters(nb, SHORT_RUN[path.stem], "tests/notebooks_twice.py --short")
         elif path.stem not in RUN_ONCE:
             nb = doubled(nb, SHORT_RUN.get(path.stem))
+        elif path.stem in SHORT_RUN:
+            set_parameters(nb, SHORT_RUN[path.stem], "tests/notebooks_twice.py: run once, short")
         nbformat.validate(nb)
         nbformat.write(nb, args.out / path.name)
     if args.once:
@@ -146,7 +152,7 @@ def main(argv=None) -> int:
         print(f"{len(paths)} notebooks into {args.out}, once each; short: {', '.join(short) or 'none'}")
         return 0
     twice = [p.stem + (" (short second run)" if p.stem in SHORT_RUN else "") for p in paths if p.stem not in RUN_ONCE]
-    once = [p.stem for p in paths if p.stem in RUN_ONCE]
+    once = [p.stem + (" (short)" if p.stem in SHORT_RUN else "") for p in paths if p.stem in RUN_ONCE]
     print(f"{len(paths)} notebooks into {args.out}: doubled {', '.join(twice) or 'none'}; "
           f"once {', '.join(once) or 'none'}")
     return 0
