@@ -106,10 +106,19 @@ class StepSetup:
     latent_layout: torch.memory_format = torch.contiguous_format  # (--channels_last: the models' layout)
     #: The family's training objective (noising, target, loss); by default with the family's default options.
     objective: object = None
+    _empty_text: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.objective is None:
             self.objective = self.models.family.objective(self.models.noise_scheduler)
+
+    def empty_text(self) -> tuple[torch.Tensor, ...]:
+        """The empty prompt's text conditioning, encoded once (what the uncached path swaps in for a dropped
+        prompt, as the cached path swaps in its table's last row)."""
+        if self._empty_text is None:
+            with torch.no_grad():
+                self._empty_text = self.models.encode_prompts([""])
+        return self._empty_text
 
 
 def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr_gamma: float | None = None,
@@ -142,8 +151,12 @@ def training_step(setup: StepSetup, batch: dict, generator: torch.Generator, snr
         drop = torch.rand(caption_index.shape, generator=generator, device=caption_index.device)
         caption_index[drop < proportion_empty_prompts] = len(setup.text_tables[0]) - 1
         text = tuple(table[caption_index] for table in setup.text_tables)
-    else:  # (the uncached data path dropped its share of prompts when it tokenized them)
+    else:  # the batch's captions encoded now; the same draw swaps the same share for the empty prompt
         text = family.encode_batch_text(models, batch)
+        drop = torch.rand(text[0].shape[:1], generator=generator, device=text[0].device) < proportion_empty_prompts
+        if drop.any():
+            text = tuple(torch.where(drop.view(-1, *[1] * (part.dim() - 1)), empty.to(part.dtype), part)
+                         for part, empty in zip(text, setup.empty_text()))
     noised.latents = noised.latents.contiguous(memory_format=setup.latent_layout)
     inputs = family.step_inputs(models, setup.constants, noised, text,
                                 condition.contiguous(memory_format=setup.conditioning_layout))
@@ -267,8 +280,9 @@ def prepare_data(args, accelerator, setup: StepSetup):
     dataset = make_train_dataset(
         raw, models.tokenizer, resolution=args.resolution, image_column=args.image_column,
         conditioning_image_column=args.conditioning_image_column, caption_column=args.caption_column,
-        # with the cache, prompts are dropped per step instead (same share, same effect)
-        proportion_empty_prompts=0.0 if cached else args.proportion_empty_prompts,
+        # prompts are dropped per step, from the step's generator (training_step), on both paths: a resumed run
+        # draws what the uninterrupted one drew (a draw in the transform would depend on the batches it skipped)
+        proportion_empty_prompts=0.0,
         max_train_samples=args.max_train_samples, seed=args.seed, tokenizer_2=models.tokenizers.get("tokenizer_2"),
         interpolation=args.image_interpolation_mode or models.family.default_interpolation,
         tokenize=partial(models.family.tokenize, models))

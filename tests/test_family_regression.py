@@ -7,6 +7,11 @@ seed 0 and 16 fill examples; its losses are stored as ``float.hex`` strings and 
 every tensor's bytes, so the comparison is bit for bit. Bits depend on the kernels that ran: where torch's
 version or the CPU's vector capability differs from the recording's, the test compares to 1e-5 instead (and
 says so in its name's parameter).
+
+One case was recorded again since, on purpose: ``sd-uncached-accumulate`` (2026-12-05), when the uncached path
+began dropping prompts per step from the step's generator, as the cached path does (a draw in the data transform
+made a resumed run drop other prompts than the uninterrupted one); the other three cases are the seam's record,
+unchanged.
 """
 
 from __future__ import annotations
