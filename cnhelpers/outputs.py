@@ -171,31 +171,40 @@ class TrainLog:
     """``train_log.jsonl``: one JSON line per optimizer step, appended (and flushed) as the step ends.
 
     A run resumed from step N keeps the lines of steps 1..N and drops any later ones (steps a crash lost with
-    the weights they had made), so the file of a finished run holds every step once.
+    the weights they had made), so the file of a finished run holds every step once. The file is rewritten when
+    the first step ends, not before: a run that stops before it (an unreadable image in its first batch) leaves
+    the log it found as it was.
     """
 
     def __init__(self, path, resumed_step: int = 0, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
-        if not enabled:
-            return
+        self.path, self.enabled, self.resumed_step = Path(path), enabled, resumed_step
+        self._started = False
+
+    def _kept_lines(self) -> list[str]:
+        """The lines a resumed run keeps: steps 1..resumed_step (none for a new run)."""
         kept = []
-        if resumed_step and self.path.is_file():
+        if self.resumed_step and self.path.is_file():
             for line in self.path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a crash
                     continue
-                if entry.get("step", 0) <= resumed_step:
+                if entry.get("step", 0) <= self.resumed_step:
                     kept.append(line + "\n")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        return kept
 
     def append(self, entry: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as log:
-                log.write(json.dumps(entry) + "\n")
+        if not self.enabled:
+            return
+        if not self._started:  # the kept lines and this step's, in place of the old file at once
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(self._kept_lines()) + json.dumps(entry) + "\n")
+            os.replace(tmp, self.path)
+            self._started = True
+            return
+        with open(self.path, "a") as log:
+            log.write(json.dumps(entry) + "\n")
 
 
 def push_to_hub(args) -> str:

@@ -50,7 +50,9 @@ from .cache import build_cache, use_cache
 from .checkpoints import (
     checkpoint_run_facts, find_checkpoint, list_checkpoints, register_controlnet_hooks, save_checkpoint)
 from .config import changed_flags, check_paths, check_push_to_hub, resolved_args
-from .data import check_captions, check_columns, collate_fn, drop_unreadable_rows, load_raw_dataset, make_train_dataset
+from .data import (
+    check_aspect_ratios, check_captions, check_columns, collate_fn, drop_unreadable_rows, load_raw_dataset,
+    make_train_dataset)
 from .families import Models, StepConstants
 from .loading import check_step_fits_memory, load_models
 from .lora import add_controlnet_lora, trainable_parameters
@@ -287,6 +289,8 @@ def prepare_data(args, accelerator, setup: StepSetup):
         interpolation=args.image_interpolation_mode or models.family.default_interpolation,
         tokenize=partial(models.family.tokenize, models))
     collate = collate_fn
+    if not cached:  # (the cache transforms every row before the first step, and so checks them all)
+        check_aspect_ratios(raw, args.image_column, args.conditioning_image_column)
     if cached:
         dataset, tables = build_cache(dataset, dataset.with_format(None)[args.caption_column], models.encode_prompts,
                                       models.vae, accelerator.device, batch_size=args.train_batch_size,
