@@ -285,3 +285,16 @@ def test_list_captions_pick_one_when_training_and_the_first_otherwise():
 def test_caption_of_another_type_is_a_clear_error():
     with pytest.raises(ValueError, match="should contain strings or non-empty lists"):
         pick_captions([42])
+
+
+def test_a_folder_without_split_names_is_loaded_by_naming_its_files_and_one_with_them_is_left_to_datasets(tmp_path):
+    from cnhelpers.data import single_split_files
+
+    plain = write_fill_imagefolder(tmp_path / "plain", 4, resolution=32)
+    assert single_split_files(plain) == {"train": "**"}
+    assert load_imagefolder(plain)["text"] == [json.loads(line)["text"] for line in
+                                               (plain / "metadata.jsonl").read_text().splitlines()]
+    (tmp_path / "split" / "test").mkdir(parents=True)
+    assert single_split_files(tmp_path / "split") is None  # datasets would find a test split: it decides
+    (tmp_path / "sharded" / "data").mkdir(parents=True)
+    assert single_split_files(tmp_path / "sharded") is None
