@@ -16,7 +16,8 @@ The second run is there for what the first one leaves in the kernel and in ``bui
 same folder, so it meets the first one's outputs, checkpoints and data), so it is left out where nothing is left
 that a second run could meet (``RUN_ONCE``, each with its reason; such a notebook is written once), and it runs
 at a smaller size where the notebook has a knob for it (``SHORT_RUN``: values for the second copy's
-``parameters`` cell; the first copy keeps the stored run's). A notebook run once runs at the ``SHORT_RUN`` size
+``parameters`` cell; the first copy keeps the stored run's, but for the few values ``FIRST_RUN`` sizes down where
+no checked cell depends on them). A notebook run once runs at the ``SHORT_RUN`` size
 too where it has one: its checked cells must then not depend on the size, as a second copy's do not. Every
 other notebook, a new one included, is doubled whole.
 
@@ -64,6 +65,15 @@ SHORT_RUN = {
 }
 
 
+#: Values for the *first* copy where the stored run's are larger than anything checked needs: the cells they size
+#: print no checked output (their figures are ``make outputs``' run, compared loosely), so the first run still
+#: checks every checked cell against the stored outputs. 06: its evaluation and breakdown tables, whose 16 and 64
+#: outlines at 20 steps took 67 s of test-notebooks' 643 s (2026-12-05); its second copy runs them at these sizes.
+FIRST_RUN = {
+    "06_inference": {"NUM_EVALUATION_OUTLINES": 2, "NUM_BREAKDOWN_OUTLINES": 8},
+}
+
+
 def set_parameters(nb, values: dict, note: str = "tests/notebooks_twice.py"):
     """Set ``values`` in the notebook's ``parameters`` cell (as papermill would); each name must be set there."""
     cell = next((c for c in nb.cells if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])), None)
@@ -99,10 +109,13 @@ def checked_outputs(nb) -> dict[int, str]:
     return found
 
 
-def doubled(nb, second_run_parameters: dict | None = None):
+def doubled(nb, second_run_parameters: dict | None = None, first_run_parameters: dict | None = None):
     """``nb`` with its cells twice, a marker between; the copies keep the stored outputs and get ids of their own.
-    ``second_run_parameters``: values for the second copy's ``parameters`` cell."""
+    ``second_run_parameters``: values for the second copy's ``parameters`` cell; ``first_run_parameters``: for
+    the first copy's (:data:`FIRST_RUN`)."""
     twice = copy.deepcopy(nb)
+    if first_run_parameters:
+        set_parameters(twice, first_run_parameters, "tests/notebooks_twice.py: FIRST_RUN")
     marker = nbformat.v4.new_markdown_cell(SECOND_RUN_MARKER)
     second_nb = copy.deepcopy(nb)
     if second_run_parameters:
@@ -142,7 +155,7 @@ def main(argv=None) -> int:
             if args.short and path.stem in SHORT_RUN:
                 set_parameters(nb, SHORT_RUN[path.stem], "tests/notebooks_twice.py --short")
         elif path.stem not in RUN_ONCE:
-            nb = doubled(nb, SHORT_RUN.get(path.stem))
+            nb = doubled(nb, SHORT_RUN.get(path.stem), FIRST_RUN.get(path.stem))
         elif path.stem in SHORT_RUN:
             set_parameters(nb, SHORT_RUN[path.stem], "tests/notebooks_twice.py: run once, short")
         nbformat.validate(nb)

@@ -1,6 +1,5 @@
 """The training loop: Min-SNR, learning, checkpoints, resume, pruning, multi-process, errors."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,24 +198,10 @@ def test_resume_from_a_missing_checkpoint_lists_the_ones_there(tiny_base, fill_d
                         resume_from_checkpoint="checkpoint-7"))
 
 
-def test_two_process_cpu_run_trains_and_saves_once(tiny_base, fill_dir, tmp_path):
-    out = tmp_path / "ddp"
-    # --multi_gpu starts the processes with torchrun; ACCELERATE_USE_CPU=1 makes them share the CPU with
-    # gloo (--cpu alone would start a single process: accelerate runs CPU processes only through MPI).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", "-m", "cnhelpers.train",
-               "--pretrained_model_name_or_path", str(tiny_base), "--train_data_dir", str(fill_dir),
-               "--output_dir", str(out), "--resolution", "64", "--train_batch_size", "2", "--max_train_steps", "3",
-               "--checkpointing_steps", "2", "--seed", "0", "--report_to", "none", "--learning_rate", "1e-4"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("Trained 3 steps") == 1  # only the main process reports and saves
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
-    assert sorted(p.name for p in (out / "checkpoint-2").glob("random_states_*.pkl")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]
-    assert isinstance(ControlNetModel.from_pretrained(out), ControlNetModel)
+# Two processes on the CPU (accelerate launch --multi_gpu, ACCELERATE_USE_CPU=1, gloo): notebook 04's checked
+# output shows the run reporting once ("Trained 4 steps; ControlNet saved ..." a single time) and a random state
+# saved per process (random_states_0.pkl, random_states_1.pkl), in test-notebooks and on Colab's versions; the test
+# that ran it a fourth time here is gone.
 
 
 def test_processes_that_cannot_share_a_device_refuse_to_train_alone(tiny_base, fill_dir, tmp_path, monkeypatch):
@@ -337,12 +322,17 @@ def test_a_controlnet_made_for_another_base_is_refused_naming_both_shapes(tiny_b
 def test_resuming_a_finished_run_trains_nothing_and_changes_nothing(tiny_base, fill_dir, tmp_path):
     args = tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=4, checkpointing_steps=4)
     train(args)
-    finished = controlnet_state(tmp_path / "run")
+    before = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in sorted((tmp_path / "run").rglob("*"))
+              if p.is_file()}
     again = train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=4, checkpointing_steps=4,
                             resume_from_checkpoint="latest"))
     assert again.global_step == 4 and again.history == []
-    resumed = controlnet_state(tmp_path / "run")
-    assert all(torch.equal(finished[k], resumed[k]) for k in finished)
+    after = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in sorted((tmp_path / "run").rglob("*"))
+             if p.is_file()}
+    # the same files, byte for byte: weights, config, checkpoints, log, model card (the CLI's own run of this
+    # was a repeat: tests/test_resume.py keeps the CLI's SIGKILL resume)
+    assert sorted(after) == sorted(before) and all(after[k] == before[k] for k in before), \
+        [k for k in before if after.get(k) != before[k]]
 
 
 def test_the_log_of_a_resumed_run_holds_every_step_once(tiny_base, fill_dir, tmp_path):
