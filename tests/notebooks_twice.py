@@ -69,8 +69,15 @@ SHORT_RUN = {
 #: print no checked output (their figures are ``make outputs``' run, compared loosely), so the first run still
 #: checks every checked cell against the stored outputs. 06: its evaluation and breakdown tables, whose 16 and 64
 #: outlines at 20 steps took 67 s of test-notebooks' 643 s (2026-12-05); its second copy runs them at these sizes.
+#: 03 and 09: their training runs at the second copy's 4 steps (they ran 40 and 20, CN_PROFILE_OVERRIDES in make
+#: test-notebooks until 2026-12-05: 03's main run took 56 s there against 26 s at 4 steps, and every checked cell of
+#: 03 passes at 4 steps in the second copy, with step counts and checkpoint names masked; neither size reads every
+#: example, so both run the uncached path) and 03's hand-written loop at 4 (20 stored: its cell's check, the same
+#: weights as train()'s, holds at any length).
 FIRST_RUN = {
+    "03_training_loop": {"MAX_TRAIN_STEPS": 4, "HAND_STEPS": 4},
     "06_inference": {"NUM_EVALUATION_OUTLINES": 2, "NUM_BREAKDOWN_OUTLINES": 8},
+    "09_your_own_controlnet": {"TRAIN_STEPS": 4},
 }
 
 
