@@ -287,7 +287,7 @@ def prepare_data(args, accelerator, setup: StepSetup):
         proportion_empty_prompts=0.0,
         max_train_samples=args.max_train_samples, seed=args.seed, tokenizer_2=models.tokenizers.get("tokenizer_2"),
         interpolation=args.image_interpolation_mode or models.family.default_interpolation,
-        tokenize=partial(models.family.tokenize, models))
+        tokenize=models.tokenize_fn())
     collate = collate_fn
     if not cached:  # (the cache transforms every row before the first step, and so checks them all)
         check_aspect_ratios(raw, args.image_column, args.conditioning_image_column)

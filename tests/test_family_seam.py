@@ -139,3 +139,24 @@ def test_a_family_loads_only_its_parts_and_sdxl_keeps_its_vae_in_float32_under_f
     assert sdxl.vae_in_float32(torch.float16, replaced_vae=False)
     assert not sdxl.vae_in_float32(torch.float16, replaced_vae=True)
     assert not sdxl.vae_in_float32(torch.bfloat16, replaced_vae=False)
+
+
+def test_the_data_sets_tokenize_holds_the_tokenizers_and_no_model(tiny_base):
+    """A data set's transform captures ``tokenize_fn()``; datasets hashes (pickles) a transform for its fingerprint
+    each run, so it must not reach the models' weights."""
+    import pickle
+
+    import torch
+    from transformers import CLIPTokenizer
+
+    from cnhelpers.families.family import Models
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
+    weights = torch.nn.Linear(512, 512)  # 1 MB of float32, standing in for every model of the base
+    models = Models(family=family_named("sd"), tokenizers={"tokenizer": tokenizer},
+                    text_encoders={"text_encoder": weights}, vae=weights, denoiser=weights, noise_scheduler=None,
+                    controlnet=weights)
+    tokenize = models.tokenize_fn()
+    captions = ["a red circle on a blue background"]
+    assert torch.equal(tokenize(captions)["input_ids"], models.family.tokenize(models, captions)["input_ids"])
+    assert len(pickle.dumps(tokenize)) < len(pickle.dumps(tokenizer)) + 100_000 < len(pickle.dumps(weights))
