@@ -98,3 +98,16 @@ def test_every_notebook_says_how_long_it_runs():
     for path in course_notebooks(NOTEBOOKS):
         first = "".join(json.loads(path.read_text())["cells"][0]["source"])
         assert "**Runtime.**" in first and "2-core CPU" in first, path.name
+
+
+def test_a_failed_in_place_run_leaves_the_stored_notebook_and_keeps_its_copy_to_read(tmp_path, monkeypatch, capsys):
+    from cnhelpers.course import runner
+
+    path = _notebook(tmp_path, "print('stored')", "raise ValueError('bad resolution')")
+    stored = path.read_bytes()
+    monkeypatch.setattr(runner, "IN_PLACE_RUNS", tmp_path / "runs")
+    assert runner.main(["--notebooks", str(tmp_path), "--in-place"]) == 1
+    assert path.read_bytes() == stored
+    failed = nbformat.read(tmp_path / "runs" / path.name, as_version=4)
+    assert failed.cells[1].outputs[0]["ename"] == "ValueError"
+    assert "the stored notebook is unchanged" in capsys.readouterr().out

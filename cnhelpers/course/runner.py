@@ -22,6 +22,8 @@ import datetime
 import html
 import json
 import re
+import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -323,6 +325,10 @@ def sync_runtime_notes(folder: Path, names=None) -> list[str]:
     return changed
 
 
+#: Where ``--in-place`` executes a notebook before it replaces the stored one (only a run that passed does).
+IN_PLACE_RUNS = Path("build/in-place")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="folder of the notebooks")
@@ -340,16 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     total = time.perf_counter()
     for path in notebooks:
-        out_path = path if args.in_place else args.out / path.name
-        import resource
-
+        # --in-place runs into IN_PLACE_RUNS first: a run that fails (or is stopped) leaves the stored notebook
+        # as it was, and its executed copy, error and all, there to read
+        out_path = IN_PLACE_RUNS / path.name if args.in_place else args.out / path.name
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         passed, seconds, message = run_notebook(path, out_path, args.timeout)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel has exited: its CPU time is counted
         cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         failures += not passed and not message.startswith("skipped")
+        if args.in_place and not passed and out_path.is_file():
+            message += f" (the stored notebook is unchanged; this run's copy: {out_path})"
         print(f"{path.name:<32} {seconds:7.1f} s  {message}", flush=True)
         if passed and args.in_place:  # the stored outputs and the runtime notes come from this one run
+            shutil.copyfile(out_path, path)
             record_runtime(args.notebooks, path.name, seconds, cpu_seconds=cpu_seconds)
             sync_runtime_notes(args.notebooks, [path.name])
     print(f"{len(notebooks)} notebooks, {failures} failed, {time.perf_counter() - total:.0f} s in all"
