@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None,
 
     ``base``: a folder in diffusers' pipeline layout or a hub id. ``controlnet``: a folder, a hub id or a ControlNetModel, or a
     list of them for a MultiControlNet. ``dtype=torch.float16`` with ``device="cuda"`` is the usual
-    GPU set-up. Progress bars are off unless ``progress_bar`` is True.
+    GPU set-up. Progress bars (loading the pipeline's parts, and sampling) are off unless ``progress_bar`` is True.
     """
     import diffusers
 
@@ -36,8 +37,9 @@ def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None,
         nets = [load_controlnet(c, dtype, family.controlnet_class) for c in controlnet]
     else:
         nets = load_controlnet(controlnet, dtype, family.controlnet_class)
-    pipeline = getattr(diffusers, family.pipeline_name).from_pretrained(
-        folder, controlnet=nets, **family.pipeline_kwargs, **dtype_kwargs(dtype))
+    with diffusers_progress_bars(progress_bar):
+        pipeline = getattr(diffusers, family.pipeline_name).from_pretrained(
+            folder, controlnet=nets, **family.pipeline_kwargs, **dtype_kwargs(dtype))
     for net in nets if isinstance(nets, list) else [nets]:
         family.check_controlnet_fits(net, getattr(pipeline, family.denoiser_name), pipeline.vae_scale_factor)
     # The family's sampler: UniPC for the UNet families, a multistep solver that gives good pictures in 20-25 steps
@@ -45,6 +47,20 @@ def load_controlnet_pipeline(base, controlnet, dtype: torch.dtype | None = None,
     pipeline.scheduler = family.validation_scheduler(pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=not progress_bar)
     return pipeline.to(device) if device is not None else pipeline
+
+
+@contextmanager
+def diffusers_progress_bars(shown: bool):
+    """diffusers' own progress bars (e.g. "Loading pipeline components") shown or not inside the block, as they
+    were after it."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_shown = diffusers_logging.is_progress_bar_enabled()
+    (diffusers_logging.enable_progress_bar if shown else diffusers_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (diffusers_logging.enable_progress_bar if was_shown else diffusers_logging.disable_progress_bar)()
 
 
 def image_generators(seed: int, n: int) -> list[torch.Generator]:

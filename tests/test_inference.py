@@ -201,3 +201,15 @@ def test_iou_by_group_is_the_with_controlnet_column_of_the_breakdown(tiny_base, 
     assert list(by_group) == list(table.index)
     assert all(by_group[g] == table.loc[g, "with ControlNet"] or (by_group[g] is None and table.loc[g, "n"] == 0)
                for g in by_group)
+
+
+def test_loading_the_pipeline_shows_no_progress_bar_and_leaves_diffusers_setting_as_it_was(tiny_base,
+                                                                                       active_controlnet, capsys):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_progress_bar()
+    load_controlnet_pipeline(tiny_base, active_controlnet)
+    assert "Loading pipeline components" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()
+    load_controlnet_pipeline(tiny_base, active_controlnet, progress_bar=True)
+    assert "Loading pipeline components" in capsys.readouterr().err
