@@ -289,9 +289,14 @@ def open_header(image, row, column):
     try:
         return Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
     except Exception as error:
-        reason = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))
-        raise ValueError(f"Row {row}: cannot read the {column!r} image{source} ({type(error).__name__}: "
-                         f"{reason}). {UNREADABLE_FIX}") from error
+        raise unreadable_image(error, row, column, source, UNREADABLE_FIX) from error
+
+
+def unreadable_image(error: Exception, row, column, source: str, fix: str) -> ValueError:
+    """The one line for an image that cannot be read: its row, column and file (``source``), PIL's reason without
+    memory addresses, and ``fix``."""
+    reason = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))
+    return ValueError(f"Row {row}: cannot read the {column!r} image{source} ({type(error).__name__}: {reason}). {fix}")
 
 
 def drop_unreadable_rows(dataset, columns=("image", "conditioning_image")):
@@ -414,10 +419,7 @@ def to_rgb(image, row, column, fix: str = "Fix or drop that row (e.g. dataset.fi
         # RGBA, L (grey), P (palette), CMYK...: the models take 3 channels, so every mode becomes RGB.
         return image.convert("RGB")
     except Exception as error:
-        reason = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))  # drop memory addresses from PIL's message
-        raise ValueError(
-            f"Row {row}: cannot read the {column!r} image{source} ({type(error).__name__}: {reason}). {fix}"
-        ) from error
+        raise unreadable_image(error, row, column, source, fix) from error
 
 
 #: What to do about an unreadable image met while training (the CLI's flag, or the notebooks' filter).
