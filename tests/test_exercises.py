@@ -231,3 +231,12 @@ def test_condition_ranking(capsys):  # notebook 09's ranking exercise, for the c
     assert checks.check_condition_ranking(None, scores) is False
     out = capsys.readouterr().out
     assert "wrong way round" in out and "could not use your answer" in out and "Not answered yet" in out
+    # the notebook's solution, against the committed result the notebook reads
+    from cnhelpers.course.own_walkthrough import latest_result
+
+    namespace = {}
+    exec(solution_of("09_your_own_controlnet.ipynb", "check_condition_ranking"), namespace)
+    measured = checks.final_scores(latest_result("condition-types-tiny-cpu-*.json")["rows"])
+    assert checks.check_condition_ranking(namespace["my_ranking"], measured)
+    assert not checks.check_condition_ranking(["outline", "mask", "depth", "scribble", "keypoints", "canny"], measured)
+    assert not checks.check_condition_ranking(list(reversed(namespace["my_ranking"])), measured)
