@@ -67,7 +67,7 @@ class Models:
     def tokenize_fn(self):
         """``captions -> token ids``, this base's family's :meth:`Family.tokenize`, holding the tokenizers and
         options but none of the models: a data set's transform captures it, and datasets hashes a transform (its
-        fingerprint) and a DataLoader worker may pickle it, so weights there would be serialized each run (3.7 s of
+        fingerprint) and a DataLoader worker may pickle it, so weights there would be serialized each run (1.5 s of
         a 2-step run on the tiny base; on SD 1.5 its 4 GB)."""
         text_only = Models(family=self.family, tokenizers=self.tokenizers, text_encoders={}, vae=None,
                            denoiser=None, noise_scheduler=None, controlnet=None, options=self.options)
