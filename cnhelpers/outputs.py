@@ -110,7 +110,7 @@ Trained with `python -m cnhelpers.train` (same flags as diffusers' train_control
 | mixed precision | {mixed_precision} |
 | seed | {seed} |
 {lora}
-{validation}
+{validation}{consistency}
 ```python
 from diffusers import {controlnet_class}, {pipeline}
 controlnet = {controlnet_class}.from_pretrained("{output_dir}")
@@ -133,6 +133,28 @@ def lora_card_text(args, family) -> str:
             f"ControlNet from the base's {family.denoiser_name} and loads them (`load_lora_adapter`).\n")
 
 
+def consistency_card_text(log_path) -> str:
+    """The model card's table of the condition-consistency score logged at each validation (``--validation_condition``:
+    ControlNet++'s controllability, :mod:`cnhelpers.consistency`), read from ``train_log.jsonl``; empty when none was
+    logged."""
+    rows = []
+    if Path(log_path).is_file():
+        for line in Path(log_path).read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            if "consistency" in entry:
+                rows.append((entry["step"], entry["consistency"], entry.get("validation_condition")))
+    if not rows:
+        return ""
+    table = "".join(f"| {step} | {score:.3f} |\n" for step, score, _ in rows)
+    return (f"\nCondition consistency at each validation (`--validation_condition {rows[-1][2]}`: the condition "
+            "extracted again from each validation picture and compared with the one it was given; 1 is perfect, "
+            "and a ControlNet that ignores its condition stays where the base alone scores):\n\n"
+            f"| step | consistency |\n| --- | --- |\n{table}")
+
+
 def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None,
                           family):
     """Write the trained ControlNet (diffusers format) and a model card into ``output_dir``; ``family`` (the base's,
@@ -153,7 +175,8 @@ def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: 
             base=args.pretrained_model_name_or_path, data=args.dataset_name or args.train_data_dir,
             steps=global_step, batch=total_batch_size, lr=args.learning_rate, resolution=args.resolution,
             snr_gamma=args.snr_gamma, mixed_precision=args.mixed_precision or "no", seed=args.seed,
-            validation=grid, output_dir=output_dir, pipeline=family.pipeline_name, tags=", ".join(family.card_tags()),
+            validation=grid, consistency=consistency_card_text(output_dir / "train_log.jsonl"), output_dir=output_dir,
+            pipeline=family.pipeline_name, tags=", ".join(family.card_tags()),
             controlnet_class=family.controlnet_class, lora=lora_card_text(args, family)))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

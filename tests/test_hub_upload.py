@@ -2,20 +2,24 @@
 tester/my-controlnet`` creates the repository and uploads the weights, the model card with its validation grid and
 ``train_log.jsonl`` (the real huggingface_hub client: ``create_repo``, ``upload_folder`` -> preupload, LFS batch
 and PUT, NDJSON commit); ``load_controlnet_pipeline(base, "tester/my-controlnet")`` then loads it back from the
-Hub id and draws. An upload that fails mid-commit leaves the run's output intact and ends with one ``error:``
-line saying where the training is saved and the command that uploads it.
+Hub id and draws; the model card holds the condition-consistency figures the run logged. An upload that fails
+mid-commit, or a server that stops once the upload has begun, leaves the run's output intact and ends with one
+``error:`` line saying where the training is saved and the command that uploads it.
 
 ``HF_HUB_DISABLE_XET=1``: with ``hf_xet`` installed the client sends LFS files to Xet storage, which the test
 server does not implement; without it the client uses the LFS batch protocol, as it did before Xet.
 """
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from hub_repos import TINY_SD, hub_server  # noqa: F401  (the session fixture)
+from cnhelpers.course.hub_server import start_server
+from hub_repos import TINY_SD, HubFixture, hub_server  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.colab
 
@@ -40,22 +44,22 @@ def outline(tmp_path_factory):
     return path
 
 
-def push_run(hub, tmp_path, fill_dir, outline, repo_id):
+def push_run(hub, tmp_path, fill_dir, outline, repo_id, background=False):
     command = [sys.executable, "-m", "cnhelpers.train", "--pretrained_model_name_or_path", str(TINY_SD),
                "--train_data_dir", str(fill_dir), "--output_dir", str(tmp_path / "run"), "--resolution", "64",
                "--train_batch_size", "1", "--max_train_steps", "2", "--learning_rate", "1e-5", "--seed", "0",
                "--report_to", "none", "--checkpointing_steps", "1000", "--validation_image", str(outline),
                "--validation_prompt", "red circle with blue background", "--num_validation_images", "1",
-               "--validation_steps", "2", "--num_validation_inference_steps", "2",
+               "--validation_steps", "2", "--num_validation_inference_steps", "2", "--validation_condition", "canny",
                "--push_to_hub", "--hub_model_id", repo_id]
-    return subprocess.run(command, capture_output=True, text=True, timeout=400,
-                          env=hub.env(tmp_path / "hf", CN_BUILD_DIR=str(tmp_path / "build"), HF_TOKEN=TOKEN,
-                                      HF_HUB_DISABLE_IMPLICIT_TOKEN="0", HF_HUB_DISABLE_XET="1"))
+    env = hub.env(tmp_path / "hf", CN_BUILD_DIR=str(tmp_path / "build"), HF_TOKEN=TOKEN,
+                  HF_HUB_DISABLE_IMPLICIT_TOKEN="0", HF_HUB_DISABLE_XET="1")
+    if background:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
 
 
 def served_files(hub, repo_id) -> dict[str, Path]:
-    import json
-
     folder = hub.root / "models" / repo_id
     sha = json.loads((folder / "refs.json").read_text())["branches"]["main"]
     return {p.relative_to(folder / sha).as_posix(): p for p in (folder / sha).rglob("*") if p.is_file()}
@@ -78,7 +82,11 @@ def test_push_to_hub_uploads_the_controlnet_card_grid_and_log_and_it_loads_back_
     assert set(served) == UPLOADED | {".gitattributes"}  # no checkpoints, no lock file
     for name in UPLOADED:
         assert served[name].read_bytes() == (tmp_path / "run" / name).read_bytes(), name
-    assert "![validation](validation/step-000002.png)" in served["README.md"].read_text()
+    card = served["README.md"].read_text()
+    assert "![validation](validation/step-000002.png)" in card
+    logged = [json.loads(line) for line in served["train_log.jsonl"].read_text().splitlines()]
+    score = [entry["consistency"] for entry in logged if "consistency" in entry]
+    assert len(score) == 1 and f"| 2 | {score[0]:.3f} |" in card  # the score figures, as logged
 
     result = hub_server.run_client(f"""
         from cnhelpers.inference import load_controlnet_pipeline
@@ -113,3 +121,30 @@ def test_an_upload_failing_mid_commit_keeps_the_output_and_is_one_line_naming_th
     for name in UPLOADED:
         assert (run / name).is_file(), name
     assert set(served_files(hub_server, repo_id)) == {".gitattributes"}  # created, nothing committed
+
+
+def test_a_hub_server_that_stops_mid_upload_keeps_the_output_and_is_one_line_naming_the_upload_command(
+        tmp_path, fill_dir, outline):
+    """The server itself goes away once the upload has begun (its first preupload request): every later request of
+    the client is refused, as by a Hub that went down."""
+    (tmp_path / "hub-root").mkdir()
+    server, url = start_server(tmp_path / "hub-root")  # a Hub of its own: the session's keeps serving the others
+    hub = HubFixture(server, url, tmp_path / "hub-root", {})
+    repo_id = "tester/server-stops"
+    process = push_run(hub, tmp_path, fill_dir, outline, repo_id, background=True)
+    try:
+        deadline = time.time() + 400
+        while not any(e["kind"] == "preupload" for e in hub.log) and process.poll() is None:
+            assert time.time() < deadline, "the run never began its upload"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    stdout, stderr = process.communicate(timeout=400)
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr[-4000:]
+    line = last_line(stderr)
+    run = tmp_path / "run"
+    assert line.startswith("error: The upload to the Hugging Face Hub failed"), line
+    assert f"saved in {run}" in line and f"`hf upload {repo_id} {run} " in line
+    for name in UPLOADED:
+        assert (run / name).is_file(), name
+    assert not any(e["kind"] == "commit" for e in hub.log)  # nothing was committed before the server stopped

@@ -251,7 +251,18 @@ class HubServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # commits and repository creation, one at a time
         self._thread: threading.Thread | None = None
+        self._connections: set = set()  # the open client sockets (HTTP/1.1 keeps them alive between requests)
         super().__init__((host, port), HubHandler)
+
+    def process_request(self, request, client_address):
+        with self._lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
 
     # -- addresses
     @property
@@ -407,8 +418,16 @@ class HubServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        """Stop as a killed server would: no new connections, and the open ones (kept alive by HTTP/1.1) cut."""
         self.shutdown()
         self.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by its handler
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
