@@ -1,7 +1,7 @@
 """Does the condition-consistency score (cnhelpers.consistency, ControlNet++'s controllability) agree with the
 course's circle IoU on the fill world?
 
-    OMP_NUM_THREADS=1 python benchmarks/consistency_vs_iou.py [-n 16] [--steps 300] [--condition canny]
+    OMP_NUM_THREADS=1 python benchmarks/consistency_vs_iou.py [-n 16] [--controlnet PATH] [--steps 300] [--condition canny]
 
 On held-out fill outlines (a seed the training data does not use), the tiny base (cnhelpers/assets/tiny-sd) with a
 ControlNet generates each picture with the ControlNet (scale 1) and without it (scale 0), same prompts and seeds.
@@ -44,6 +44,9 @@ def ranks(values) -> np.ndarray:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=16, help="held-out outlines (default 16)")
+    parser.add_argument("--controlnet", default=None, metavar="PATH",
+                        help="the ControlNet to score (default: build/controlnet-tiny if present, else one trained "
+                             "--steps steps); cnhelpers/assets/tiny-controlnet is the one the course ships")
     parser.add_argument("--steps", type=int, default=300, help="training steps when no ControlNet exists")
     parser.add_argument("--condition", default="canny", help="the condition re-extracted (default canny)")
     parser.add_argument("--num_inference_steps", type=int, default=20)
@@ -52,7 +55,9 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     base = ensure_tiny_base()
-    path = default_controlnet_path()
+    path = args.controlnet or default_controlnet_path()
+    if args.controlnet and not is_controlnet_folder(path):
+        parser.error(f"--controlnet {path} holds no ControlNet (config.json and weights): give a trained one's folder")
     if not is_controlnet_folder(path):
         path = ensure_controlnet(path=build_dir() / "bench-consistency-controlnet", max_train_steps=args.steps)
     trained = time.perf_counter()

@@ -37,6 +37,9 @@ def summary(built: BuiltDataset, input_dir) -> list[str]:
     lines.append(f"condition: {built.condition}")
     lines.append(f"wrote {built.rows} rows to {str(built.output_dir)} (images/, conditioning_images/, "
                  "metadata.jsonl)")
+    if built.held_out_dir is not None:
+        lines.append(f"held out {built.held_out} pictures (not in the training rows) in {str(built.held_out_dir)}; "
+                     f"validate on them with the flags in {str(built.held_out_dir / 'validation_flags.txt')}")
     if built.contact_sheet is not None:
         lines.append(f"contact sheet: {str(built.contact_sheet)}")
     lines.append(f"train on it: python -m cnhelpers.train --train_data_dir {str(built.output_dir)} "
@@ -46,12 +49,12 @@ def summary(built: BuiltDataset, input_dir) -> list[str]:
 
 def make_dataset(input_dir, output_dir, condition="canny", *, resolution: int = 512, crop: str = "center",
                  background: str = "white", recursive: bool = True, overwrite: bool = False,
-                 contact_pairs: int = 4, quiet: bool = False) -> BuiltDataset:
+                 contact_pairs: int = 4, hold_out: int = 0, quiet: bool = False) -> BuiltDataset:
     """The command as a function (:func:`cnhelpers.own_data.build_own_dataset`), printing its summary unless
     ``quiet``."""
     built = build_own_dataset(input_dir, output_dir, condition, resolution=resolution, crop=crop,
                               background=background, recursive=recursive, overwrite=overwrite,
-                              contact_pairs=contact_pairs)
+                              contact_pairs=contact_pairs, hold_out=hold_out)
     if not quiet:
         print("\n".join(summary(built, input_dir)))
     return built
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the folder alone, not its subfolders")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder that is not empty")
     p.add_argument("--contact_pairs", type=int, default=4, help="pairs shown in contact_sheet.png (default 4)")
+    p.add_argument("--hold_out", type=int, default=0, metavar="N",
+                   help="keep N pictures, spread over the folder, out of training: written beside the data set "
+                        "(OUTPUT-held-out/) with the --validation_image/--validation_prompt flags that validate on "
+                        "them (default 0)")
     return p
 
 
@@ -90,7 +97,7 @@ def main(argv=None) -> int:
     try:
         make_dataset(args.input_dir, args.output_dir, args.condition, resolution=args.resolution, crop=args.crop,
                      background=args.background, recursive=args.recursive, overwrite=args.overwrite,
-                     contact_pairs=args.contact_pairs)
+                     contact_pairs=args.contact_pairs, hold_out=args.hold_out)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2

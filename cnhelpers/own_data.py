@@ -9,7 +9,9 @@ any size and mode, captions from the ecosystem's conventions (:func:`read_captio
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -352,11 +354,26 @@ class BuiltDataset:
     background: str
     resolution: int
     recursive: bool
+    held_out_dir: Path | None = None
+    held_out: int = 0
+
+
+def held_out_dir_for(output_dir: str | Path) -> Path:
+    """Where :func:`build_own_dataset` writes the pictures it holds out: beside the data set, ``NAME-held-out/`` (not
+    inside it, where the imagefolder loader would find them and train on them)."""
+    output_dir = Path(output_dir)
+    return output_dir.parent / f"{output_dir.name}-held-out"
+
+
+def held_out_indices(count: int, hold_out: int) -> set[int]:
+    """``hold_out`` of ``count`` positions spread evenly over them (not the last ones: a folder sorted by name or
+    date would otherwise hold out only its newest pictures)."""
+    return {min(count - 1, int((i + 0.5) * count / hold_out)) for i in range(hold_out)} if hold_out else set()
 
 
 def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="canny", *, resolution: int = 512,
                       crop: str = "center", background: str = "white", recursive: bool = True,
-                      overwrite: bool = False, contact_pairs: int = 4) -> BuiltDataset:
+                      overwrite: bool = False, contact_pairs: int = 4, hold_out: int = 0) -> BuiltDataset:
     """An imagefolder of your pictures and their conditions, which ``python -m cnhelpers.train --train_data_dir``
     and upstream's train_controlnet.py read: ``images/``, ``conditioning_images/``, ``metadata.jsonl``
     (``file_name``, ``conditioning_image_file_name``, ``text``), a ``contact_sheet.png`` of the first
@@ -364,7 +381,10 @@ def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="
 
     Each picture is read whatever its mode (:func:`open_picture`), fitted to ``resolution`` as ``crop`` says
     (:func:`fit_picture`), and its condition made from the fitted picture. Captions: :func:`read_captions`; a
-    picture without one gets the empty caption. Written under a temporary name and moved into place at the end.
+    picture without one gets the empty caption. ``hold_out`` pictures, spread over the folder, are kept out of the
+    training rows and written as an imagefolder of their own (:func:`held_out_dir_for`), with
+    ``validation_flags.txt``: the ``--validation_image`` / ``--validation_prompt`` flags that validate on them.
+    Written under a temporary name and moved into place at the end.
     Raises ValueError (FileNotFoundError for a missing input) for what the user must fix.
     """
     input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
@@ -376,22 +396,34 @@ def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}: use one of {', '.join(BACKGROUNDS)}")
     function = condition_function(condition)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise ValueError(f"{output_dir} exists and is not empty: pass --overwrite to replace it, or name a new folder")
+    if not 0 <= hold_out == int(hold_out):
+        raise ValueError(f"--hold_out {hold_out}: give a whole number of pictures to keep out of training (0 or more)")
+    held_dir = held_out_dir_for(output_dir) if hold_out else None
+    for folder in filter(None, (output_dir, held_dir)):
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
+            raise ValueError(f"{folder} exists and is not empty: pass --overwrite to replace it, or name a new "
+                             "output folder")
     if output_dir.resolve() == input_dir.resolve() or output_dir.resolve() in input_dir.resolve().parents:
         raise ValueError(f"{output_dir} holds the input folder {input_dir}: name another output folder")
     pictures = find_pictures(input_dir, recursive, exclude=output_dir)
     if not pictures:
         raise ValueError(f"{input_dir} holds no pictures{' (subfolders included)' if recursive else ''}: put files "
                          f"PIL reads there ({', '.join(IMAGE_SUFFIXES)}, ...)")
+    if hold_out >= len(pictures):
+        raise ValueError(f"--hold_out {hold_out} would leave none of the {len(pictures)} pictures in {input_dir} to "
+                         "train on: hold out fewer (a few, or about 5 % of a large folder)")
     source, captions = read_captions(input_dir, pictures)
     skipped, uncaptioned, sheet = [], [], []
     name = condition if isinstance(condition, str) else getattr(condition, "__name__", "custom")
-    with staged_folder(output_dir) as tmp, open(tmp / "metadata.jsonl", "w") as metadata:
+    kept_out = held_out_indices(len(pictures), hold_out)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(staged_folder(output_dir))
+        metadata = stack.enter_context(open(tmp / "metadata.jsonl", "w"))
+        held = HeldOutWriter(stack.enter_context(staged_folder(held_dir))) if held_dir else None
         (tmp / "images").mkdir()
         (tmp / "conditioning_images").mkdir()
         rows = 0
-        for path, caption in zip(pictures, captions):
+        for index, (path, caption) in enumerate(zip(pictures, captions)):
             shown = path.relative_to(input_dir).as_posix()
             try:
                 picture = open_picture(path, background)
@@ -400,11 +432,14 @@ def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="
                 continue
             picture = fit_picture(picture, resolution, crop, background)
             conditioning = apply_condition(function, picture, shown)
+            if caption is None:
+                uncaptioned.append(shown)
+            if index in kept_out:
+                held.add(picture, conditioning, caption or "")
+                continue
             file_name = f"{rows:05d}.png"
             picture.save(tmp / "images" / file_name)
             conditioning.save(tmp / "conditioning_images" / file_name)
-            if caption is None:
-                uncaptioned.append(shown)
             metadata.write(json.dumps({"file_name": f"images/{file_name}",
                                        "conditioning_image_file_name": f"conditioning_images/{file_name}",
                                        "text": caption or ""}) + "\n")
@@ -420,5 +455,37 @@ def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="
         if sheet:  # pictures in the first row, their conditions below
             image_grid([[p for p, _ in sheet], [c for _, c in sheet]]).save(tmp / "contact_sheet.png")
             contact = output_dir / "contact_sheet.png"
+        if held is not None:
+            held.finish(held_dir, condition if isinstance(condition, str) else None)
     return BuiltDataset(output_dir, rows, source, uncaptioned, skipped, contact, str(name), crop, background,
-                        resolution, recursive)
+                        resolution, recursive, held_dir, held.rows if held else 0)
+
+
+class HeldOutWriter:
+    """The held-out pictures of :func:`build_own_dataset`, written as an imagefolder into a (staged) folder, then
+    ``validation_flags.txt``: the training flags that validate on their conditions and captions."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.rows, self.captions = folder, 0, []
+        (folder / "images").mkdir()
+        (folder / "conditioning_images").mkdir()
+
+    def add(self, picture: Image.Image, conditioning: Image.Image, caption: str) -> None:
+        file_name = f"{self.rows:05d}.png"
+        picture.save(self.folder / "images" / file_name)
+        conditioning.save(self.folder / "conditioning_images" / file_name)
+        with open(self.folder / "metadata.jsonl", "a") as metadata:
+            metadata.write(json.dumps({"file_name": f"images/{file_name}",
+                                       "conditioning_image_file_name": f"conditioning_images/{file_name}",
+                                       "text": caption}) + "\n")
+        self.captions.append(caption)
+        self.rows += 1
+
+    def finish(self, final: Path, condition: str | None) -> None:
+        """Write ``validation_flags.txt`` naming the files where they will be once the folder is in place, and the
+        condition (a name or ``file.py:function``) that scores them, when it was given as text."""
+        images = [shlex.quote(str(final / "conditioning_images" / f"{i:05d}.png")) for i in range(self.rows)]
+        flags = ["--validation_image", *images, "--validation_prompt", *map(shlex.quote, self.captions)]
+        if condition is not None:  # --validation_condition takes the same names and module:function as --condition
+            flags += ["--validation_condition", shlex.quote(condition)]
+        (self.folder / "validation_flags.txt").write_text(" ".join(flags) + "\n")

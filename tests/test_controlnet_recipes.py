@@ -39,3 +39,14 @@ def test_the_course_recipe_takes_the_profiles_lr_schedule(tmp_path):
 def test_the_lr_schedule_can_be_overridden_from_the_environment():
     assert environment_overrides("lr_scheduler=constant, learning_rate=1e-3") == {
         "lr_scheduler": "constant", "learning_rate": 1e-3}
+
+
+def test_time_to_control_sets_a_variants_flags_and_refuses_an_unknown_one_in_one_line(benchmark_script, tmp_path):
+    from cnhelpers.config import training_args
+
+    timing = benchmark_script("time_to_control")
+    args = training_args(pretrained_model_name_or_path="base", output_dir=tmp_path, train_data_dir="data")
+    assert timing.apply_overrides(args, "warm", {"lr_warmup_steps": 50}).lr_warmup_steps == 50
+    with pytest.raises(SystemExit) as stopped:
+        timing.apply_overrides(args, "typo", {"lr_warmup_step": 50})
+    assert "--lr_warmup_step is not a training flag" in str(stopped.value) and "\n" not in str(stopped.value)

@@ -295,6 +295,7 @@ def test_your_own_condition_by_module_or_file(tmp_path):
     ("pictures", ["--condition", "no_such_module:edges"], ["cannot import no_such_module"]),
     ("pictures", ["--condition", "json:no_such_function"], ["json has no function 'no_such_function'"]),
     ("full", [], ["exists and is not empty", "--overwrite"]),
+    ("pictures", ["--hold_out", "1"], ["--hold_out 1 would leave none of the 1 pictures", "hold out fewer"]),
 ])
 def test_bad_input_is_one_error_line(tmp_path, setup, argv, fragments):
     pictures = tmp_path / "in"
@@ -314,3 +315,30 @@ def test_bad_input_is_one_error_line(tmp_path, setup, argv, fragments):
         assert not (tmp_path / "out" / "keep.txt").exists()
     else:
         assert not (tmp_path / "out").exists()
+
+
+def test_held_out_pictures_stay_out_of_training_and_come_with_the_flags_that_validate_on_them(tmp_path, capsys):
+    import shlex
+
+    from cnhelpers.config import parse_args
+
+    pictures = write_pictures(tmp_path / "in", [f"p{i}.png" for i in range(6)])
+    for i in range(6):
+        (pictures / f"p{i}.txt").write_text(f"circle number {i}")
+    built = make_dataset(pictures, tmp_path / "data", "canny", resolution=64, hold_out=2)
+    held = tmp_path / "data-held-out"
+    assert built.held_out_dir == held and built.held_out == 2 and built.rows == 4
+    printed = capsys.readouterr().out
+    assert f"held out 2 pictures (not in the training rows) in {held}" in printed
+    train_captions = [row["text"] for row in metadata(built.output_dir)]
+    held_captions = [row["text"] for row in metadata(held)]
+    assert held_captions == ["circle number 1", "circle number 4"]  # spread over the folder, not its last two
+    assert sorted(train_captions + held_captions) == [f"circle number {i}" for i in range(6)]
+    flags = shlex.split((held / "validation_flags.txt").read_text())  # as the shell reads them
+    args = parse_args(["--pretrained_model_name_or_path", "base", "--output_dir", str(tmp_path / "run"),
+                       "--train_data_dir", str(built.output_dir), *flags])
+    assert [Path(p) for p in args.validation_image] == [held / "conditioning_images" / f"{i:05d}.png" for i in (0, 1)]
+    assert args.validation_prompt == held_captions and args.validation_condition == "canny"
+    for row in metadata(held):
+        assert Image.open(held / row["conditioning_image_file_name"]).size == (64, 64)
+

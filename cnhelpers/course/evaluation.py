@@ -4,6 +4,7 @@ checkpoint while training (notebook 03's convergence curve). The scoring itself 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,8 @@ class CheckpointIoU:
     """A training callback: when a step saved ``checkpoint-N``, score its ControlNet on held-out outlines.
 
     ``train(args, callback=CheckpointIoU(base, args.output_dir))`` fills ``steps`` and ``ious`` (the mean
-    circle IoU of ``n`` held-out outlines, UniPC with ``num_inference_steps``). The pipeline is built once;
+    circle IoU of ``n`` held-out outlines, UniPC with ``num_inference_steps``) and ``seconds`` (when each score was
+    known, counted from this object's creation: make it just before ``train``). The pipeline is built once;
     each checkpoint's weights are loaded into it. Set ``on_score`` to be told of each new score. ``device`` and
     ``dtype`` are where and in what precision it generates: the training device and precision (fp16 on a GPU),
     so that scoring an SD 1.5 checkpoint does not take a CPU minutes per image. ``resolution`` defaults to the
@@ -124,6 +126,8 @@ class CheckpointIoU:
         self.on_score = on_score
         self.steps: list[int] = []
         self.ious: list[float] = []
+        self.seconds: list[float] = []
+        self._start = time.perf_counter()
         self._pipeline = None
         self._examples = None
 
@@ -147,5 +151,6 @@ class CheckpointIoU:
         if folder.is_dir() and logs["step"] not in self.steps:
             self.steps.append(logs["step"])
             self.ious.append(self.score(folder))
+            self.seconds.append(time.perf_counter() - self._start)
             if self.on_score is not None:
                 self.on_score(self.steps[-1], self.ious[-1])
