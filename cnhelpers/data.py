@@ -192,6 +192,22 @@ def load_raw_dataset(*, train_data_dir: str | Path | None = None, dataset_name: 
                                   "folder (--train_data_dir or --dataset_name PATH), or go online.") from error
 
 
+def read_utf8_lines(path, why: str = "the course reads captions as UTF-8") -> list[str]:
+    """The lines of a text file that must be UTF-8 (a metadata file, a caption): a line that is not raises one
+    ValueError naming the file, the line, the byte, ``why`` and the fix, never a caption quietly altered."""
+    path = Path(path)
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path} line {number} is not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1}): "
+                f"{why}. Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`, "
+                "then replace it), or fix that line.") from None
+    return lines
+
+
 def check_metadata(folder) -> None:
     """Refuse an imagefolder whose metadata.jsonl (or .csv) datasets could not read, before it reads it: a file
     that is not UTF-8 (naming the line and the fix), a metadata.jsonl line that is not JSON, or no rows."""
@@ -199,14 +215,7 @@ def check_metadata(folder) -> None:
         if metadata.suffix not in (".jsonl", ".csv"):
             continue
         lines = []
-        for number, raw in enumerate(metadata.read_bytes().splitlines(), 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{metadata} line {number} is not UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1}): "
-                    "datasets reads metadata files as UTF-8. Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 "
-                    "metadata.jsonl > fixed.jsonl`, then replace it), or fix that line.") from None
+        for number, line in enumerate(read_utf8_lines(metadata, "datasets reads metadata files as UTF-8"), 1):
             if not line.strip():
                 continue
             if metadata.suffix == ".jsonl":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import check_columns, check_resolution, dataset_columns, to_rgb
+from .data import check_columns, check_resolution, dataset_columns, read_utf8_lines, to_rgb
 from .images import image_grid
 from .paths import staged_folder
 
@@ -323,7 +323,7 @@ def read_captions(folder: str | Path, pictures: list[Path]) -> tuple[str, list[s
     metadata = folder / "metadata.jsonl"
     if metadata.is_file():
         texts = {}
-        for number, line in enumerate(metadata.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        for number, line in enumerate(read_utf8_lines(metadata), 1):
             if not line.strip():
                 continue
             try:
@@ -335,8 +335,7 @@ def read_captions(folder: str | Path, pictures: list[Path]) -> tuple[str, list[s
         return "metadata.jsonl", [texts.get(p.relative_to(folder).as_posix()) for p in pictures]
     sidecars = [p.with_suffix(".txt") for p in pictures]
     if any(s.is_file() for s in sidecars):
-        return ".txt files", [s.read_text(encoding="utf-8", errors="replace").strip() if s.is_file() else None
-                              for s in sidecars]
+        return ".txt files", ["\n".join(read_utf8_lines(s)).strip() if s.is_file() else None for s in sidecars]
     return "file names", [_caption_from_name(p) or None for p in pictures]
 
 

@@ -296,12 +296,19 @@ def test_your_own_condition_by_module_or_file(tmp_path):
     ("pictures", ["--condition", "json:no_such_function"], ["json has no function 'no_such_function'"]),
     ("full", [], ["exists and is not empty", "--overwrite"]),
     ("pictures", ["--hold_out", "1"], ["--hold_out 1 would leave none of the 1 pictures", "hold out fewer"]),
+    ("metadata-latin1", [], ["metadata.jsonl line 2 is not UTF-8 (byte 0xe9", "iconv -f latin1"]),
+    ("txt-latin1", [], ["a.txt line 1 is not UTF-8 (byte 0xe9", "iconv -f latin1"]),
 ])
 def test_bad_input_is_one_error_line(tmp_path, setup, argv, fragments):
     pictures = tmp_path / "in"
     pictures.mkdir()
-    if setup in ("pictures", "full"):
+    if setup in ("pictures", "full", "metadata-latin1", "txt-latin1"):
         write_pictures(pictures, ["a.png"])
+    if setup == "metadata-latin1":  # a caption saved as latin-1: never quietly altered
+        (pictures / "metadata.jsonl").write_bytes(b'{"file_name": "b.png", "text": "x"}\n'
+                                                 b'{"file_name": "a.png", "text": "caf\xe9"}\n')
+    if setup == "txt-latin1":
+        (pictures / "a.txt").write_bytes(b"caf\xe9 au lait")
     if setup == "unreadable":
         (pictures / "broken.jpg").write_bytes(b"not a jpeg")
     if setup == "full":
