@@ -50,20 +50,33 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
     pipeline.set_progress_bar_config(disable=True)
     if args.enable_xformers_memory_efficient_attention:
         pipeline.enable_xformers_memory_efficient_attention()
-    generator = None if args.seed is None else torch.Generator(accelerator.device).manual_seed(args.seed)
-    rows = []
-    for prompt, image_path in validation_pairs(args):
-        condition = Image.open(image_path).convert("RGB").resize((args.resolution, args.resolution))
-        with torch.autocast(accelerator.device.type, dtype=weight_dtype,
-                            enabled=weight_dtype != torch.float32):
-            n = args.num_validation_images  # the image by name: SDXL's pipeline takes prompt_2 second
-            inputs = dict(height=args.resolution, width=args.resolution, generator=generator,
-                          num_inference_steps=args.num_validation_inference_steps,
-                          guidance_scale=args.validation_guidance_scale)
-            # the family names the conditioning argument and what else must match training (SD3's T5 length...)
-            inputs |= models.family.pipeline_inputs(models, [condition] * n)
-            images = pipeline([prompt] * n, **inputs).images
-        rows.append({"prompt": prompt, "condition": condition, "images": images})
+
+    def draw(conditioning_scale: float | None = None) -> list[dict]:
+        """The validation pictures, each (prompt, image) pair's from the run's seed; ``conditioning_scale=0``: the
+        base alone, the same prompts and seeds."""
+        generator = None if args.seed is None else torch.Generator(accelerator.device).manual_seed(args.seed)
+        rows = []
+        for prompt, image_path in validation_pairs(args):
+            condition = Image.open(image_path).convert("RGB").resize((args.resolution, args.resolution))
+            with torch.autocast(accelerator.device.type, dtype=weight_dtype,
+                                enabled=weight_dtype != torch.float32):
+                n = args.num_validation_images  # the image by name: SDXL's pipeline takes prompt_2 second
+                inputs = dict(height=args.resolution, width=args.resolution, generator=generator,
+                              num_inference_steps=args.num_validation_inference_steps,
+                              guidance_scale=args.validation_guidance_scale)
+                # the family names the conditioning argument and what else must match training (SD3's T5 length...)
+                inputs |= models.family.pipeline_inputs(models, [condition] * n)
+                if conditioning_scale is not None:
+                    inputs["controlnet_conditioning_scale"] = conditioning_scale
+                images = pipeline([prompt] * n, **inputs).images
+            rows.append({"prompt": prompt, "condition": condition, "images": images})
+        return rows
+
+    rows = draw()
+    log_path = Path(args.output_dir) / "train_log.jsonl"
+    scored = getattr(args, "validation_condition", None)
+    # the floor the score rises from: the base alone on the same validation, once a run (a resumed run logged it)
+    baseline_rows = draw(conditioning_scale=0.0) if scored and not logged_baseline(log_path) else None
     controlnet.train(was_training)
     vae.to(encoders_device)
     for encoder in models.text_encoders.values():
@@ -79,13 +92,35 @@ def log_validation(accelerator, args, models, weight_dtype, step: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     record = {"step": step, "grid": str(path), "prompts": [row["prompt"] for row in rows]}
-    if getattr(args, "validation_condition", None):  # --validation_condition: ControlNet++'s controllability
+    if scored:  # --validation_condition: ControlNet++'s controllability
         record["consistency"] = validation_consistency(args.validation_condition, rows)
-        with open(Path(args.output_dir) / "train_log.jsonl", "a") as log:
-            log.write(json.dumps({"step": step, "consistency": record["consistency"],
-                                  "validation_condition": args.validation_condition}) + "\n")
-        accelerator.log({"validation/consistency": record["consistency"]}, step=step)
+        entries = [{"step": step, "consistency": record["consistency"]}]
+        if baseline_rows is not None:
+            record["consistency_without_controlnet"] = validation_consistency(args.validation_condition, baseline_rows)
+            entries.append({"step": step, "consistency_without_controlnet": record["consistency_without_controlnet"]})
+        with open(log_path, "a") as log:
+            for entry in entries:
+                log.write(json.dumps(entry | {"validation_condition": args.validation_condition}) + "\n")
+        accelerator.log({f"validation/{key}": value for entry in entries for key, value in entry.items()
+                         if key != "step"}, step=step)
     return record
+
+
+def logged_baseline(log_path) -> bool:
+    """Whether ``train_log.jsonl`` already holds the base-alone consistency (``consistency_without_controlnet``)."""
+    return any("consistency_without_controlnet" in entry for entry in read_log(log_path))
+
+
+def read_log(log_path) -> list[dict]:
+    """The entries of a ``train_log.jsonl`` (none if it does not exist), skipping a line a crash cut short."""
+    entries = []
+    if Path(log_path).is_file():
+        for line in Path(log_path).read_text().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return entries
 
 
 MODEL_CARD = """\
@@ -135,24 +170,20 @@ def lora_card_text(args, family) -> str:
 
 def consistency_card_text(log_path) -> str:
     """The model card's table of the condition-consistency score logged at each validation (``--validation_condition``:
-    ControlNet++'s controllability, :mod:`cnhelpers.consistency`), read from ``train_log.jsonl``; empty when none was
-    logged."""
-    rows = []
-    if Path(log_path).is_file():
-        for line in Path(log_path).read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-            if "consistency" in entry:
-                rows.append((entry["step"], entry["consistency"], entry.get("validation_condition")))
+    ControlNet++'s controllability, :mod:`cnhelpers.consistency`) and the base alone's, read from ``train_log.jsonl``;
+    empty when none was logged."""
+    entries = read_log(log_path)
+    rows = [entry for entry in entries if "consistency" in entry]
     if not rows:
         return ""
-    table = "".join(f"| {step} | {score:.3f} |\n" for step, score, _ in rows)
-    return (f"\nCondition consistency at each validation (`--validation_condition {rows[-1][2]}`: the condition "
-            "extracted again from each validation picture and compared with the one it was given; 1 is perfect, "
-            "and a ControlNet that ignores its condition stays where the base alone scores):\n\n"
-            f"| step | consistency |\n| --- | --- |\n{table}")
+    table = "".join(f"| {entry['step']} | {entry['consistency']:.3f} |\n" for entry in rows)
+    floor = [entry["consistency_without_controlnet"] for entry in entries if "consistency_without_controlnet" in entry]
+    without = (f"\nWithout the ControlNet (the base alone: conditioning scale 0, the same prompts and seeds): "
+               f"{floor[-1]:.3f}.\n" if floor else "")
+    return (f"\nCondition consistency at each validation (`--validation_condition {rows[-1].get('validation_condition')}`: "
+            "the condition extracted again from each validation picture and compared with the one it was given; 1 is "
+            "perfect, and a ControlNet that ignores its condition stays where the base alone scores):\n\n"
+            f"| step | consistency |\n| --- | --- |\n{table}{without}")
 
 
 def save_final_controlnet(controlnet, args, global_step: int, total_batch_size: int, validation: dict | None,

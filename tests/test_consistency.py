@@ -121,4 +121,6 @@ def test_a_two_step_run_logs_the_consistency(tiny_base, fill_dir, tmp_path):
     scores = [line for line in lines if "consistency" in line]
     assert [line["step"] for line in scores] == [1, 2]
     assert all(0.0 <= line["consistency"] <= 1.0 and line["validation_condition"] == "canny" for line in scores)
+    floor = [line for line in lines if "consistency_without_controlnet" in line]  # the base alone, once a run
+    assert [line["step"] for line in floor] == [1] and 0.0 <= floor[0]["consistency_without_controlnet"] <= 1.0
     assert [line["step"] for line in lines if "loss" in line] == [1, 2]

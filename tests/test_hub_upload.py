@@ -87,6 +87,8 @@ def test_push_to_hub_uploads_the_controlnet_card_grid_and_log_and_it_loads_back_
     logged = [json.loads(line) for line in served["train_log.jsonl"].read_text().splitlines()]
     score = [entry["consistency"] for entry in logged if "consistency" in entry]
     assert len(score) == 1 and f"| 2 | {score[0]:.3f} |" in card  # the score figures, as logged
+    floor = [entry["consistency_without_controlnet"] for entry in logged if "consistency_without_controlnet" in entry]
+    assert len(floor) == 1 and f"the same prompts and seeds): {floor[0]:.3f}." in card
 
     result = hub_server.run_client(f"""
         from cnhelpers.inference import load_controlnet_pipeline

@@ -16,6 +16,7 @@ import torch
 from ..data import image_transforms
 from ..images import png_bytes, to_picture
 from ..losses import min_snr_weights
+from ..outputs import read_log
 from ..own_data import canny_conditioning
 from .anatomy import GRADIENT_GROUPS, PARAMETER_KINDS
 from .metrics import circle_mask, disc_from_outline, prompt_colours, score_fill_image
@@ -928,16 +929,8 @@ def read_consistency_log(log_path) -> tuple[list[int], list[float]]:
 
     Notebook 09.
     """
-    import json
-
-    steps, scores = [], []
-    with open(log_path) as log:
-        for line in log:
-            record = json.loads(line)
-            if "consistency" in record:
-                steps.append(record["step"])
-                scores.append(record["consistency"])
-    return steps, scores
+    scored = [entry for entry in read_log(log_path) if "consistency" in entry]
+    return [entry["step"] for entry in scored], [entry["consistency"] for entry in scored]
 
 
 def plot_consistency_curve(log_path, without: float | None = None, title: str = "", ax=None):
