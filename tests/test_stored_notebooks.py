@@ -10,13 +10,21 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cnhelpers.course.runner import WIDGET_STATE, WIDGET_VIEW, course_notebooks, run_notebook, static_widget_outputs
+from cnhelpers.course.runner import (
+    MAX_NOTEBOOK_BYTES,
+    WIDGET_STATE,
+    WIDGET_VIEW,
+    course_notebooks,
+    fit_stored_size,
+    run_notebook,
+    static_widget_outputs,
+)
 
 pytestmark = pytest.mark.colab
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-MAX_BYTES = 500_000
+MAX_BYTES = MAX_NOTEBOOK_BYTES
 #: ``Name(children=`` ... ``Name(value=`` ...: the repr ipywidgets gives a widget, unreadable as an output.
 RAW_WIDGET = re.compile(r"^[A-Z]\w*\((children|value|description|layout|options|index|min|max)=", re.M)
 BAR = re.compile(r"(\d+)%\|")
@@ -167,3 +175,33 @@ def test_the_runner_recompresses_a_figure_without_changing_a_pixel():
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGBA"))
 
     assert len(smaller) < len(original) and np.array_equal(pixels(smaller), pixels(original))
+
+
+def test_a_notebook_over_the_size_budget_has_its_largest_pictures_stored_with_256_colours():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def png(seed: int) -> str:  # a full-colour picture of 200 colours in 4x4 blocks, stored as RGB
+        colours = np.random.default_rng(seed).integers(0, 256, (200, 3), dtype=np.uint8)
+        blocks = np.random.default_rng(seed + 1).integers(0, 200, (50, 75))
+        rgb = colours[blocks].repeat(4, axis=0).repeat(4, axis=1)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii") + "\n"
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
+        "display_data", data={"image/png": png(seed), "text/plain": "<Figure>"})]) for seed in range(3)])
+    before = [cell.outputs[0]["data"]["image/png"] for cell in nb.cells]
+    assert fit_stored_size(nb, limit=10 ** 7) == 0  # under its budget: nothing touched
+    size = len(nbformat.writes(nb))
+    assert fit_stored_size(nb, limit=size - 1) == 1  # one picture re-encoded is enough
+    assert len(nbformat.writes(nb)) < size - 1
+    after = [cell.outputs[0]["data"]["image/png"] for cell in nb.cells]
+    changed = [i for i in range(3) if after[i] != before[i]]
+    assert len(changed) == 1
+    old, new = (np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), int)
+                for data in (before[changed[0]], after[changed[0]]))
+    assert Image.open(io.BytesIO(base64.b64decode(after[changed[0]]))).mode == "P"
+    assert np.abs(old - new).mean() < 4  # the same figure, each pixel near its colour

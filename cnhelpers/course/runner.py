@@ -183,6 +183,48 @@ def compact_pictures(nb) -> int:
     return saved
 
 
+#: A stored notebook must stay under this size to read well on a code host (``tests/test_stored_notebooks.py``).
+MAX_NOTEBOOK_BYTES = 500_000
+
+
+def palette_png(data: str) -> str:
+    """A base64 PNG re-encoded with 256 colours, undithered (flat plot colours stay flat): about half the bytes of a
+    full-colour figure, each pixel within a few levels of its colour. Returns ``data`` when that is not smaller."""
+    import io
+
+    from PIL import Image
+
+    try:
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        picture.load()
+    except Exception:  # not a PNG PIL reads: keep it as it is
+        return data
+    if picture.mode == "P":
+        return data
+    buffer = io.BytesIO()
+    picture.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        buffer, format="PNG", optimize=True)
+    smaller = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return smaller + "\n" if len(smaller) < len(data.replace("\n", "")) else data
+
+
+def fit_stored_size(nb, limit: int = int(MAX_NOTEBOOK_BYTES * 0.9)) -> int:
+    """When ``nb`` written out would reach ``limit`` bytes, re-encode its largest PNGs with :func:`palette_png`, largest
+    first, until it fits (or none is left); returns how many were re-encoded."""
+    import nbformat
+
+    pictures = sorted((output["data"] for cell in nb.cells for output in cell.get("outputs", [])
+                       if "image/png" in output.get("data", {})), key=lambda data: -len(data["image/png"]))
+    changed = 0
+    for data in pictures:
+        if len(nbformat.writes(nb)) < limit:
+            break
+        smaller = palette_png(data["image/png"])
+        changed += smaller is not data["image/png"]
+        data["image/png"] = smaller
+    return changed
+
+
 def _encrypted_kernels():
     """Configuration for kernel managers that provision CurveZMQ keys when the kernelspec supports them."""
     from jupyter_client.manager import KernelManager
@@ -227,6 +269,7 @@ def run_notebook(path: Path, out_path: Path, timeout: int = 1800) -> tuple[bool,
     seconds = time.perf_counter() - start
     static_widget_outputs(nb)
     compact_pictures(nb)
+    fit_stored_size(nb)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_path)
     return passed, seconds, message
