@@ -178,7 +178,10 @@ def load_raw_dataset(*, train_data_dir: str | Path | None = None, dataset_name: 
         if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
             loaded = load_from_disk(str(local))
             return loaded["train"] if hasattr(loaded, "keys") else loaded
-        return load_local_folder(local, dataset_config_name, cache_dir=cache_dir)
+        check_metadata(local)  # the same folder as --train_data_dir: the same checks before datasets reads it
+        dataset = load_local_folder(local, dataset_config_name, cache_dir=cache_dir)
+        check_not_empty(dataset, local)
+        return dataset
     if name.rstrip("/").lower() == "fusing/fill50k":
         return load_fill50k(name)
     if looks_like_hub_id(name) and hub_offline():

@@ -25,8 +25,8 @@ def run_cli(*argv, timeout=240):
                           timeout=timeout, env=env)
 
 
-def cli_flags(base, data, output_dir, steps=2):
-    return ["--pretrained_model_name_or_path", base, "--train_data_dir", data, "--output_dir", output_dir,
+def cli_flags(base, data, output_dir, steps=2, data_flag="--train_data_dir"):
+    return ["--pretrained_model_name_or_path", base, data_flag, data, "--output_dir", output_dir,
             "--resolution", "64", "--train_batch_size", "4", "--max_train_steps", steps, "--report_to", "none"]
 
 
@@ -38,12 +38,13 @@ def copy_imagefolder(source, target, metadata: bytes):
     return target
 
 
+@pytest.mark.parametrize("data_flag", ["--train_data_dir", "--dataset_name"])  # a local folder either way
 def test_a_metadata_line_that_is_not_utf8_is_one_line_naming_the_file_the_line_and_the_fix(fill_dir, tiny_base,
-                                                                                             tmp_path):
+                                                                                             tmp_path, data_flag):
     lines = (fill_dir / "metadata.jsonl").read_bytes().splitlines()
     lines[2] = lines[2].replace(b'"text": "', b'"text": "caf\xe9 ')  # latin-1, as an editor on Windows may save it
     data = copy_imagefolder(fill_dir, tmp_path / "data", b"\n".join(lines) + b"\n")
-    result = run_cli(*cli_flags(tiny_base, data, tmp_path / "out"))
+    result = run_cli(*cli_flags(tiny_base, data, tmp_path / "out", data_flag=data_flag))
     assert result.returncode == 2, result.stderr[-2000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: ") and "metadata.jsonl line 3 is not UTF-8" in error and "iconv" in error
