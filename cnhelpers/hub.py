@@ -185,11 +185,17 @@ def resolve_base(name_or_path: str | Path, *, revision: str | None = None, varia
                                 cache_dir=cache_dir)
     missing = missing_components(folder, components, variant)
     if missing:
-        raise FileNotFoundError(
-            f"{name_or_path} lacks {', '.join(missing)}{' at revision ' + revision if revision else ''}: the course "
-            "loads each part's config and safetensors weights"
-            + (f" of the {variant!r} variant (leave out --variant to load the default weights)" if variant else "")
-            + ".")
+        problem = (f"{name_or_path} lacks {', '.join(missing)}{' at revision ' + revision if revision else ''}: the "
+                   "course loads each part's config and safetensors weights")
+        if variant:
+            fix = f" of the {variant!r} variant (leave out --variant to load the default weights)."
+        elif Path(str(name_or_path)).expanduser().exists():  # a folder the learner assembled, with parts left out
+            parts = " ".join(f"'{part.split(' ')[0]}/*'" for part in missing)
+            fix = (f". Copy the missing parts from the base's Hub repository (`hf download OWNER/NAME --include {parts} "
+                   f"--local-dir {name_or_path}`), or pass its Hub id instead of the folder.")
+        else:
+            fix = ". This repository does not hold them: pass a base in diffusers' layout with every part."
+        raise FileNotFoundError(problem + fix)
     return folder
 
 

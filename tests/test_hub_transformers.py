@@ -104,3 +104,29 @@ def test_a_gated_base_without_access_is_one_line_saying_to_accept_the_licence_an
     statuses = {e["status"] for e in hub_server.log if e["kind"] == "resolve" and e["repo_id"] == FLUX_DEV}
     assert statuses == {401 if token is None else 403}
     assert not hub_server.fetched_files(FLUX_DEV)
+
+
+@pytest.mark.parametrize("profile, repo_id, family", [("sd3", SD35, "sd3"), ("flux", FLUX_DEV, "flux")])
+def test_the_transformer_profiles_load_their_real_bases_and_their_recipes_are_cli_flags(hub_server, tmp_path,
+                                                                                        profile, repo_id, family):
+    result = hub_server.run_client(f"""
+        from cnhelpers.config import changed_flags, parse_args
+        from cnhelpers.course.profiles import get_profile
+        from cnhelpers.course.recipes import command_line, course_flags
+        from cnhelpers.course.tiny_bases import base_model_path
+        from cnhelpers.families import check_family_flags, detect_family
+        profile = get_profile({profile!r})
+        base = base_model_path(profile)  # the parts of the Hub repository the course loads
+        family = detect_family(base)
+        RESULT["hub_id"], RESULT["family"] = profile.pretrained_model_name_or_path, family.name
+        flags = course_flags(profile, profile.pretrained_model_name_or_path, "out", family=family)
+        args = parse_args(command_line(flags).split()[3:])  # the recipe, as the CLI reads it
+        check_family_flags(family, changed_flags(args))  # and as the base's family takes it (no Min-SNR here)
+        RESULT["snr_gamma"] = args.snr_gamma
+        RESULT["recipe"] = [args.resolution, args.train_batch_size, args.gradient_accumulation_steps,
+                            args.learning_rate, args.mixed_precision, args.lr_scheduler]
+    """, tmp_path / "hf", timeout=300, HF_TOKEN=GATED_TOKEN, HF_HUB_DISABLE_IMPLICIT_TOKEN="0")
+    assert result["hub_id"] == repo_id and result["family"] == family and result["snr_gamma"] is None
+    # upstream's README commands (README_sd3.md, README_flux.md)
+    assert result["recipe"] == {"sd3": [1024, 1, 4, 1e-5, "no", "constant"],
+                                "flux": [512, 1, 16, 1e-5, "bf16", "cosine"]}[profile]

@@ -4,6 +4,8 @@
 - ``sd15``: Stable Diffusion 1.5 and ``fusing/fill50k`` at 512 px, for a GPU with internet access.
 - ``sdxl``: SDXL base 1.0 and ``fusing/fill50k`` at 1024 px, for a large GPU (notebook 07; on the CPU,
   notebook 07 uses the tiny SDXL-layout base of :mod:`cnhelpers.course.tiny_sdxl`).
+- ``sd3`` and ``flux``: SD3.5 medium at 1024 px and FLUX.1-dev at 512 px, upstream's README recipes for an 80 GB
+  GPU (notebook 08's section 10; on the CPU, notebook 08 trains tiny stand-ins).
 
 Pick one with the ``CN_PROFILE`` environment variable, or pass a name to :func:`get_profile` (the
 notebooks' parameter cells do). Plain data: :func:`cnhelpers.course.tiny_bases.base_model_path` and
@@ -118,6 +120,48 @@ PROFILES: dict[str, Profile] = {
         target_gpu_gb=24.0,
         pretrained_vae_model_name_or_path="madebyollin/sdxl-vae-fp16-fix",
         course_train_steps=100,
+    ),
+    # The transformer bases (notebook 08's section 10): upstream's README recipes, figure by figure, for one large
+    # GPU. Not measured by the course (no GPU was lent); notebook 08 trains their tiny stand-ins on the CPU.
+    "sd3": Profile(
+        name="sd3",
+        description="Stable Diffusion 3.5 medium and fusing/fill50k at 1024 px, for an 80 GB GPU (hours)",
+        pretrained_model_name_or_path="stabilityai/stable-diffusion-3.5-medium",
+        dataset_name="fusing/fill50k",
+        # diffusers examples/controlnet/README_sd3.md's command: --resolution=1024 --learning_rate=1e-5
+        # --max_train_steps=15000 --train_batch_size=1 --gradient_accumulation_steps=4, no mixed-precision or memory
+        # flag. Its "GPU usage" note recommends "one GPU with at least 80GB of memory": diffusers issue #10055 runs out
+        # of memory with that command on a 40 GB A100, and #11225 at validation on an 80 GB one with two validation
+        # images (validate on one).
+        resolution=1024,
+        train_batch_size=1,
+        gradient_accumulation_steps=4,
+        learning_rate=1e-5,
+        max_train_steps=15000,
+        target_gpu_gb=80.0,
+        # StableDiffusion3Pipeline's default guidance.
+        guidance_scale=7.0,
+    ),
+    "flux": Profile(
+        name="flux",
+        description="FLUX.1-dev (gated: accept its licence, then hf auth login) and fusing/fill50k at 512 px, "
+                    "for an 80 GB GPU (hours)",
+        pretrained_model_name_or_path="black-forest-labs/FLUX.1-dev",
+        dataset_name="fusing/fill50k",
+        # diffusers examples/controlnet/README_flux.md's command: --mixed_precision="bf16" --resolution=512
+        # --learning_rate=1e-5 --max_train_steps=15000 --train_batch_size=1 --gradient_accumulation_steps=16
+        # --lr_scheduler="cosine" (and --num_double_layers=4 --num_single_layers=0, flags of the run, not of a profile).
+        # Its table, on one 80 GB A100: about 58 GB while training, 71 GB while validating.
+        resolution=512,
+        train_batch_size=1,
+        gradient_accumulation_steps=16,
+        learning_rate=1e-5,
+        lr_scheduler="cosine",
+        max_train_steps=15000,
+        mixed_precision="bf16",
+        target_gpu_gb=80.0,
+        # The README's inference example, and the guidance embedding's value while training (FLUX.1-dev's 3.5).
+        guidance_scale=3.5,
     ),
 }
 

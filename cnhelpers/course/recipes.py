@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import training_args
+from ..families import flag_applies
 from ..paths import build_dir, shown_path
 from .fill import ensure_fill_dataset, fill_dataset_path, fill_example
 from .profiles import Profile, get_profile
@@ -17,16 +18,18 @@ from .profiles import Profile, get_profile
 COURSE_FLAGS = dict(snr_gamma=5.0, proportion_empty_prompts=0.1, lr_warmup_steps=0, seed=0, report_to="none")
 
 
-def course_flags(profile: Profile, base, output_dir, **overrides) -> dict:
+def course_flags(profile: Profile, base, output_dir, family=None, **overrides) -> dict:
     """The flags of notebook 03's run for ``profile`` as a dict: its data, resolution, batch size, learning
     rate and its schedule, steps and guidance scale (for validation images), its precision, accumulation and
-    memory flags (the GPU profiles'), plus :data:`COURSE_FLAGS`. ``overrides`` replace any of them (e.g.
-    validation or checkpoint flags)."""
+    memory flags (the GPU profiles'), plus :data:`COURSE_FLAGS` (those that apply to ``family``, the base's, when
+    given: no ``--snr_gamma`` for SD3 or Flux). ``overrides`` replace any of them (e.g. validation or checkpoint
+    flags)."""
+    course = {name: value for name, value in COURSE_FLAGS.items() if family is None or flag_applies(family, name)}
     flags = dict(pretrained_model_name_or_path=str(base), output_dir=str(output_dir), resolution=profile.resolution,
                  train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate,
                  lr_scheduler=profile.lr_scheduler,
                  max_train_steps=profile.max_train_steps, validation_guidance_scale=profile.guidance_scale,
-                 **COURSE_FLAGS)
+                 **course)
     # The GPU profiles' recipe for their target card: precision, accumulation, memory flags, a fixed VAE.
     flags["mixed_precision"] = profile.mixed_precision
     if profile.gradient_accumulation_steps > 1:

@@ -64,13 +64,20 @@ def family_named(name: str) -> Family:
     raise ValueError(f"No base family {name!r}: the families are {', '.join(f.name for f in FAMILIES)}.")
 
 
+def flag_applies(family: Family, name: str) -> bool:
+    """Whether the flag ``--name`` applies to a ``family`` base: a flag no family lists applies to every family, one
+    that families list applies to those alone (``--snr_gamma`` to SD 1.5 and SDXL, not to SD3 or Flux)."""
+    owners = [f for f in FAMILIES if name in f.flags]
+    return not owners or family in owners
+
+
 def check_family_flags(family: Family, changed: dict) -> None:
     """Refuse, in one line, a flag changed from its default (``changed``: name -> value) that belongs to other
     families and not to ``family``, the base's (e.g. ``--num_single_layers`` on an SD 1.5 base): it would be
     silently ignored. Flags no family lists apply to every family."""
     for name in changed:
         owners = [f for f in FAMILIES if name in f.flags]
-        if owners and family not in owners:
+        if not flag_applies(family, name):
             note = family.flag_notes.get(name)
             raise ValueError(f"--{name} does not apply to a {family.label} base: it is a flag of "
                              f"{', '.join(dict.fromkeys(f.label for f in owners))}"
