@@ -68,3 +68,18 @@ def benchmark_script():
             spec.loader.exec_module(module)
         return sys.modules[name]
     return load
+
+
+@pytest.fixture
+def wider_controlnet(tmp_path):
+    """Save a ControlNet of a transformer base's family made for another size of base (twice the text width):
+    ``wider_controlnet(base, "SD3")`` -> (its folder, the base's ``joint_attention_dim``)."""
+    def save(base, family: str):
+        import diffusers
+
+        config = dict(getattr(diffusers, f"{family}Transformer2DModel").load_config(Path(base) / "transformer"))
+        width = config["joint_attention_dim"]
+        config["joint_attention_dim"] = 2 * width  # made from a base whose text is twice as wide
+        getattr(diffusers, f"{family}ControlNetModel").from_config(config).save_pretrained(tmp_path / "wider")
+        return tmp_path / "wider", width
+    return save

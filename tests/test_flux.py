@@ -186,8 +186,9 @@ def test_a_flux_base_without_its_t5_is_refused_in_one_line(flux_base, fill_dir, 
     assert "or pass its Hub id instead of the folder" in line
 
 
-def test_a_controlnet_of_another_family_or_size_is_refused_naming_the_fix(flux_base, fill_dir, tmp_path, capsys):
-    from diffusers import FluxTransformer2DModel, SD3ControlNetModel
+def test_a_controlnet_of_another_family_or_size_is_refused_naming_the_fix(flux_base, fill_dir, tmp_path, capsys,
+                                                                         wider_controlnet):
+    from diffusers import SD3ControlNetModel
 
     SD3ControlNetModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
                        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
@@ -197,12 +198,8 @@ def test_a_controlnet_of_another_family_or_size_is_refused_naming_the_fix(flux_b
     assert "SD3ControlNetModel" in line and "FluxControlNetModel" in line
     assert "leave out --controlnet_model_name_or_path" in line
 
-    config = dict(FluxTransformer2DModel.load_config(flux_base / "transformer"))
-    width = config["joint_attention_dim"]
-    config["joint_attention_dim"] = 2 * width  # made from a base whose T5 is twice as wide
-    FluxControlNetModel.from_config(config).save_pretrained(tmp_path / "wider")
-    line = refusal(cli(flux_base, fill_dir, tmp_path / "out", "--controlnet_model_name_or_path", tmp_path / "wider"),
-                   capsys)
+    folder, width = wider_controlnet(flux_base, "Flux")  # made from a base whose T5 is twice as wide
+    line = refusal(cli(flux_base, fill_dir, tmp_path / "out", "--controlnet_model_name_or_path", folder), capsys)
     assert f"its joint_attention_dim is {2 * width}, the base transformer's is {width}" in line
     assert "leave out --controlnet_model_name_or_path" in line and "from_transformer" in line
     assert not (tmp_path / "out" / "config.json").exists()

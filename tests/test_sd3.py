@@ -241,15 +241,9 @@ def test_a_controlnet_of_another_family_is_refused_naming_the_fix(sd3_base, fill
 
 
 def test_a_controlnet_of_another_size_is_refused_naming_both_values_and_the_fix(sd3_base, fill_dir, tmp_path,
-                                                                               capsys):
-    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
-
-    config = dict(SD3Transformer2DModel.load_config(sd3_base / "transformer"))
-    width = config["joint_attention_dim"]
-    config["joint_attention_dim"] = 2 * width  # made from a base whose text is twice as wide
-    SD3ControlNetModel.from_config(config).save_pretrained(tmp_path / "wider")
-    line = refusal(cli(sd3_base, fill_dir, tmp_path / "out", "--controlnet_model_name_or_path", tmp_path / "wider"),
-                   capsys)
+                                                                               capsys, wider_controlnet):
+    folder, width = wider_controlnet(sd3_base, "SD3")
+    line = refusal(cli(sd3_base, fill_dir, tmp_path / "out", "--controlnet_model_name_or_path", folder), capsys)
     assert f"its joint_attention_dim is {2 * width}, the base transformer's is {width}" in line
     assert "leave out --controlnet_model_name_or_path" in line and "from_transformer" in line
     assert not (tmp_path / "out" / "config.json").exists()
