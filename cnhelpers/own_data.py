@@ -78,6 +78,34 @@ def build_controlnet_dataset(images, captions, conditioning_fn=canny_conditionin
         features=features)
 
 
+class PairWriter:
+    """An imagefolder written one pair at a time, in the layout ``--train_data_dir`` (and upstream's script) reads:
+    ``images/``, ``conditioning_images/`` and ``metadata.jsonl`` (``file_name``, ``conditioning_image_file_name``,
+    ``text``). A context manager: the metadata file is closed on leaving it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.rows, self.captions = Path(folder), 0, []
+        (self.folder / "images").mkdir()
+        (self.folder / "conditioning_images").mkdir()
+        self._metadata = open(self.folder / "metadata.jsonl", "w")
+
+    def add(self, picture: Image.Image, conditioning: Image.Image, caption: str) -> None:
+        file_name = f"{self.rows:05d}.png"
+        picture.save(self.folder / "images" / file_name)
+        conditioning.save(self.folder / "conditioning_images" / file_name)
+        self._metadata.write(json.dumps({"file_name": f"images/{file_name}",
+                                         "conditioning_image_file_name": f"conditioning_images/{file_name}",
+                                         "text": caption}) + "\n")
+        self.captions.append(caption)
+        self.rows += 1
+
+    def __enter__(self) -> PairWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._metadata.close()
+
+
 def write_imagefolder(dataset, path: str | Path, *, image_column: str = "image",
                       conditioning_image_column: str = "conditioning_image", caption_column: str = "text") -> Path:
     """Write a data set as an imagefolder (PNG files + ``metadata.jsonl``) that ``load_dataset(path)`` reads.
@@ -87,17 +115,11 @@ def write_imagefolder(dataset, path: str | Path, *, image_column: str = "image",
     """
     check_columns(dataset_columns(dataset), image_column=image_column,
                   conditioning_image_column=conditioning_image_column, caption_column=caption_column)
-    with staged_folder(path) as tmp, open(tmp / "metadata.jsonl", "w") as metadata:
-        (tmp / "images").mkdir()
-        (tmp / "conditioning_images").mkdir()
+    with staged_folder(path) as tmp, PairWriter(tmp) as rows:
         for index, example in enumerate(dataset):
-            name = f"{index:05d}.png"
-            to_rgb(example[image_column], index, image_column).save(tmp / "images" / name)
-            to_rgb(example[conditioning_image_column], index, conditioning_image_column).save(
-                tmp / "conditioning_images" / name)
-            metadata.write(json.dumps({"file_name": f"images/{name}",
-                                       "conditioning_image_file_name": f"conditioning_images/{name}",
-                                       "text": example[caption_column]}) + "\n")
+            rows.add(to_rgb(example[image_column], index, image_column),
+                     to_rgb(example[conditioning_image_column], index, conditioning_image_column),
+                     example[caption_column])
     return Path(path)
 
 
@@ -416,12 +438,8 @@ def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="
     name = condition if isinstance(condition, str) else getattr(condition, "__name__", "custom")
     kept_out = held_out_indices(len(pictures), hold_out)
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(staged_folder(output_dir))
-        metadata = stack.enter_context(open(tmp / "metadata.jsonl", "w"))
-        held = HeldOutWriter(stack.enter_context(staged_folder(held_dir))) if held_dir else None
-        (tmp / "images").mkdir()
-        (tmp / "conditioning_images").mkdir()
-        rows = 0
+        rows = stack.enter_context(PairWriter(stack.enter_context(staged_folder(output_dir))))
+        held = stack.enter_context(PairWriter(stack.enter_context(staged_folder(held_dir)))) if held_dir else None
         for index, (path, caption) in enumerate(zip(pictures, captions)):
             shown = path.relative_to(input_dir).as_posix()
             try:
@@ -436,55 +454,30 @@ def build_own_dataset(input_dir: str | Path, output_dir: str | Path, condition="
             if index in kept_out:
                 held.add(picture, conditioning, caption or "")
                 continue
-            file_name = f"{rows:05d}.png"
-            picture.save(tmp / "images" / file_name)
-            conditioning.save(tmp / "conditioning_images" / file_name)
-            metadata.write(json.dumps({"file_name": f"images/{file_name}",
-                                       "conditioning_image_file_name": f"conditioning_images/{file_name}",
-                                       "text": caption or ""}) + "\n")
+            rows.add(picture, conditioning, caption or "")
             if len(sheet) < contact_pairs:
                 sheet.append([picture, conditioning])
-            rows += 1
-        if not rows:
+        if not rows.rows:
             first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
             raise ValueError(f"no readable picture in {input_dir}: all {len(skipped)} files failed to open{first}")
         if skipped:
-            (tmp / "skipped.txt").write_text("".join(f"{file}\t{reason}\n" for file, reason in skipped))
+            (rows.folder / "skipped.txt").write_text("".join(f"{file}\t{reason}\n" for file, reason in skipped))
         contact = None
         if sheet:  # pictures in the first row, their conditions below
-            image_grid([[p for p, _ in sheet], [c for _, c in sheet]]).save(tmp / "contact_sheet.png")
+            image_grid([[p for p, _ in sheet], [c for _, c in sheet]]).save(rows.folder / "contact_sheet.png")
             contact = output_dir / "contact_sheet.png"
         if held is not None:
-            held.finish(held_dir, condition if isinstance(condition, str) else None)
-    return BuiltDataset(output_dir, rows, source, uncaptioned, skipped, contact, str(name), crop, background,
+            write_validation_flags(held, held_dir, condition if isinstance(condition, str) else None)
+    return BuiltDataset(output_dir, rows.rows, source, uncaptioned, skipped, contact, str(name), crop, background,
                         resolution, recursive, held_dir, held.rows if held else 0)
 
 
-class HeldOutWriter:
-    """The held-out pictures of :func:`build_own_dataset`, written as an imagefolder into a (staged) folder, then
-    ``validation_flags.txt``: the training flags that validate on their conditions and captions."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.rows, self.captions = folder, 0, []
-        (folder / "images").mkdir()
-        (folder / "conditioning_images").mkdir()
-
-    def add(self, picture: Image.Image, conditioning: Image.Image, caption: str) -> None:
-        file_name = f"{self.rows:05d}.png"
-        picture.save(self.folder / "images" / file_name)
-        conditioning.save(self.folder / "conditioning_images" / file_name)
-        with open(self.folder / "metadata.jsonl", "a") as metadata:
-            metadata.write(json.dumps({"file_name": f"images/{file_name}",
-                                       "conditioning_image_file_name": f"conditioning_images/{file_name}",
-                                       "text": caption}) + "\n")
-        self.captions.append(caption)
-        self.rows += 1
-
-    def finish(self, final: Path, condition: str | None) -> None:
-        """Write ``validation_flags.txt`` naming the files where they will be once the folder is in place, and the
-        condition (a name or ``file.py:function``) that scores them, when it was given as text."""
-        images = [shlex.quote(str(final / "conditioning_images" / f"{i:05d}.png")) for i in range(self.rows)]
-        flags = ["--validation_image", *images, "--validation_prompt", *map(shlex.quote, self.captions)]
-        if condition is not None:  # --validation_condition takes the same names and module:function as --condition
-            flags += ["--validation_condition", shlex.quote(condition)]
-        (self.folder / "validation_flags.txt").write_text(" ".join(flags) + "\n")
+def write_validation_flags(held: PairWriter, final: Path, condition: str | None) -> None:
+    """``validation_flags.txt`` in the held-out folder: the training flags that validate on its conditions and
+    captions, naming the files where they will be once the folder is in place (``final``), and the condition (a name
+    or ``file.py:function``) that scores them, when it was given as text."""
+    images = [shlex.quote(str(final / "conditioning_images" / f"{i:05d}.png")) for i in range(held.rows)]
+    flags = ["--validation_image", *images, "--validation_prompt", *map(shlex.quote, held.captions)]
+    if condition is not None:  # --validation_condition takes the same names and module:function as --condition
+        flags += ["--validation_condition", shlex.quote(condition)]
+    (held.folder / "validation_flags.txt").write_text(" ".join(flags) + "\n")
