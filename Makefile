@@ -152,7 +152,7 @@ test-python: setup
 # 400: a run that short shows what every checked cell says (step counts and checkpoint names are masked:
 # tests/short_run_sanitize.cfg); make outputs runs the full ones. Notebook 08 trains 4 steps on each tiny
 # transformer base, not 20 (its first copy: this override; its second: SHORT_RUN's 2).
-SHORT_RUN := CN_PROFILE_OVERRIDES="transformer_train_steps=4"
+SHORT_RUN := CN_PROFILE_OVERRIDES="family_train_steps=4"
 SHORT_RUN_SANITIZE := --nbval-sanitize-with tests/short_run_sanitize.cfg
 TWICE := build/twice
 

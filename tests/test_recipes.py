@@ -61,3 +61,19 @@ def test_the_gpu_recipes_are_refused_on_a_cpu_only_for_what_a_cpu_cannot_do(monk
     monkeypatch.setenv("CN_PROFILE_OVERRIDES", "mixed_precision=no, resolution=64, max_train_steps=3")
     args = course_training_args(get_profile("sd15"), "base", "out")
     assert (args.mixed_precision, args.resolution, args.max_train_steps, args.use_8bit_adam) == ("no", 64, 3, True)
+
+
+@pytest.mark.parametrize("family_name", ["sdxl", "sd3", "flux"])
+def test_the_family_runs_flags_are_flags_their_family_takes(family_name, tmp_path):
+    from cnhelpers.course.recipes import FAMILY_FLAGS, family_run_flags, family_sampling
+    from cnhelpers.families import check_family_flags, family_named
+
+    profile = get_profile("tiny")
+    flags = family_run_flags(family_name, "base", tmp_path, profile, steps=50, seed=3)
+    args = parse_args([word for name, value in flags.items() for word in (f"--{name}", str(value))])
+    check_family_flags(family_named(family_name), flags)  # raises on a flag the family does not take
+    assert args.max_train_steps == 50 and args.checkpointing_steps == 5 and args.seed == 3
+    assert (args.snr_gamma is not None) == (family_name == "sdxl")  # Min-SNR only on the epsilon family
+    sampling = family_sampling(family_name, profile)
+    assert sampling["pipeline_kwargs"].get("max_sequence_length") == FAMILY_FLAGS[family_name].get("max_sequence_length")
+    assert sampling["guidance_scale"] == (3.5 if family_name == "flux" else profile.guidance_scale)

@@ -19,6 +19,17 @@ from .metrics import iou_breakdown, score_fill_image
 RUNS = (("with ControlNet", 1.0), ("without ControlNet", 0.0))
 
 
+def default_resolution(pipeline) -> int:
+    """The pixel size a pipeline draws by default: its denoiser's ``sample_size`` latents times the VAE's factor
+    (a UNet's, SD3's transformer's). Flux's transformer has none: give ``resolution`` for it."""
+    denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+    size = denoiser.config.get("sample_size") if denoiser is not None else None
+    if not size:
+        raise ValueError(f"{type(pipeline).__name__}'s denoiser has no sample_size: pass resolution= (the pixel "
+                         "size the base was trained at, 64 for the course's tiny bases)")
+    return size * pipeline.vae_scale_factor
+
+
 def _check_single(pipeline) -> None:
     if type(pipeline.controlnet).__name__.startswith("MultiControlNet"):
         raise ValueError("evaluate_control scores one ControlNet: build the pipeline with a single ControlNet")
@@ -55,7 +66,7 @@ def evaluate_control(pipeline, n: int = 16, seed: int = HELD_OUT_SEED, *, resolu
     import pandas as pd
 
     _check_single(pipeline)
-    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = resolution or default_resolution(pipeline)
     examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
     scores = held_out_scores(pipeline, examples, seed, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, batch_size=batch_size)
@@ -76,7 +87,7 @@ def evaluate_breakdown(pipeline, n: int = 64, seed: int = HELD_OUT_SEED, *, plac
     import pandas as pd
 
     _check_single(pipeline)
-    resolution = resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = resolution or default_resolution(pipeline)
     examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
     circles = held_out_circles(n, seed=seed, placement=placement)
     scores = held_out_scores(pipeline, examples, seed, num_inference_steps=num_inference_steps,
@@ -136,7 +147,7 @@ class CheckpointIoU:
         if self._pipeline is None:  # the base's family's pipeline, with its ControlNet class
             self._pipeline = load_controlnet_pipeline(self.base, controlnet_folder, dtype=self.dtype,
                                                       device=self.device)
-            resolution = self.resolution or self._pipeline.unet.config.sample_size * self._pipeline.vae_scale_factor
+            resolution = self.resolution or default_resolution(self._pipeline)
             self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution)
         else:
             controlnet = type(self._pipeline.controlnet).from_pretrained(controlnet_folder, **dtype_kwargs(self.dtype))

@@ -44,7 +44,7 @@ from ..families.sd import FAMILY as SD
 from ..inference import image_generators, load_controlnet_pipeline
 from ..paths import build_dir, staged_folder
 from ..training import train
-from .evaluation import breakdown_rows, held_out_scores
+from .evaluation import breakdown_rows, default_resolution, held_out_scores
 from .fill import BORDER_CUT_SHARE, PALETTE, RADIUS_RANGE, draw_circle, sample_circle
 from .held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
 from .metrics import circle_mask, colour_accuracy, mask_iou
@@ -675,7 +675,7 @@ def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_infer
     pipeline = getattr(diffusers, family.pipelines[0]).from_pretrained(base, **family.pipeline_kwargs)
     pipeline.scheduler = family.validation_scheduler(pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
-    options = pipeline_options(family, guidance_scale)
+    options = pipeline_options(family, guidance_scale) | trained_size(base)
     prompts = held_out_prompts(n, seed)
     images = []
     for start in range(0, n, 16):
@@ -683,6 +683,16 @@ def base_colour_accuracy(base, n: int = 64, seed: int = HELD_OUT_SEED, num_infer
         images += pipeline(chunk, num_inference_steps=num_inference_steps, **options,
                            generator=image_generators(seed + start, len(chunk))).images
     return colour_accuracy(images, prompts)
+
+
+def trained_size(base) -> dict:
+    """``height`` and ``width`` of the images a pretrained base was trained on (its ``pretrain_config.json``), for
+    its pipeline's call: Flux's pipeline would draw 1,024 px by default. Empty for a base without a recipe."""
+    recipe = Path(base) / "pretrain_config.json"
+    if not recipe.is_file():
+        return {}
+    resolution = json.loads(recipe.read_text())["resolution"]
+    return {"height": resolution, "width": resolution}
 
 
 def _tiny_guidance_scale() -> float:
@@ -719,13 +729,14 @@ def format_scores(scores: dict) -> list[str]:
     return lines
 
 
-def placement_scores(pipeline, n: int, placement: str, guidance_scale: float, seed: int = HELD_OUT_SEED) -> dict:
+def placement_scores(pipeline, n: int, placement: str, guidance_scale: float, seed: int = HELD_OUT_SEED,
+                     resolution: int | None = None, **pipeline_kwargs) -> dict:
     """Circle IoU of ``n`` held-out outlines placed as ``placement`` says, with the ControlNet and without:
     the means, the mean scores per run, and the IoU per group (:func:`cnhelpers.course.metrics.iou_breakdown`)."""
-    resolution = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = resolution or default_resolution(pipeline)
     examples = held_out_examples(n, seed=seed, resolution=resolution, placement=placement)
     circles = held_out_circles(n, seed=seed, placement=placement)
-    scores = held_out_scores(pipeline, examples, seed, guidance_scale=guidance_scale)
+    scores = held_out_scores(pipeline, examples, seed, guidance_scale=guidance_scale, **pipeline_kwargs)
     table = {label: {key: round(float(np.mean([s[key] for s in run])), 4) for key in run[0]}
              for label, run in scores.items()}
     return {"n": n, "iou_with": float(np.mean([s["iou"] for s in scores["with ControlNet"]])),
@@ -738,10 +749,16 @@ def controlnet_scores(base, controlnet, n: int = 32, guidance_scale: float | Non
     """Mean circle IoU of a ControlNet on ``n`` held-out outlines of each placement, with and without it
     (scale 0), split by inside the frame / cut by the border and by radius."""
 
-    guidance_scale = guidance_scale or _tiny_guidance_scale()
+    family = detect_family(base)
+    options = pipeline_options(family, guidance_scale or _tiny_guidance_scale())  # as the base was trained
+    guidance_scale = options.pop("guidance_scale")
+    size = trained_size(base)
+    options.update(size)
+    resolution = size.get("height")
     pipeline = load_controlnet_pipeline(base, controlnet)
     return {"source": str(controlnet), "guidance_scale": guidance_scale,
-            "placements": {placement: placement_scores(pipeline, n, placement, guidance_scale)
+            "placements": {placement: placement_scores(pipeline, n, placement, guidance_scale,
+                                                       resolution=resolution, **options)
                            for placement in placements}}
 
 
@@ -753,7 +770,8 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
     """
 
     guidance_scale = _tiny_guidance_scale()
-    scores = {"base": {"n": n, "guidance_scale": guidance_scale,
+    trained_guidance = pipeline_options(detect_family(base), guidance_scale)["guidance_scale"]  # Flux's: 3.5
+    scores = {"base": {"n": n, "guidance_scale": trained_guidance,
                        **base_colour_accuracy(base, n=n, guidance_scale=guidance_scale)}}
     if controlnet is not None:
         scores["controlnet"] = controlnet_scores(base, controlnet, n=n)

@@ -57,9 +57,9 @@ class Profile:
     #: Steps of notebook 09's run on your own data set (the CLI, a few CPU minutes on the tiny profile); 0 on the GPU
     #: profiles, whose run notebook 09 shows without running it.
     own_data_train_steps: int = 0
-    #: Steps of each of notebook 08's runs on the tiny SD3 and Flux bases (``make outputs``; CI runs fewer through
-    #: ``CN_PROFILE_OVERRIDES``); 0 on the GPU profiles, which notebook 08 does not train.
-    transformer_train_steps: int = 0
+    #: Steps of each of notebooks 07's and 08's runs on the pretrained tiny SDXL, SD3 and Flux bases (``make outputs``;
+    #: CI runs fewer through ``CN_PROFILE_OVERRIDES``); 0 on the GPU profiles, whose runs those notebooks only show.
+    family_train_steps: int = 0
 
 
 PROFILES: dict[str, Profile] = {
@@ -82,7 +82,7 @@ PROFILES: dict[str, Profile] = {
         guidance_scale=3.0,
         course_train_steps=1200,
         own_data_train_steps=400,
-        transformer_train_steps=20,
+        family_train_steps=20,
     ),
     "sd15": Profile(
         name="sd15",

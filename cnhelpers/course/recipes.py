@@ -11,7 +11,10 @@ from ..config import training_args
 from ..families import flag_applies
 from ..paths import build_dir, shown_path
 from .fill import ensure_fill_dataset, fill_dataset_path, fill_example
+from .pretrain_families import T5_LENGTH
 from .profiles import Profile, get_profile
+from .tiny_sdxl import PRETRAINED_TINY_SDXL_BASE
+from .tiny_transformers import PRETRAINED_TINY_FLUX_BASE, PRETRAINED_TINY_SD3_BASE
 
 #: What the course adds to a profile's batch size, learning rate and steps: Min-SNR γ = 5 (the paper's
 #: choice), 10 % empty prompts (so classifier-free guidance works at inference), no warm-up, seed 0.
@@ -118,3 +121,45 @@ def notebook_run_args(profile: Profile, base, output_dir, steps: int, seed: int 
                                 validation_prompt=prompts, validation_image=images, num_validation_images=3,
                                 validation_steps=max(steps // validations, 1), report_to="tensorboard")
 
+
+
+#: The pretrained tiny bases of the other families, shipped with the package (notebooks 07 and 08).
+FAMILY_BASES = {"sdxl": PRETRAINED_TINY_SDXL_BASE, "sd3": PRETRAINED_TINY_SD3_BASE, "flux": PRETRAINED_TINY_FLUX_BASE}
+
+#: What each family's run adds to the course's batch, learning rate and cosine schedule (notebooks 07 and 08,
+#: ``benchmarks/family_control.py``): SDXL keeps Min-SNR (an epsilon-prediction base); SD3 and Flux read T5's
+#: states at the length their bases were pretrained with, and draw timesteps logit-normal (upstream's SD3 default;
+#: Flux's script draws them the same way); Flux's ControlNet copies 2 of the 4 double- and 2 of the 4 single-stream
+#: blocks, and its guidance embedding reads FLUX.1-dev's 3.5.
+FAMILY_FLAGS = {
+    "sdxl": dict(snr_gamma=5.0),
+    "sd3": dict(weighting_scheme="logit_normal", max_sequence_length=T5_LENGTH),
+    "flux": dict(weighting_scheme="logit_normal", max_sequence_length=T5_LENGTH, num_double_layers=2,
+                 num_single_layers=2, guidance_scale=3.5),
+}
+
+
+def family_run_flags(family: str, base, output_dir, profile: Profile, steps: int | None = None, seed: int = 0,
+                     checkpoints: int = 10) -> dict:
+    """The flags of notebook 07's (SDXL) and 08's (SD3, Flux) runs on a tiny base: the course's recipe (batch,
+    learning rate, cosine schedule, 10 % empty prompts, the fill data) with :data:`FAMILY_FLAGS`, ``checkpoints``
+    checkpoints over the run (the newest kept) and no validation rounds (the notebooks score the checkpoints)."""
+    steps = steps or profile.family_train_steps
+    course = {name: value for name, value in COURSE_FLAGS.items() if name != "snr_gamma"}
+    return dict(pretrained_model_name_or_path=str(base), output_dir=str(output_dir), resolution=profile.resolution,
+                train_data_dir=str(ensure_fill_dataset(profile.num_generated_examples, profile.resolution)),
+                train_batch_size=profile.train_batch_size, learning_rate=profile.learning_rate,
+                lr_scheduler=profile.lr_scheduler, max_train_steps=steps,
+                checkpointing_steps=max(steps // checkpoints, 1), checkpoints_total_limit=1,
+                **course, **FAMILY_FLAGS[family]) | {"seed": seed}
+
+
+def family_sampling(family: str, profile: Profile) -> dict:
+    """How the notebooks sample a family's tiny base: the guidance its base was trained for (Flux's pipeline reads
+    its ``guidance_scale`` as the guidance embedding's, 3.5) and T5's length, as
+    :class:`cnhelpers.course.evaluation.CheckpointIoU`'s keyword arguments."""
+    flags = FAMILY_FLAGS[family]
+    kwargs = {"height": profile.resolution, "width": profile.resolution}
+    if "max_sequence_length" in flags:
+        kwargs["max_sequence_length"] = flags["max_sequence_length"]
+    return {"guidance_scale": flags.get("guidance_scale", profile.guidance_scale), "pipeline_kwargs": kwargs}
