@@ -97,6 +97,34 @@ def test_the_shipped_tiny_base_is_pretrained_complete_and_under_25_mb(build):
     assert copy == build / "tiny-sd" and (copy / "README.md").read_text() == card
 
 
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_the_shipped_family_bases_are_pretrained_and_load_as_upstream_loads_them(family):
+    """Each shipped base loads with its pipeline's from_pretrained and each part's from_pretrained(subfolder=...),
+    and its model card holds its evaluation's figures (what the base draws, and a ControlNet's IoU with and without)."""
+    import diffusers
+    import transformers
+
+    from cnhelpers.course.recipes import FAMILY_BASES
+    from cnhelpers.families import detect_family
+
+    folder = FAMILY_BASES[family]
+    assert detect_family(folder).name == family
+    index = json.loads((folder / "model_index.json").read_text())
+    getattr(diffusers, index["_class_name"]).from_pretrained(folder)
+    for part, (library, name) in ((k, v) for k, v in index.items() if isinstance(v, list) and v[1]):
+        loaded = getattr(diffusers if library == "diffusers" else transformers, name).from_pretrained(
+            folder, subfolder=part)
+        assert type(loaded).__name__ == name
+    card = (folder / "README.md").read_text()
+    assert "base colour accuracy" in card and "mean circle IoU" in card
+    assert json.loads((folder / "pretrain_config.json").read_text())["family"] == family
+
+
+def test_the_shipped_assets_stay_under_60_mb():
+    assets = PRETRAINED_TINY_BASE.parent
+    assert sum(f.stat().st_size for f in assets.rglob("*") if f.is_file()) < 60 * 2**20
+
+
 def test_the_evaluation_prints_iou_split_by_placement_and_radius():
     breakdown = [{"group": "all", "n": 4, "with ControlNet": 0.9, "without ControlNet": 0.2},
                  {"group": "inside the frame", "n": 1, "with ControlNet": 0.95, "without ControlNet": 0.3},
@@ -147,7 +175,7 @@ def test_controlnet_scores_split_each_placement(tiny_base, tmp_path):
     assert len(pretrain_base.format_scores({"controlnet": scores})) == 1 + 2 * 7
 
 
-@pytest.mark.parametrize("family", ["sd3"])  # (flux and sdxl: not yet run through this test, see the recipe's note)
+@pytest.mark.parametrize("family", ["sd3", "flux", "sdxl"])
 def test_a_family_base_assembles_in_its_layout_and_loads_as_upstream_loads_it(build, family):
     """``--family``: SD's VAE and CLIP shared, the denoiser trained by the UNet stage's loop, the folder loading with
     the pipeline's from_pretrained, each part's from_pretrained(subfolder=...) and from_transformer / from_unet."""
@@ -157,9 +185,11 @@ def test_a_family_base_assembles_in_its_layout_and_loads_as_upstream_loads_it(bu
     from cnhelpers.families import detect_family
 
     argv = ["--family", family, "--num_latent_examples", "8", "--unet_steps", "2", "--unet_batch_size", "2",
-            "--checkpoint_every", "1", "--warmup_steps", "1"]
+            "--checkpoint_every", "1", "--warmup_steps", "1", "--notes", "Resumed once."]
     assert pretrain_base.main(argv) == 0
     folder = build / "pretrain" / family / f"tiny-{family}"
+    card = (folder / "README.md").read_text()
+    assert "\nResumed once.\n" in card and "| `notes` |" not in card  # the run's notes, not a recipe row
     assert detect_family(folder).name == family
     index = json.loads((folder / "model_index.json").read_text())
     pipeline = getattr(diffusers, index["_class_name"]).from_pretrained(folder)

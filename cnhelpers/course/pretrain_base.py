@@ -90,6 +90,7 @@ class PretrainConfig:
     log_every: int = 50
     eval_examples: int = 64  # held-out images scored at each VAE checkpoint
     threads: int = 0  # 0: leave torch's default
+    notes: str = ""  # how the run went, for a family base's model card (e.g. a stage resumed with more steps)
 
 
 def work_dir() -> Path:
@@ -452,7 +453,7 @@ def assemble(config: PretrainConfig, path: Path | None = None) -> Path:
 
 def model_card(config: PretrainConfig, scores: dict | None) -> str:
     """The tiny base's README: what it is, the recipe that made it, and its evaluation figures."""
-    recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
+    recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items() if key != "notes")
     figures = "Not evaluated yet: run `python -m cnhelpers.course.pretrain_base evaluate`."
     if scores:
         # format_scores indents a run's placements and groups; as markdown, nested list items
@@ -572,17 +573,17 @@ def assemble_family(config: PretrainConfig, path: Path | None = None) -> Path:
     return path
 
 
-def family_model_card(config: PretrainConfig, scores: dict | None, notes: str = "") -> str:
+def family_model_card(config: PretrainConfig, scores: dict | None) -> str:
     """A family base's README: the layout, the recipe that made it, and its evaluation's figures."""
     family = family_named(config.family)
-    recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items())
+    recipe = "\n".join(f"| `{key}` | {value} |" for key, value in asdict(config).items() if key != "notes")
     figures = "Not evaluated yet: run `python -m cnhelpers.course.pretrain_base evaluate --base <this folder>`."
     if scores:
         figures = "\n".join(" " * (len(line) - len(line.lstrip())) + f"- {line.lstrip()}" for line in format_scores(scores))
     return FAMILY_MODEL_CARD.format(
         name=config.family, label=family.label, pipeline=family.pipelines[0], layout=family_layout(config.family),
         recipe=recipe, figures=figures, seed=PRETRAIN_SEED, held_out=HELD_OUT_SEED, t5_length=T5_LENGTH,
-        notes=notes, doc=pretrain_families_doc())
+        notes=f"\n{config.notes}\n" if config.notes else "", doc=pretrain_families_doc())
 
 
 FAMILY_MODEL_CARD = """\

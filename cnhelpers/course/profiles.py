@@ -82,7 +82,7 @@ PROFILES: dict[str, Profile] = {
         guidance_scale=3.0,
         course_train_steps=1200,
         own_data_train_steps=400,
-        family_train_steps=20,
+        family_train_steps=1200,
     ),
     "sd15": Profile(
         name="sd15",
