@@ -206,7 +206,11 @@ def test_a_family_base_assembles_in_its_layout_and_loads_as_upstream_loads_it(bu
     # (SD3: from_transformer's default of 12 copied blocks needs a transformer of 13 or more; the tiny one has 4)
     make = {"sd3": lambda: diffusers.SD3ControlNetModel.from_transformer(
                 denoiser, num_layers=denoiser.config.num_layers - 1),
-            "flux": lambda: diffusers.FluxControlNetModel.from_transformer(denoiser),
+            # as upstream's train_controlnet_flux.py calls it: from_transformer's own head defaults are FLUX.1's
+            "flux": lambda: diffusers.FluxControlNetModel.from_transformer(
+                denoiser, attention_head_dim=denoiser.config.attention_head_dim,
+                num_attention_heads=denoiser.config.num_attention_heads, num_layers=denoiser.config.num_layers,
+                num_single_layers=2),
             "sdxl": lambda: diffusers.ControlNetModel.from_unet(denoiser)}[family]
     assert make() is not None
     if family != "sdxl":  # the latents' statistics were measured: not the real VAEs' values
