@@ -18,12 +18,13 @@ denoiser is trained here:
   of each of the 257 captions (16 x 16 colour pairs and the empty prompt) is encoded once.
 
 The run that makes the SD3 base (resumable: the same command continues from ``build/pretrain/sd3``'s checkpoint,
-written every 50 steps; 0.5 CPU-s a step on one thread)::
+written every 50 steps; about 0.3 CPU-s a step on one thread)::
 
-    python -m cnhelpers.course.pretrain_base --family sd3 --num_latent_examples 4096 --unet_steps 3000 \
+    python -m cnhelpers.course.pretrain_base --family sd3 --num_latent_examples 4096 --unet_steps 6000 \
         --unet_batch_size 32 --unet_learning_rate 0.001 --warmup_steps 100 --checkpoint_every 50 --threads 1
 
-then ``--family flux`` and ``--family sdxl`` with the same flags. SD3's ``from_transformer`` with its default of 12
+then ``--family sdxl`` with the same flags, and ``--family flux`` with ``--unet_steps 3000``. (The shipped SD3 and
+SDXL bases ran 3,000 steps first and were resumed to 6,000: their model cards' notes say how.) SD3's ``from_transformer`` with its default of 12
 copied blocks needs a transformer of 13 blocks or more; this one has 4 (pass ``num_layers``; the course's
 family does).
 
