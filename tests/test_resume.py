@@ -142,3 +142,29 @@ def test_a_partial_checkpoint_is_never_latest(straight, tmp_path):
     shutil.copytree(straight["out"], out)
     shutil.copytree(out / "checkpoint-12", out / "checkpoint-15.partial")
     assert find_checkpoint(out, "latest") == out / "checkpoint-12"
+
+
+@pytest.mark.parametrize("family", ["flux", "sdxl"])
+def test_a_flux_or_sdxl_run_resumed_from_step_2_ends_with_the_weights_of_an_uninterrupted_run(family, fill_dir,
+                                                                                              tmp_path):
+    """Exact resume through each family's own step (SD 1.5's: above; SD3's: tests/test_sd3.py)."""
+    from safetensors.torch import load_file
+
+    from cnhelpers.config import training_args
+    from cnhelpers.course.tiny_sdxl import build_tiny_sdxl_base
+    from cnhelpers.course.tiny_transformers import build_tiny_flux_base
+    from cnhelpers.training import train
+
+    base = {"flux": build_tiny_flux_base, "sdxl": build_tiny_sdxl_base}[family](tmp_path / "base", seed=0)
+    flags = dict(pretrained_model_name_or_path=base, train_data_dir=fill_dir, resolution=64, train_batch_size=4,
+                 learning_rate=1e-3, lr_warmup_steps=0, seed=0, report_to="none", checkpointing_steps=1000,
+                 cache="never", **({"max_sequence_length": 16} if family == "flux" else {}))
+    train(training_args(**flags, output_dir=tmp_path / "whole", max_train_steps=4))
+    halves = flags | dict(output_dir=tmp_path / "halves", checkpointing_steps=2)
+    train(training_args(**halves, max_train_steps=2))
+    resumed = train(training_args(**halves, max_train_steps=4, resume_from_checkpoint="latest"))
+    assert resumed.global_step == 4
+    whole, halved = (load_file(tmp_path / run / "diffusion_pytorch_model.safetensors") for run in ("whole", "halves"))
+    assert whole.keys() == halved.keys() and all(torch.equal(whole[key], halved[key]) for key in whole)
+    zero_initialised = [key for key in whole if key.startswith(("controlnet_blocks", "controlnet_down_blocks"))]
+    assert zero_initialised and any(whole[key].abs().max() > 0 for key in zero_initialised)  # the run trained
