@@ -120,6 +120,25 @@ def test_the_shipped_family_bases_are_pretrained_and_load_as_upstream_loads_them
     assert json.loads((folder / "pretrain_config.json").read_text())["family"] == family
 
 
+def test_the_pretrained_sdxl_base_guides_from_the_empty_prompt_it_was_trained_on():
+    """Its pipeline's unconditional branch is the empty prompt's encoding, as its dropped captions were in training,
+    not the zeros of SDXL base 1.0's ``force_zeros_for_empty_prompt`` (with which its colours washed out)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from cnhelpers.course.recipes import FAMILY_BASES
+    from cnhelpers.families.sdxl import encode_prompt_sdxl
+
+    pipeline = StableDiffusionXLPipeline.from_pretrained(FAMILY_BASES["sdxl"])
+    with torch.no_grad():
+        _, negative, _, negative_pooled = pipeline.encode_prompt("red circle with blue background",
+                                                                 do_classifier_free_guidance=True)
+        empty, empty_pooled = encode_prompt_sdxl([""], [pipeline.tokenizer, pipeline.tokenizer_2],
+                                                 [pipeline.text_encoder, pipeline.text_encoder_2])
+    assert negative.abs().sum() > 0 and negative_pooled.abs().sum() > 0
+    torch.testing.assert_close(negative, empty)
+    torch.testing.assert_close(negative_pooled, empty_pooled)
+
+
 def test_the_shipped_assets_stay_under_60_mb():
     assets = PRETRAINED_TINY_BASE.parent
     assert sum(f.stat().st_size for f in assets.rglob("*") if f.is_file()) < 60 * 2**20

@@ -63,6 +63,13 @@ PRETRAIN_FLUX_TRANSFORMER_CONFIG = dict(patch_size=1, in_channels=16, num_layers
                                         attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
                                         pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=[4, 6, 6])
 PRETRAIN_FLUX_T5_CONFIG = dict(TINY_T5_CONFIG, d_model=64, d_kv=16, d_ff=128)
+#: Why the pretrained SDXL base's ``model_index.json`` says ``force_zeros_for_empty_prompt: false``.
+SDXL_EMPTY_PROMPT_NOTE = (
+    "SDXL's pipeline feeds classifier-free guidance's unconditional branch zeros in place of the empty prompt's "
+    "encoding when its `force_zeros_for_empty_prompt` is true (SDXL base 1.0's setting). This base was trained, as "
+    "the course's ControlNets are, with the empty prompt's encoding for its 10 % dropped captions, so its index sets "
+    "it false: with zeros, guidance pushes from a condition the UNet never saw, and the colours wash out (a "
+    "1,200-step ControlNet's held-out IoU: 0.64 with zeros, 0.84 with the empty prompt's encoding, 16 outlines).")
 #: SDXL's UNet at the tiny SD UNet's width (64 channels: 2 per norm group, see TINY_UNET_CONFIG), cross-attention
 #: over both CLIPs' states side by side (128), the pooled text (64) and 6 time ids of 8.
 PRETRAIN_SDXL_UNET_CONFIG = dict(TINY_SDXL_UNET_CONFIG, block_out_channels=(64, 64), cross_attention_dim=128,
@@ -132,7 +139,7 @@ def build_init(family: str, path: Path, cache: dict, sd_base: Path = PRETRAINED_
                 unet=seeded(seed + 3, lambda: UNet2DConditionModel(**PRETRAIN_SDXL_UNET_CONFIG)),
                 scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG), vae=vae, text_encoder=clip,
                 text_encoder_2=with_projection(clip), tokenizer=tokenizer, tokenizer_2=tokenizer,
-                add_watermarker=False)
+                add_watermarker=False, force_zeros_for_empty_prompt=False)  # see SDXL_EMPTY_PROMPT_NOTE
         pipeline.save_pretrained(folder)
         for name in ("tokenizer",) if family == "flux" else ("tokenizer", "tokenizer_2"):
             shutil.rmtree(folder / name)
