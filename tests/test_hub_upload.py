@@ -44,14 +44,14 @@ def outline(tmp_path_factory):
     return path
 
 
-def push_run(hub, tmp_path, fill_dir, outline, repo_id, background=False):
-    command = [sys.executable, "-m", "cnhelpers.train", "--pretrained_model_name_or_path", str(TINY_SD),
+def push_run(hub, tmp_path, fill_dir, outline, repo_id, background=False, base=TINY_SD, extra=()):
+    command = [sys.executable, "-m", "cnhelpers.train", "--pretrained_model_name_or_path", str(base),
                "--train_data_dir", str(fill_dir), "--output_dir", str(tmp_path / "run"), "--resolution", "64",
                "--train_batch_size", "1", "--max_train_steps", "2", "--learning_rate", "1e-5", "--seed", "0",
                "--report_to", "none", "--checkpointing_steps", "1000", "--validation_image", str(outline),
                "--validation_prompt", "red circle with blue background", "--num_validation_images", "1",
                "--validation_steps", "2", "--num_validation_inference_steps", "2", "--validation_condition", "canny",
-               "--push_to_hub", "--hub_model_id", repo_id]
+               "--push_to_hub", "--hub_model_id", repo_id, *extra]
     env = hub.env(tmp_path / "hf", CN_BUILD_DIR=str(tmp_path / "build"), HF_TOKEN=TOKEN,
                   HF_HUB_DISABLE_IMPLICIT_TOKEN="0", HF_HUB_DISABLE_XET="1")
     if background:
@@ -102,6 +102,40 @@ def test_push_to_hub_uploads_the_controlnet_card_grid_and_log_and_it_loads_back_
         RESULT["size"] = list(image.size)
         RESULT["fetched"] = sorted(fetched({repo_id!r}))
     """, tmp_path / "hf-load", timeout=300)
+    assert result["size"] == [64, 64]
+    assert result["fetched"] == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_a_transformer_family_controlnet_pushes_and_loads_back_from_the_hub_id(hub_server, tmp_path, fill_dir,
+                                                                              outline):
+    """The round trip of an SD3 ControlNet (a DiT family): its weights, card (SD3's tags and base) and log are
+    uploaded, and the SD3 pipeline loads it back by the Hub id and draws."""
+    from cnhelpers.course.recipes import FAMILY_BASES
+
+    base, repo_id = FAMILY_BASES["sd3"], "tester/my-sd3-controlnet"
+    done = push_run(hub_server, tmp_path, fill_dir, outline, repo_id, base=base,
+                    extra=("--max_sequence_length", "77", "--num_controlnet_layers", "2"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    served = served_files(hub_server, repo_id)
+    assert set(served) == UPLOADED | {".gitattributes"}
+    assert json.loads(served["config.json"].read_text())["_class_name"] == "SD3ControlNetModel"
+    card = served["README.md"].read_text()
+    assert "sd3" in card.split("---")[1] and "![validation](validation/step-000002.png)" in card
+    result = hub_server.run_client(f"""
+        from cnhelpers.inference import load_controlnet_pipeline
+        import torch
+        ctl("DELETE", "/_test/log")
+        pipe = load_controlnet_pipeline({str(base)!r}, {repo_id!r})
+        from PIL import Image
+        image = pipe("red circle with blue background", control_image=Image.open({str(outline)!r}).convert("RGB"),
+                     num_inference_steps=2, height=64, width=64, max_sequence_length=77,
+                     generator=torch.Generator().manual_seed(0)).images[0]
+        RESULT["pipeline"] = type(pipe).__name__
+        RESULT["layers"] = len(pipe.controlnet.transformer_blocks)
+        RESULT["size"] = list(image.size)
+        RESULT["fetched"] = sorted(fetched({repo_id!r}))
+    """, tmp_path / "hf-load", timeout=300)
+    assert result["pipeline"] == "StableDiffusion3ControlNetPipeline" and result["layers"] == 2
     assert result["size"] == [64, 64]
     assert result["fetched"] == ["config.json", "diffusion_pytorch_model.safetensors"]
 
