@@ -185,7 +185,15 @@ def setup(args):
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=None if args.report_to in (None, "none") else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
+    alone = int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and (
+            accelerator.distributed_type != "DEEPSPEED" or alone):
+        raise ValueError(
+            "Launched with a DeepSpeed config, but accelerate runs DeepSpeed on GPUs only and found none here"
+            f"{' (ACCELERATE_USE_CPU is set)' if os.environ.get('ACCELERATE_USE_CPU') else ''}, so the processes would "
+            "train without ZeRO: launch on GPUs, or without the DeepSpeed config (on a CPU: `ACCELERATE_USE_CPU=1 "
+            "accelerate launch --multi_gpu --num_processes 2 -m cnhelpers.train ...`).")
+    if alone:
         raise ValueError(
             f"Started as one of {os.environ['WORLD_SIZE']} processes, but accelerate found no GPU to share them "
             "on, so each would train alone into the same output_dir. On a CPU, set ACCELERATE_USE_CPU=1: "

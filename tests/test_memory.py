@@ -108,6 +108,17 @@ def test_deepspeed_yaml_has_the_guides_keys(tmp_path):
     assert deepspeed_accelerate_config(zero_stage=3)["deepspeed_config"]["zero_stage"] == 3
 
 
+def test_the_flux_zero3_yaml_is_upstreams(tmp_path):
+    from cnhelpers.course.memory import FLUX_ZERO3
+
+    config = yaml.safe_load(write_deepspeed_config(tmp_path / "zero3.yaml", **FLUX_ZERO3).read_text())
+    # examples/controlnet/README_flux.md's accelerate_config_zero3.yaml
+    assert config["deepspeed_config"] == {"gradient_accumulation_steps": 8, "offload_optimizer_device": "cpu",
+                                          "offload_param_device": "cpu", "zero3_init_flag": True,
+                                          "zero3_save_16bit_model": True, "zero_stage": 3}
+    assert (config["distributed_type"], config["mixed_precision"], config["num_processes"]) == ("DEEPSPEED", "bf16", 8)
+
+
 def test_the_guides_rungs_have_the_guides_batch_sizes_and_flags():
     assert [r.number for r in LADDER] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     # the guide: batch 4 by default (~38 GB); batch 1 with 4 accumulated (~20 GB); + checkpointing and 8-bit

@@ -1,5 +1,6 @@
 """The training loop: Min-SNR, learning, checkpoints, resume, pruning, multi-process, errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,35 @@ def test_processes_that_cannot_share_a_device_refuse_to_train_alone(tiny_base, f
         pytest.skip("on a GPU machine the processes share the GPU")
     with pytest.raises(ValueError, match="ACCELERATE_USE_CPU=1"):
         train(tiny_args(tiny_base, fill_dir, tmp_path / "run", max_train_steps=1))
+
+
+@pytest.mark.not_colab(reason="DeepSpeed is in the course's requirements, not in Colab's stack")
+def test_upstreams_flux_zero3_config_on_two_cpu_processes_is_refused_in_one_line(tmp_path):
+    """accelerate 1.15 starts DeepSpeed only on a GPU backend: on CPUs each process would train alone, without ZeRO
+    (and with ACCELERATE_USE_CPU=1 it silently runs plain data parallel). Each process says so in one line."""
+    pytest.importorskip("deepspeed")
+    from cnhelpers.course.fill import write_fill_imagefolder
+    from cnhelpers.course.memory import FLUX_ZERO3, write_deepspeed_config
+    from cnhelpers.course.recipes import FAMILY_BASES
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine DeepSpeed runs")
+    config = write_deepspeed_config(tmp_path / "zero3.yaml", **(FLUX_ZERO3 | {"num_processes": 2}))
+    data = write_fill_imagefolder(tmp_path / "data", num_examples=2, resolution=64)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m",
+               "cnhelpers.train", "--pretrained_model_name_or_path", str(FAMILY_BASES["flux"]), "--train_data_dir",
+               str(data), "--output_dir", str(tmp_path / "run"), "--resolution", "64", "--train_batch_size", "1",
+               "--max_train_steps", "1", "--cache", "always", "--max_sequence_length", "77", "--report_to", "none"]
+    for use_cpu in ("", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {
+            "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **({"ACCELERATE_USE_CPU": use_cpu} if use_cpu else {})}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode != 0
+        # one line from each process (their writes to the shared stderr may run together)
+        assert done.stderr.count("error: Launched with a DeepSpeed config, but accelerate runs DeepSpeed on GPUs "
+                                 "only") == 2, done.stderr[-3000:]
+        assert done.stderr.count("ACCELERATE_USE_CPU is set") == (2 if use_cpu else 0)
+        assert "[rank0]: Traceback" not in done.stderr and not (tmp_path / "run" / "config.json").exists()
 
 
 # --- The CLI ---------------------------------------------------------------------------------------

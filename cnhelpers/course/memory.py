@@ -253,7 +253,8 @@ def missing_requirements(rung: Rung, half: str = "fp16") -> str | None:
 
 def deepspeed_accelerate_config(gradient_accumulation_steps: int = 4, mixed_precision: str = "fp16",
                                 offload_optimizer_device: str = "cpu", offload_param_device: str = "none",
-                                zero_stage: int = 2, num_processes: int = 1) -> dict:
+                                zero_stage: int = 2, num_processes: int = 1, zero3_init_flag: bool = False,
+                                zero3_save_16bit_model: bool = False) -> dict:
     """The accelerate config for DeepSpeed ZeRO with CPU offload, as in the diffusers ControlNet guide.
 
     ZeRO stage 2 partitions optimizer state and gradients; with ``offload_optimizer_device: cpu`` the
@@ -262,6 +263,8 @@ def deepspeed_accelerate_config(gradient_accumulation_steps: int = 4, mixed_prec
     not a DeepSpeed optimizer, so it does not combine with the offload: the state leaves the GPU instead.
     ``offload_param_device`` moves the weights, which only ZeRO stage 3 partitions: under stage 2 it does
     nothing (the guide's YAML sets it to ``cpu`` all the same), so it is ``none`` unless ``zero_stage=3``.
+    ZeRO-3 partitions the weights too: ``zero3_init_flag`` builds them partitioned, and ``zero3_save_16bit_model``
+    gathers them into one 16-bit file when the model is saved (:data:`FLUX_ZERO3`).
     """
     return {
         "compute_environment": "LOCAL_MACHINE",
@@ -269,7 +272,8 @@ def deepspeed_accelerate_config(gradient_accumulation_steps: int = 4, mixed_prec
             "gradient_accumulation_steps": gradient_accumulation_steps,
             "offload_optimizer_device": offload_optimizer_device,
             "offload_param_device": offload_param_device,
-            "zero3_init_flag": False,
+            "zero3_init_flag": zero3_init_flag,
+            **({"zero3_save_16bit_model": True} if zero3_save_16bit_model else {}),
             "zero_stage": zero_stage,
         },
         "distributed_type": "DEEPSPEED",
@@ -283,6 +287,16 @@ def deepspeed_accelerate_config(gradient_accumulation_steps: int = 4, mixed_prec
         "same_network": True,
         "use_cpu": False,
     }
+
+
+#: Upstream's Flux recipe for several GPUs (examples/controlnet/README_flux.md, "Apply Deepspeed Zero3": 512 px on
+#: 8 x A100-40GB): ZeRO-3 with the optimizer state and the weights offloaded to the CPU, bf16, 8 micro-batches
+#: accumulated. ``write_deepspeed_config(path, **FLUX_ZERO3)`` writes its accelerate config; launch with
+#: ``accelerate launch --config_file PATH -m cnhelpers.train --cache always ...`` (upstream pre-computes the
+#: latents and text embeddings for it, as the course's cache does). accelerate runs DeepSpeed on GPUs only.
+FLUX_ZERO3 = dict(gradient_accumulation_steps=8, mixed_precision="bf16", offload_optimizer_device="cpu",
+                  offload_param_device="cpu", zero_stage=3, zero3_init_flag=True, zero3_save_16bit_model=True,
+                  num_processes=8)
 
 
 def write_deepspeed_config(path, **options):

@@ -151,7 +151,9 @@ PROFILES: dict[str, Profile] = {
         # diffusers examples/controlnet/README_flux.md's command: --mixed_precision="bf16" --resolution=512
         # --learning_rate=1e-5 --max_train_steps=15000 --train_batch_size=1 --gradient_accumulation_steps=16
         # --lr_scheduler="cosine" (and --num_double_layers=4 --num_single_layers=0, flags of the run, not of a profile).
-        # Its table, on one 80 GB A100: about 58 GB while training, 71 GB while validating.
+        # Its table, on one 80 GB A100: about 58 GB while training, 71 GB while validating. For 8 x A100-40GB its
+        # ZeRO-3 recipe is cnhelpers.course.memory.FLUX_ZERO3 (write_deepspeed_config writes its accelerate config);
+        # benchmarks/results/transformer-ladder-counted-cpu-2026-12-06.md counts each memory rung.
         resolution=512,
         train_batch_size=1,
         gradient_accumulation_steps=16,
