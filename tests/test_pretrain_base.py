@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,19 @@ def test_the_pretrained_sdxl_base_guides_from_the_empty_prompt_it_was_trained_on
     torch.testing.assert_close(negative_pooled, empty_pooled)
 
 
+def test_balanced_l1_does_not_reward_a_reconstruction_that_drops_a_thin_outline():
+    from cnhelpers.course.fill import fill_example
+
+    outline = torch.from_numpy(np.asarray(fill_example(0, 0, 64)["conditioning_image"])).permute(2, 0, 1)[None]
+    outline = outline.float() / 127.5 - 1
+    black = -torch.ones_like(outline)
+    grey = torch.zeros_like(outline)  # no outline either, and wrong everywhere
+    assert torch.nn.functional.l1_loss(black, outline) < 0.1  # plain L1: dropping the outline costs little
+    assert pretrain_base.balanced_l1(black, outline) == pytest.approx(1.0)  # half the weight, each off by 2
+    assert pretrain_base.balanced_l1(outline, outline) == 0
+    assert pretrain_base.balanced_l1(black, outline) == pytest.approx(pretrain_base.balanced_l1(grey, outline))
+
+
 def test_the_shipped_assets_stay_under_60_mb():
     assets = PRETRAINED_TINY_BASE.parent
     assert sum(f.stat().st_size for f in assets.rglob("*") if f.is_file()) < 60 * 2**20
@@ -204,7 +218,8 @@ def test_a_family_base_assembles_in_its_layout_and_loads_as_upstream_loads_it(bu
     from cnhelpers.families import detect_family
 
     argv = ["--family", family, "--num_latent_examples", "8", "--unet_steps", "2", "--unet_batch_size", "2",
-            "--checkpoint_every", "1", "--warmup_steps", "1", "--notes", "Resumed once."]
+            "--checkpoint_every", "1", "--warmup_steps", "1", "--notes", "Resumed once.", "--condition_vae_steps", "2",
+            "--vae_batch_size", "2"]
     assert pretrain_base.main(argv) == 0
     folder = build / "pretrain" / family / f"tiny-{family}"
     card = (folder / "README.md").read_text()
@@ -234,4 +249,8 @@ def test_a_family_base_assembles_in_its_layout_and_loads_as_upstream_loads_it(bu
     assert make() is not None
     if family != "sdxl":  # the latents' statistics were measured: not the real VAEs' values
         assert pipeline.vae.config.shift_factor not in (0.0609, 0.1159, None)
+    # SD3's and Flux's ControlNets read their condition through the VAE: theirs learned the conditions too
+    sd_vae = diffusers.AutoencoderKL.from_pretrained(PRETRAINED_TINY_BASE / "vae").state_dict()
+    same = all(torch.equal(a, sd_vae[k]) for k, a in pipeline.vae.state_dict().items())
+    assert same == (family == "sdxl")
     assert pipeline.text_encoder.config.hidden_size == 64  # the tiny SD base's CLIP

@@ -45,13 +45,14 @@ from ..inference import image_generators, load_controlnet_pipeline
 from ..paths import build_dir, staged_folder
 from ..training import train
 from .evaluation import breakdown_rows, default_resolution, held_out_scores
-from .fill import BORDER_CUT_SHARE, PALETTE, RADIUS_RANGE, draw_circle, sample_circle
+from .fill import BORDER_CUT_SHARE, FILL_CONDITIONS, PALETTE, RADIUS_RANGE, draw_circle, fill_condition, sample_circle
 from .held_out import HELD_OUT_SEED, held_out_circles, held_out_examples
 from .metrics import circle_mask, colour_accuracy, mask_iou
 from .profiles import get_profile
 from .recipes import course_training_args
 from . import pretrain_families
-from .pretrain_families import FAMILY_NAMES, T5_LENGTH, build_init, family_options, pipeline_options
+from .pretrain_families import (CONDITION_THROUGH_VAE, FAMILY_NAMES, T5_LENGTH, build_init, family_options,
+                                pipeline_options)
 from .tiny_bases import PRETRAINED_TINY_BASE, build_tiny_base, ensure_tiny_base, is_complete_base
 
 #: Seed of the pretraining data (the ControlNet trains on seed 0; evaluations use HELD_OUT_SEED).
@@ -83,6 +84,10 @@ class PretrainConfig:
     snr_gamma: float = 5.0
     proportion_empty_prompts: float = 0.1
     ema_decay: float = 0.999
+    # family stage condition_vae (SD3, Flux): the shared VAE learns to encode the conditioning pictures too
+    condition_vae_steps: int = 800  # 0: keep the tiny SD base's VAE as it is
+    condition_vae_learning_rate: float = 5e-4
+    condition_vae_pin_weight: float = 10.0  # how hard the training images' latents are held where they were
     unet_init: str = ""  # a base folder whose UNet and text encoder the stage fine-tunes; "": random init
     # all stages
     warmup_steps: int = 100
@@ -113,6 +118,24 @@ def fill_batch(indices, resolution: int, seed: int = PRETRAIN_SEED) -> tuple[tor
         colours.append((COLOUR_NAMES.index(circle.colour), COLOUR_NAMES.index(circle.background)))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return pixels, torch.tensor(colours)
+
+
+def condition_batch(indices, resolution: int, seed: int = PRETRAIN_SEED) -> torch.Tensor:
+    """The conditioning pictures of the same circles as :func:`fill_batch`, in [-1, 1], each of the next condition
+    type of :data:`cnhelpers.course.fill.FILL_CONDITIONS` in turn (outline, mask, depth, scribble, ...)."""
+    pictures = [np.asarray(fill_condition(sample_circle(seed, int(index)), resolution,
+                                          FILL_CONDITIONS[int(index) % len(FILL_CONDITIONS)], seed=seed,
+                                          index=int(index))) for index in indices]
+    return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def balanced_l1(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 in which a picture's lit pixels weigh as much, together, as its black ones: a thin outline is a few per
+    cent of its pixels, and plain L1 is lowest for a black picture that drops it."""
+    lit = (target > -0.9).any(1, keepdim=True).float()
+    share = lit.mean((2, 3), keepdim=True).clamp(1e-3, 1 - 1e-3)
+    weight = lit * 0.5 / share + (1 - lit) * 0.5 / (1 - share)
+    return ((reconstruction - target).abs() * weight).mean()
 
 
 def random_crops(images: torch.Tensor, size: int, generator: torch.Generator, grid: int = 8) -> torch.Tensor:
@@ -514,6 +537,69 @@ image generator.
 # --------------------------------------------------------------------------------------------------
 
 
+def train_condition_vae(config: PretrainConfig) -> Path | None:
+    """Family stage ``condition_vae``: the tiny SD base's VAE fine-tuned to encode the conditioning pictures too
+    (``build/pretrain/condition-vae``, shared by SD3 and Flux); None for a family whose ControlNet reads pixels.
+
+    SD3's and Flux's ControlNets see their condition only through the VAE (``vae.encode``, as upstream's scripts
+    and pipelines do it). The tiny SD base's VAE learned fill pictures only, and encodes a 1-pixel outline so
+    faintly that its latents barely differ between outlines. Here it also learns every fill condition type
+    (:func:`condition_batch`, reconstructed under :func:`balanced_l1`), while the training images' latents are pinned
+    to the original encoder's (``condition_vae_pin_weight``) and the decoder keeps decoding those latents: the
+    denoiser trained on them (stage ``denoiser``) stays valid, so this stage can run before or after it.
+    """
+    import copy
+
+    from diffusers import AutoencoderKL
+
+    if config.family not in CONDITION_THROUGH_VAE or config.condition_vae_steps <= 0:
+        return None
+    final = work_dir() / "condition-vae"
+    if (final / "config.json").is_file():
+        return final
+    vae = AutoencoderKL.from_pretrained(PRETRAINED_TINY_BASE / "vae")
+    reference = copy.deepcopy(vae).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.condition_vae_learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, config.condition_vae_steps, min(50, config.warmup_steps)))
+    checkpoint = work_dir() / "condition-vae-checkpoint.pt"
+    step = restore(load_state(checkpoint), model=vae, optimizer=optimizer, scheduler=scheduler)
+    half = max(1, config.vae_batch_size // 2)
+    vae.train()
+    bar = _progress(config.condition_vae_steps, step, "condition VAE")
+    while step < config.condition_vae_steps:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        indices = range(step * half, (step + 1) * half)
+        pixels, _ = fill_batch(indices, config.resolution)
+        conditions = condition_batch(indices, config.resolution)
+        with torch.no_grad():
+            pinned = reference.encode(pixels).latent_dist.mean
+        pin_loss = F.mse_loss(vae.encode(pixels).latent_dist.mean, pinned)
+        image_loss = F.l1_loss(vae.decode(pinned).sample, pixels)  # the latents the denoiser draws, decoded
+        posterior = vae.encode(conditions).latent_dist
+        condition_loss = balanced_l1(vae.decode(posterior.sample(generator)).sample, conditions)
+        loss = (config.condition_vae_pin_weight * pin_loss + image_loss + condition_loss
+                + config.vae_kl_weight * posterior.kl().mean())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            bar.set_postfix(pin=f"{pin_loss.item():.4f}", image=f"{image_loss.item():.4f}",
+                            condition=f"{condition_loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.condition_vae_steps:
+            save_state(checkpoint, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "step": step})
+    bar.close()
+    vae.eval()
+    with staged_folder(final) as tmp:
+        vae.save_pretrained(tmp)
+    return final
+
+
 def family_dir(family: str) -> Path:
     """Where a family's stages keep their folders and checkpoints: ``build/pretrain/<family>``."""
     return work_dir() / family
@@ -568,6 +654,9 @@ def assemble_family(config: PretrainConfig, path: Path | None = None) -> Path:
         shutil.copytree(family_init(config), tmp, dirs_exist_ok=True)
         shutil.rmtree(tmp / family.denoiser_name)
         shutil.copytree(train_family_denoiser(config), tmp / family.denoiser_name)
+        tuned = train_condition_vae(config)
+        if tuned is not None:  # its weights, under the init's config (the latents' measured shift and scale)
+            shutil.copy2(tuned / "diffusion_pytorch_model.safetensors", tmp / "vae")
         (tmp / "pretrain_config.json").write_text(json.dumps(asdict(config), indent=2))
         (tmp / "README.md").write_text(family_model_card(config, scores=None))
     return path
@@ -623,8 +712,8 @@ def family_layout(name: str) -> str:
     """The model card's list of parts of a family's base."""
     return {
         "sd3": "- `transformer/`: SD3Transformer2DModel, 4 joint blocks, 4 heads x 16, patches of 2x2 latents\n"
-               "- `vae/`: the tiny SD base's AutoencoderKL (4 latent channels), `shift_factor` and `scaling_factor` "
-               "measured on its latents\n"
+               "- `vae/`: the tiny SD base's AutoencoderKL (4 latent channels), fine-tuned to encode the conditioning "
+               "pictures too, `shift_factor` and `scaling_factor` measured on its latents\n"
                "- `text_encoder/`, `text_encoder_2/`: CLIPTextModelWithProjection, the tiny SD base's CLIP with an "
                "identity projection\n"
                "- `text_encoder_3/`: T5EncoderModel (d_model 128), seeded random weights\n"
@@ -633,8 +722,8 @@ def family_layout(name: str) -> str:
                "- `scheduler/`: FlowMatchEulerDiscreteScheduler (shift 3)",
         "flux": "- `transformer/`: FluxTransformer2DModel, 2 double- and 4 single-stream blocks, 4 heads x 16, "
                 "guidance embedding\n"
-                "- `vae/`: the tiny SD base's AutoencoderKL (4 latent channels, 16 a packed token), `shift_factor` "
-                "and `scaling_factor` measured on its latents\n"
+                "- `vae/`: the tiny SD base's AutoencoderKL (4 latent channels, 16 a packed token), fine-tuned to "
+                "encode the conditioning pictures too, `shift_factor` and `scaling_factor` measured on its latents\n"
                 "- `text_encoder/`: CLIPTextModel, the tiny SD base's; `text_encoder_2/`: T5EncoderModel (d_model 64), "
                 "seeded random weights\n"
                 "- `tokenizer/`: the tiny SD base's CLIP tokenizer; `tokenizer_2/`: a T5 (Unigram) tokenizer holding "
@@ -795,7 +884,7 @@ def evaluate_base(base, controlnet=None, short_run: bool = False, n: int = 64) -
 
 STAGES = ("vae", "latents", "unet", "assemble")
 #: The stages of ``--family sd3|flux|sdxl``: the shared latents, the layout's init folder, the denoiser, the folder.
-FAMILY_STAGES = ("latents", "init", "denoiser", "assemble")
+FAMILY_STAGES = ("latents", "init", "denoiser", "condition_vae", "assemble")
 
 
 def parse_config(argv=None) -> tuple[PretrainConfig, argparse.Namespace]:
@@ -858,7 +947,7 @@ def main(argv=None) -> int:
     else:
         stages = FAMILY_STAGES if namespace.stage == "all" else (namespace.stage,)
         runners = {"latents": shared_latents, "init": family_init, "denoiser": train_family_denoiser,
-                   "assemble": assemble_family}
+                   "condition_vae": train_condition_vae, "assemble": assemble_family}
     if config.family not in ("sd",) + FAMILY_NAMES or any(stage not in runners for stage in stages):
         print(f"error: --family {config.family} has the stages {', '.join(runners) if config.family == 'sd' or config.family in FAMILY_NAMES else '-'}"
               f" (--family is one of sd, {', '.join(FAMILY_NAMES)}); --stage {namespace.stage} is not one of them",

@@ -3,11 +3,15 @@
 The three layouts share what the pretrained tiny SD base (``cnhelpers/assets/tiny-sd``) already learned, so only the
 denoiser is trained here:
 
-- **VAE**: the tiny SD base's 8x AutoencoderKL with 4 latent channels, as it is (SD3's and Flux's real VAEs have 16
+- **VAE**: the tiny SD base's 8x AutoencoderKL with 4 latent channels (SD3's and Flux's real VAEs have 16
   channels and no quant convolutions; the pipelines and ``from_transformer`` work with 4). For SD3 and Flux its
   ``shift_factor`` and ``scaling_factor`` are measured on the training images' latents (their mean, and 1 / the
   standard deviation of the shifted latents), as :func:`cnhelpers.course.pretrain_base.latent_scaling_factor`
-  measures SD's; SDXL keeps SD's measured ``scaling_factor``.
+  measures SD's; SDXL keeps SD's measured ``scaling_factor``. SD3's and Flux's ControlNets see their condition
+  through the VAE, which learned fill pictures only and encoded a thin outline too faintly to tell one from another:
+  their VAE is fine-tuned to encode every fill condition type as well, the training images' latents held where they
+  were (stage ``condition_vae``, :func:`cnhelpers.course.pretrain_base.train_condition_vae`). SDXL's ControlNet
+  reads pixels and keeps the VAE as it is.
 - **CLIP**: the tiny SD base's text encoder (trained with its UNet) and its tokenizer. Where the layout has a CLIP
   with a projection (SD3's two, SDXL's second), it is the same weights with an identity projection.
 - **T5** (SD3's ``text_encoder_3``, Flux's ``text_encoder_2``): seeded random weights, frozen, with a Unigram
@@ -48,6 +52,9 @@ from .tiny_transformers import (TINY_FLUX_SCHEDULER_CONFIG, TINY_SD3_SCHEDULER_C
 
 #: The families this module pretrains (``--family``), in the order the course made them.
 FAMILY_NAMES = ("sd3", "flux", "sdxl")
+#: The families whose ControlNet sees its condition through the VAE (upstream's SD3 and Flux scripts encode it), so
+#: their VAE learns the conditioning pictures too (``pretrain_base.train_condition_vae``); SDXL's reads pixels.
+CONDITION_THROUGH_VAE = ("sd3", "flux")
 #: T5's length in training, and so at inference (upstream's SD3 default; Flux's pipeline default is 512).
 T5_LENGTH = 77
 
