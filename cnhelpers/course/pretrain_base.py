@@ -187,6 +187,15 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler) -> None:
+    """Backward, the gradient clipped to norm 1, the optimizer's and the schedule's step, the gradients freed."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _progress(total: int, initial: int, desc: str):
     from tqdm.auto import tqdm
 
@@ -250,11 +259,7 @@ def train_vae(config: PretrainConfig) -> Path:
         reconstruction = vae.decode(posterior.sample(generator)).sample
         reconstruction_loss = F.l1_loss(reconstruction, pixels)
         loss = reconstruction_loss + config.vae_kl_weight * posterior.kl().mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, vae, optimizer, scheduler)
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
@@ -580,11 +585,7 @@ def train_condition_vae(config: PretrainConfig) -> Path | None:
         condition_loss = balanced_l1(vae.decode(posterior.sample(generator)).sample, conditions)
         loss = (config.condition_vae_pin_weight * pin_loss + image_loss + condition_loss
                 + config.vae_kl_weight * posterior.kl().mean())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, vae, optimizer, scheduler)
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
