@@ -9,6 +9,7 @@ full scale and without it (scale 0, the base alone), with the same prompts and p
     python benchmarks/family_control.py --family sdxl --family sd3 --family flux
 
 ``--variant FAMILY={JSON}`` replaces flags of one family's run (e.g. ``'sd3={"max_train_steps": 600}'``).
+``--condition mask`` trains and scores on another fill condition type than the outline (the same circles).
 One family at a time, on torch's default threads (a notebook kernel's).
 """
 
@@ -25,6 +26,7 @@ import torch
 
 from cnhelpers.config import training_args
 from cnhelpers.course.evaluation import CheckpointIoU, held_out_scores
+from cnhelpers.course.fill import FILL_CONDITIONS, ensure_fill_dataset
 from cnhelpers.course.held_out import HELD_OUT_SEED, held_out_examples
 from cnhelpers.course.profiles import get_profile
 from cnhelpers.course.recipes import FAMILY_BASES, family_run_flags, family_sampling
@@ -33,7 +35,7 @@ from cnhelpers.paths import build_dir
 from cnhelpers.training import train
 
 
-def measure(family: str, base: Path, overrides: dict, n: int) -> dict:
+def measure(family: str, base: Path, overrides: dict, n: int, condition: str = "outline") -> dict:
     """Train one family's ControlNet as the notebooks do, score its checkpoints, then the final one with/without."""
     profile = get_profile("tiny")
     output_dir = build_dir() / "family-control" / family
@@ -41,14 +43,17 @@ def measure(family: str, base: Path, overrides: dict, n: int) -> dict:
     overrides = dict(overrides)
     steps = overrides.pop("max_train_steps", profile.family_train_steps)  # the checkpoints a tenth of it apart
     flags = family_run_flags(family, base, output_dir, profile, steps) | overrides
+    if condition != "outline":
+        flags["train_data_dir"] = str(ensure_fill_dataset(profile.num_generated_examples, profile.resolution,
+                                                          condition=condition))
     sampling = family_sampling(family, profile)
     torch.manual_seed(0)
     start, cpu_start = time.perf_counter(), time.process_time()
-    scorer = CheckpointIoU(base, output_dir, n=8, resolution=profile.resolution, **sampling)
+    scorer = CheckpointIoU(base, output_dir, n=8, resolution=profile.resolution, condition=condition, **sampling)
     result = train(training_args(**flags), callback=scorer)
     train_wall, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     pipeline = load_controlnet_pipeline(base, output_dir)
-    examples = held_out_examples(n, seed=HELD_OUT_SEED, resolution=profile.resolution)
+    examples = held_out_examples(n, seed=HELD_OUT_SEED, resolution=profile.resolution, condition=condition)
     kwargs = dict(sampling.pop("pipeline_kwargs", {}))
     scores = held_out_scores(pipeline, examples, HELD_OUT_SEED, num_inference_steps=20, **sampling, **kwargs)
     ious = {label: float(np.mean([s["iou"] for s in rows])) for label, rows in scores.items()}
@@ -56,7 +61,7 @@ def measure(family: str, base: Path, overrides: dict, n: int) -> dict:
         "pretrained_model_name_or_path", "output_dir", "train_data_dir")}, "train_wall_s": train_wall,
         "train_cpu_s": train_cpu, "checkpoints": scorer.steps, "checkpoint_ious": scorer.ious,
         "checkpoint_seconds": scorer.seconds, "iou_with": ious["with ControlNet"],
-        "iou_without": ious["without ControlNet"], "n": n}
+        "iou_without": ious["without ControlNet"], "n": n, "condition": condition}
 
 
 def main(argv=None) -> int:
@@ -65,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--base", action="append", default=[], metavar="FAMILY=PATH")
     parser.add_argument("--variant", action="append", default=[], metavar="FAMILY={JSON}")
     parser.add_argument("-n", type=int, default=32, help="held-out outlines of the final score")
+    parser.add_argument("--condition", choices=FILL_CONDITIONS, default="outline",
+                        help="the fill condition type to train and score on")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     bases = {family: Path(path) for family, path in (text.split("=", 1) for text in args.base)}
@@ -75,7 +82,7 @@ def main(argv=None) -> int:
         if not (base / "model_index.json").is_file():
             raise SystemExit(f"error: no tiny {family} base at {base}: pass --base {family}=PATH, or pretrain it "
                              f"(python -m cnhelpers.course.pretrain_base --family {family})")
-        row = results[family] = measure(family, base, variants.get(family, {}), args.n)
+        row = results[family] = measure(family, base, variants.get(family, {}), args.n, args.condition)
         curve = ", ".join(f"{s}: {iou:.3f} at {t:.0f} s" for s, iou, t in zip(
             row["checkpoints"], row["checkpoint_ious"], row["checkpoint_seconds"]))
         print(f"{family} ({base}) {json.dumps(row['flags'])}\n  checkpoints (8 outlines): {curve}", flush=True)

@@ -128,13 +128,13 @@ class CheckpointIoU:
 
     def __init__(self, base, output_dir, n: int = 8, num_inference_steps: int = 10, seed: int = HELD_OUT_SEED,
                  guidance_scale: float = 7.5, on_score=None, device=None, dtype=None, resolution: int | None = None,
-                 pipeline_kwargs: dict | None = None):
+                 pipeline_kwargs: dict | None = None, condition: str = "outline"):
         self.base, self.output_dir, self.n = base, output_dir, n
         #: Further keyword arguments of the pipeline call (SD3's and Flux's ``max_sequence_length``, as trained).
         self.pipeline_kwargs = dict(pipeline_kwargs or {})
         self.device, self.dtype, self.resolution = device, dtype, resolution
         self.num_inference_steps, self.seed, self.guidance_scale = num_inference_steps, seed, guidance_scale
-        self.on_score = on_score
+        self.on_score, self.condition = on_score, condition
         self.steps: list[int] = []
         self.ious: list[float] = []
         self.seconds: list[float] = []
@@ -148,7 +148,8 @@ class CheckpointIoU:
             self._pipeline = load_controlnet_pipeline(self.base, controlnet_folder, dtype=self.dtype,
                                                       device=self.device)
             resolution = self.resolution or default_resolution(self._pipeline)
-            self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution)
+            self._examples = held_out_examples(self.n, seed=self.seed, resolution=resolution,
+                                               condition=self.condition)
         else:
             controlnet = type(self._pipeline.controlnet).from_pretrained(controlnet_folder, **dtype_kwargs(self.dtype))
             self._pipeline.controlnet.load_state_dict(controlnet.state_dict())
