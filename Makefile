@@ -52,11 +52,12 @@ EDITABLE = mkdir -p build && flock build/editable-install.lock
 
 setup: $(STAMP) $(KERNEL_SPEC)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-deepspeed.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(EDITABLE) $(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target build/deepspeed-site -r requirements-deepspeed.txt
 	touch $(STAMP)
 
 $(KERNEL_SPEC): $(STAMP)
