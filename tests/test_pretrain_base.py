@@ -143,7 +143,7 @@ def test_the_pretrained_sdxl_base_guides_from_the_empty_prompt_it_was_trained_on
 def test_balanced_l1_does_not_reward_a_reconstruction_that_drops_a_thin_outline():
     from cnhelpers.course.fill import fill_example
 
-    outline = torch.from_numpy(np.asarray(fill_example(0, 0, 64)["conditioning_image"])).permute(2, 0, 1)[None]
+    outline = torch.from_numpy(np.array(fill_example(0, 0, 64)["conditioning_image"])).permute(2, 0, 1)[None]
     outline = outline.float() / 127.5 - 1
     black = -torch.ones_like(outline)
     grey = torch.zeros_like(outline)  # no outline either, and wrong everywhere
