@@ -376,7 +376,7 @@ class HubServer(ThreadingHTTPServer):
 
     def requests(self) -> list[dict]:
         with self._lock:
-            return list(self.log)
+            return [dict(entry) for entry in self.log]  # copies: an entry in flight is still being filled in
 
     def clear_log(self) -> None:
         with self._lock:
@@ -469,14 +469,21 @@ class HubHandler(BaseHTTPRequestHandler):
                        "repo_type": None, "repo_id": None, "revision": None, "file": None, "status": None,
                        "bytes": 0, "range": self.headers.get("Range"), "time": time.time()}
         self._request_body = self._read_body() if method in ("POST", "PUT") else b""  # read it whatever the answer,
-        try:                                                                     # or it would be the next request
+        # or it would be the next request. The entry goes into the log before any answer leaves (and is filled in
+        # as the answer goes): a client that has its answer, even a cut one, and then clears or reads the log never
+        # races the handler's bookkeeping. Test controls are logged once done, so a read never lists itself.
+        control = split.path.startswith("/_test/")
+        if not control:
+            self.server.record(self._entry)
+        try:
             self._route(method, split.path, parse_qs(split.query))
         except HubError as error:
             self._send_error(error)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
-            self.server.record(self._entry)
+            if control:
+                self.server.record(self._entry)
 
     def _body(self) -> bytes:
         return self._request_body
@@ -521,8 +528,8 @@ class HubHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD" and body:
-            self.wfile.write(body)
             self._entry["bytes"] = len(body)
+            self.wfile.write(body)
 
     def _send_json(self, data, status: int = 200, headers: dict | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers)
@@ -776,9 +783,9 @@ class HubHandler(BaseHTTPRequestHandler):
                 chunk = f.read(min(CHUNK, stop_at - position))
                 if not chunk:
                     break
+                self._entry["bytes"] += len(chunk)  # counted before it leaves: the log is read while this runs
                 self.wfile.write(chunk)
                 position += len(chunk)
-                self._entry["bytes"] += len(chunk)
         if fault:  # a server killed mid-file: the headers promised more than comes
             self._entry["cut"] = True
             self.wfile.flush()
