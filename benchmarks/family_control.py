@@ -35,10 +35,11 @@ from cnhelpers.paths import build_dir
 from cnhelpers.training import train
 
 
-def measure(family: str, base: Path, overrides: dict, n: int, condition: str = "outline") -> dict:
-    """Train one family's ControlNet as the notebooks do, score its checkpoints, then the final one with/without."""
+def measure(family: str, base: Path, overrides: dict, n: int, condition: str = "outline", tag: str = "") -> dict:
+    """Train one family's ControlNet as the notebooks do, score its checkpoints, then the final one with/without.
+    The ControlNet is saved to ``build/family-control/<family>`` (``<family>-<tag>`` with a ``tag``)."""
     profile = get_profile("tiny")
-    output_dir = build_dir() / "family-control" / family
+    output_dir = build_dir() / "family-control" / (f"{family}-{tag}" if tag else family)
     shutil.rmtree(output_dir, ignore_errors=True)
     overrides = dict(overrides)
     steps = overrides.pop("max_train_steps", profile.family_train_steps)  # the checkpoints a tenth of it apart
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--condition", choices=FILL_CONDITIONS, default="outline",
                         help="the fill condition type to train and score on")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--tag", default="", help="save to build/family-control/FAMILY-TAG (two runs side by side)")
     args = parser.parse_args(argv)
     bases = {family: Path(path) for family, path in (text.split("=", 1) for text in args.base)}
     variants = {family: json.loads(text) for family, text in (text.split("=", 1) for text in args.variant)}
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
         if not (base / "model_index.json").is_file():
             raise SystemExit(f"error: no tiny {family} base at {base}: pass --base {family}=PATH, or pretrain it "
                              f"(python -m cnhelpers.course.pretrain_base --family {family})")
-        row = results[family] = measure(family, base, variants.get(family, {}), args.n, args.condition)
+        row = results[family] = measure(family, base, variants.get(family, {}), args.n, args.condition,
+                                          args.tag)
         curve = ", ".join(f"{s}: {iou:.3f} at {t:.0f} s" for s, iou, t in zip(
             row["checkpoints"], row["checkpoint_ious"], row["checkpoint_seconds"]))
         print(f"{family} ({base}) {json.dumps(row['flags'])}\n  checkpoints (8 outlines): {curve}", flush=True)

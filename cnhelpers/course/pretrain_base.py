@@ -114,19 +114,22 @@ def fill_batch(indices, resolution: int, seed: int = PRETRAIN_SEED) -> tuple[tor
     for index in indices:
         circle = sample_circle(seed, int(index))
         image, _ = draw_circle(circle, resolution)
-        images.append(np.asarray(image))
+        images.append(image)
         colours.append((COLOUR_NAMES.index(circle.colour), COLOUR_NAMES.index(circle.background)))
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return pixels, torch.tensor(colours)
+    return signed_pixels(images), torch.tensor(colours)
 
 
 def condition_batch(indices, resolution: int, seed: int = PRETRAIN_SEED) -> torch.Tensor:
     """The conditioning pictures of the same circles as :func:`fill_batch`, in [-1, 1], each of the next condition
     type of :data:`cnhelpers.course.fill.FILL_CONDITIONS` in turn (outline, mask, depth, scribble, ...)."""
-    pictures = [np.asarray(fill_condition(sample_circle(seed, int(index)), resolution,
-                                          FILL_CONDITIONS[int(index) % len(FILL_CONDITIONS)], seed=seed,
-                                          index=int(index))) for index in indices]
-    return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return signed_pixels([fill_condition(sample_circle(seed, int(index)), resolution,
+                                         FILL_CONDITIONS[int(index) % len(FILL_CONDITIONS)], seed=seed, index=int(index))
+                          for index in indices])
+
+
+def signed_pixels(pictures) -> torch.Tensor:
+    """RGB pictures as one (B, 3, R, R) float tensor in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def balanced_l1(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
