@@ -129,8 +129,8 @@ FAMILY_BASES = {"sdxl": PRETRAINED_TINY_SDXL_BASE, "sd3": PRETRAINED_TINY_SD3_BA
 #: What each family's run adds to the course's batch, learning rate and cosine schedule (notebooks 07 and 08,
 #: ``benchmarks/family_control.py``): SDXL keeps Min-SNR (an epsilon-prediction base); SD3 and Flux read T5's
 #: states at the length their bases were pretrained with, and draw timesteps logit-normal (upstream's SD3 default;
-#: Flux's script draws them the same way); Flux's ControlNet copies 2 of the 4 double- and 2 of the 4 single-stream
-#: blocks, and its guidance embedding reads FLUX.1-dev's 3.5.
+#: Flux's script draws them the same way); Flux's ControlNet copies both of the tiny base's 2 double-stream blocks
+#: and 2 of its 4 single-stream ones, and its guidance embedding reads FLUX.1-dev's 3.5.
 FAMILY_FLAGS = {
     "sdxl": dict(snr_gamma=5.0),
     "sd3": dict(weighting_scheme="logit_normal", max_sequence_length=T5_LENGTH),
