@@ -4,8 +4,8 @@ Every flag of diffusers' examples/controlnet/train_controlnet.py is accepted wit
 and meaning, so the guide's commands run with only the script name changed. Added: ``--snr_gamma``
 (Min-SNR weighting), ``--cache`` (the fast path), ``--num_validation_inference_steps``,
 ``--validation_guidance_scale``, ``--optimizer_in_backward`` (notebook 04), ``--channels_last``,
-``--torch_compile`` (:mod:`cnhelpers.speed`), ``--skip_bad_images`` and ``--validation_condition``
-(:mod:`cnhelpers.consistency`). The extra flags of
+``--torch_compile`` (:mod:`cnhelpers.speed`), ``--skip_bad_images``, ``--validation_condition``
+(:mod:`cnhelpers.consistency`) and ``--conditioning_embedding_init`` (notebook 03). The extra flags of
 train_controlnet_sdxl.py (:data:`SDXL_FLAGS`) are accepted too; they matter for an SDXL base (notebook 07); so are
 those of train_controlnet_sd3.py and train_controlnet_flux.py (:data:`SD3_FLAGS`, :data:`FLUX_FLAGS`), with
 ``--num_controlnet_layers`` for SD3's ControlNet. A flag that only one base family uses is refused, in one line,
@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Base model: a local SD-layout folder or a hub id.")
     model.add_argument("--controlnet_model_name_or_path", type=str, default=None,
                        help="Existing ControlNet weights; by default they are initialised from the UNet.")
+    model.add_argument("--conditioning_embedding_init", type=str, default="default", choices=("default", "kaiming"),
+                       help="SD 1.5, SDXL: how a new ControlNet's conditioning embedding starts. default: as "
+                            "from_unet makes it (PyTorch's init, under which its layers all but erase the condition: "
+                            "when the ControlNet starts to follow it varies from run to run); kaiming: He-initialised, "
+                            "zero biases (the condition reaches the ControlNet from the first step). Its last conv and "
+                            "the zero convolutions stay zero either way. The course's flag.")
     model.add_argument("--revision", type=str, default=None, help="Revision of the base model on the hub.")
     model.add_argument("--variant", type=str, default=None, help="Weights variant of the base model, e.g. fp16.")
     model.add_argument("--tokenizer_name", type=str, default=None, help="Tokenizer, if not the base model's.")
@@ -304,6 +310,9 @@ def check_args(args) -> None:
     if min(args.crops_coords_top_left_h, args.crops_coords_top_left_w) < 0:
         raise ValueError("--crops_coords_top_left_h/w are pixel coordinates of a crop's corner: 0 or more.")
     check_lora_flags(args.lora_rank, args.lora_alpha)
+    if args.conditioning_embedding_init != "default" and args.controlnet_model_name_or_path:
+        raise ValueError(f"--conditioning_embedding_init {args.conditioning_embedding_init} starts a new ControlNet, but "
+                         "--controlnet_model_name_or_path loads a trained one: leave one of them out.")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (5.0 is usual), got {args.snr_gamma}.")
     if not args.learning_rate > 0:

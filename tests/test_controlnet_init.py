@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cnhelpers.course.anatomy import (
+    condition_share,
     copied_and_new_parameters,
     demo_inputs,
     gradient_flow_steps,
@@ -12,7 +13,8 @@ from cnhelpers.course.anatomy import (
     zero_convolutions,
 )
 from cnhelpers.course.tiny_bases import sd15_unet_and_controlnet_on_meta
-from cnhelpers.families.sd import check_controlnet_fits, make_controlnet
+from cnhelpers.course.fill import fill_example
+from cnhelpers.families.sd import check_controlnet_fits, init_conditioning_embedding, make_controlnet
 from cnhelpers.losses import predict_noise
 from cnhelpers.model_info import conditioning_downsampling, count_parameters, vae_scale_factor
 
@@ -106,6 +108,39 @@ def test_at_initialisation_the_unet_output_is_unchanged(unet, controlnet, inputs
     result = zero_convolution_check(unet, controlnet, inputs)
     assert result["max_residual"] == 0.0 and result["identical"]
     assert "exactly zero" in result["verdict"]
+
+
+def outlines(n=4):
+    import numpy as np
+
+    return torch.stack([torch.from_numpy(np.asarray(fill_example(seed=10_000, index=i, resolution=64)
+                                                    ["conditioning_image"].convert("RGB"), dtype=np.float32) / 255)
+                        .permute(2, 0, 1) for i in range(n)])
+
+
+def test_the_default_conditioning_embedding_all_but_erases_the_outline_and_kaiming_keeps_it(controlnet):
+    torch.manual_seed(0)
+    default = condition_share(controlnet.controlnet_cond_embedding, outlines())
+    init_conditioning_embedding(controlnet, "kaiming")
+    kaiming = condition_share(controlnet.controlnet_cond_embedding, outlines())
+    assert len(default) == len(kaiming) == 1 + len(controlnet.controlnet_cond_embedding.blocks)
+    assert default[0] > 0.3 and default[-1] < 0.01  # each default layer shrinks the outline's part of the features
+    assert min(kaiming) > 0.5
+
+
+def test_a_kaiming_conditioning_embedding_still_starts_as_the_base(unet, controlnet, inputs):
+    torch.manual_seed(0)
+    init_conditioning_embedding(controlnet, "kaiming")
+    embedding = controlnet.controlnet_cond_embedding
+    assert all(torch.all(conv.bias == 0) for conv in (embedding.conv_in, *embedding.blocks))
+    assert torch.all(controlnet.controlnet_cond_embedding.conv_out.weight == 0)
+    result = zero_convolution_check(unet, controlnet, inputs)
+    assert result["max_residual"] == 0.0 and result["identical"]
+
+
+def test_an_unknown_conditioning_embedding_init_is_refused(controlnet):
+    with pytest.raises(ValueError, match="choose one of default, kaiming"):
+        init_conditioning_embedding(controlnet, "xavier")
 
 
 def test_a_nonzero_zero_convolution_changes_the_unet_output(unet, controlnet, inputs):

@@ -160,3 +160,12 @@ def test_the_data_sets_tokenize_holds_the_tokenizers_and_no_model(tiny_base):
     captions = ["a red circle on a blue background"]
     assert torch.equal(tokenize(captions)["input_ids"], models.family.tokenize(models, captions)["input_ids"])
     assert len(pickle.dumps(tokenize)) < len(pickle.dumps(tokenizer)) + 100_000 < len(pickle.dumps(weights))
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_the_conditioning_embedding_init_is_refused_on_a_transformer_base_saying_why(name):
+    from cnhelpers.families import check_family_flags
+
+    with pytest.raises(ValueError, match="--conditioning_embedding_init does not apply .* zero-initialised layer"):
+        check_family_flags(family_named(name), {"conditioning_embedding_init": "kaiming"})
+    check_family_flags(family_named("sdxl"), {"conditioning_embedding_init": "kaiming"})  # SDXL's is SD's embedding

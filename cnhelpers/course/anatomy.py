@@ -214,3 +214,22 @@ def measured_residual_reuse(transformer, num_residuals: int, inputs: dict) -> li
         added = (received[i] - returned[i]).mean().item()
         found.append(None if abs(added) < 1e-3 else round(added) - 1)
     return found
+
+
+@torch.no_grad()
+def condition_share(embedding, conditions: torch.Tensor) -> list[float]:
+    """How much of a conditioning embedding's features depend on the image, layer by layer (notebook 03).
+
+    ``embedding`` is a ControlNet's ``controlnet_cond_embedding``; ``conditions`` a batch of different conditioning
+    images (N, 3, H, W, in [0, 1]). For each convolution before ``conv_out``: the norm of its output about the
+    batch's mean over the norm of its output (0: every image gives the same features; SiLU in between, as in the
+    embedding's forward)."""
+    def share(features):
+        return float((features - features.mean(0)).norm() / features.norm())
+
+    features = embedding.conv_in(conditions)
+    shares = [share(features)]
+    for conv in embedding.blocks:
+        features = conv(torch.nn.functional.silu(features))
+        shares.append(share(features))
+    return shares

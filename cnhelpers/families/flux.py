@@ -97,7 +97,9 @@ class Flux(StableDiffusion3):
     objective_flags = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
     flags = objective_flags + ("num_double_layers", "num_single_layers", "guidance_scale", "max_sequence_length")
     flag_notes = {"snr_gamma": "Min-SNR weights a DDPM objective; Flux trains by flow matching, whose timesteps "
-                               "--weighting_scheme draws"}
+                               "--weighting_scheme draws",
+                  "conditioning_embedding_init": "Flux's ControlNet reads the condition's latents through one "
+                                                 "zero-initialised layer, not a stack of convolutions"}
 
     def claims(self, model_index: dict, folder: Path) -> bool:
         if model_index:

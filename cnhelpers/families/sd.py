@@ -33,6 +33,34 @@ def make_controlnet(unet, controlnet: str | Path | None = None):
     return ControlNetModel.from_unet(unet)
 
 
+#: ``--conditioning_embedding_init``'s choices: ``default`` keeps ``from_unet``'s embedding as diffusers makes it.
+CONDITIONING_EMBEDDING_INITS = ("default", "kaiming")
+
+
+def init_conditioning_embedding(controlnet, how: str = "default") -> None:
+    """Start a new ControlNet's conditioning embedding (the small CNN that reads the conditioning image) as ``how``
+    says, in place. ``kaiming``: He-normal weights (fan in, for its SiLUs) and zero biases for every convolution
+    before ``conv_out``; ``conv_out`` and the zero convolutions stay zero, so the ControlNet still adds nothing at
+    step 0.
+
+    Why: under PyTorch's default convolution init (``default``, what ``from_unet`` leaves), each layer shrinks the
+    part of its features that depends on the image, and the biases add a constant: on the tiny base's outlines, the
+    7 convolutions before ``conv_out`` leave features that differ between outlines by about 0.2 % of their size
+    (``cnhelpers.course.anatomy.condition_share`` measures it). The ControlNet first learns from features that
+    barely carry the condition, and when it starts to follow it (if it does) varies from run to run. Draws from torch's global generator (``train`` seeds it with ``--seed``)."""
+    if how not in CONDITIONING_EMBEDDING_INITS:
+        raise ValueError(f"--conditioning_embedding_init {how!r}: choose one of "
+                         f"{', '.join(CONDITIONING_EMBEDDING_INITS)}.")
+    if how == "default":
+        return
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in (embedding.conv_in, *embedding.blocks):
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # (SiLU: ReLU's gain, near enough)
+            torch.nn.init.zeros_(conv.bias)
+
+
+
 def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
     """Refuse, with the reason and the fix, a ControlNet that cannot feed this UNet and VAE.
 
@@ -90,7 +118,9 @@ class StableDiffusion(Family):
     #: The pipeline classes whose folders this family loads.
     pipelines = ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline")
     #: Min-SNR weighting is a DDPM objective's (:func:`cnhelpers.losses.min_snr_weights`).
-    flags = ("snr_gamma",)
+    #: ``--conditioning_embedding_init``: the UNet ControlNet's embedding (SD3's and Flux's read the condition's
+    #: latents through one zero-initialised layer instead).
+    flags = ("snr_gamma", "conditioning_embedding_init")
 
     def claims(self, model_index: dict, folder: Path) -> bool:
         if model_index:
@@ -120,6 +150,8 @@ class StableDiffusion(Family):
             vae = AutoencoderKL.from_pretrained(base, subfolder="vae", variant=variant)
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", variant=variant)
         net = self.make_controlnet(unet, controlnet)
+        if controlnet is None:  # (a loaded ControlNet's embedding is trained already)
+            init_conditioning_embedding(net, (options or {}).get("conditioning_embedding_init", "default"))
         self.check_controlnet_fits(net, unet, vae_scale_factor(vae))
         return Models(self, tokenizers, text_encoders, vae, unet, noise_scheduler, net, dict(options or {}))
 

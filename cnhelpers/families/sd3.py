@@ -152,7 +152,9 @@ class StableDiffusion3(Family):
     flags = objective_flags + ("num_controlnet_layers", "num_extra_conditioning_channels", "upcast_vae",
                                "max_sequence_length")
     flag_notes = {"snr_gamma": "Min-SNR weights a DDPM objective; SD3 trains by flow matching, whose timesteps "
-                               "--weighting_scheme weights"}
+                               "--weighting_scheme weights",
+                  "conditioning_embedding_init": "SD3's ControlNet reads the condition's latents through one "
+                                                 "zero-initialised layer, not a stack of convolutions"}
 
     def claims(self, model_index: dict, folder: Path) -> bool:
         if model_index:
