@@ -149,7 +149,7 @@ test-python: setup
 # run is left out where it could meet nothing the first left in the kernel, and runs smaller where the notebook
 # has a knob for it (its RUN_ONCE and SHORT_RUN say which, and why); the second copy meets the files the first
 # left in build/.
-# Notebooks 03 and 09 train 4 steps in both copies (notebooks_twice.py's FIRST_RUN and SHORT_RUN), not 1,200 and
+# Notebooks 03 and 09 train 4 steps in both copies (notebooks_twice.py's FIRST_RUN and SHORT_RUN), not 600 and
 # 400: a run that short shows what every checked cell says (step counts and checkpoint names are masked:
 # tests/short_run_sanitize.cfg); make outputs runs the full ones. Notebook 08 trains 4 steps on each tiny
 # transformer base, not 20 (its first copy: this override; its second: SHORT_RUN's 2).

@@ -11,7 +11,8 @@ steps, which this script does not.
         --variant 'warmup-2.5e-3-600={"learning_rate": 2.5e-3, "lr_warmup_steps": 50, "max_train_steps": 600}'
 
 A variant's ``max_train_steps`` sets the run's length (the checkpoints are a tenth of it apart, as in the notebook).
-One variant at a time, on torch's default threads (the notebook kernel's).
+One variant at a time, on torch's default threads (the notebook kernel's). The first variant is the baseline: each
+other one's seconds to the target are printed as a ratio of its.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def main(argv=None) -> int:
         reached = f"step {row['reached'][0]}, {row['reached'][1]:.0f} s" if row["reached"] else "not reached"
         print(f"| {name} | {row['steps']} | {reached} | {row['ious'][-1]:.3f} | {row['wall_s']:.0f} | "
               f"{row['cpu_s']:.0f} |")
+    first, baseline = next(iter(results.items()))
+    for name, row in list(results.items())[1:]:  # each against the first variant, the baseline
+        if row["reached"] and baseline["reached"]:
+            print(f"{name} / {first}: IoU >= {args.target} in {row['reached'][1] / baseline['reached'][1]:.2f}x the "
+                  f"seconds ({row['reached'][1]:.0f} s against {baseline['reached'][1]:.0f} s); final IoU "
+                  f"{row['ious'][-1] - baseline['ious'][-1]:+.3f}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -80,6 +80,10 @@ def test_the_runner_writes_one_measurement_into_the_header_and_the_readme(tmp_pa
     source = nbformat.read(tmp_path / "09_new.ipynb", as_version=4).cells[0].source
     assert "About 12 min" in source and "busy machine (load 19.6 on 2 cores)" in source and "about 20 s" in source
     assert "| about 12 min (busy machine) (the long cell) |" in (tmp_path / "README.md").read_text()
+    # a load of the cores' count is the notebook's own threads, not a busy machine
+    record_runtime(tmp_path, "09_new.ipynb", 700, date="2026-12-06", cpu_seconds=1300.0, load=2.1, cores=2)
+    sync_runtime_notes(tmp_path)
+    assert "busy" not in nbformat.read(tmp_path / "09_new.ipynb", as_version=4).cells[0].source
     assert [runtime_phrase(s) for s in (3, 57, 58, 89, 274, 700)] == ["5 s", "55 s", "1 min", "1.5 min", "4.5 min",
                                                                       "12 min"]
     assert README_RUNTIME.search("| about 10 s |")

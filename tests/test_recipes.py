@@ -7,7 +7,7 @@ import pytest
 
 from cnhelpers.config import parse_args
 from cnhelpers.course.profiles import get_profile
-from cnhelpers.course.recipes import course_flags, course_training_args, how_to_make_controlnet
+from cnhelpers.course.recipes import course_flags, course_training_args, how_to_make_controlnet, notebook_run_args
 
 pytestmark = pytest.mark.not_colab(reason="the recipe's flags, parsed by argparse")
 
@@ -29,6 +29,17 @@ def test_overrides_replace_the_recipes_flags_and_nothing_else(tmp_path):
     changed = course_flags(profile, "base", tmp_path, train_data_dir="data", max_train_steps=7)
     assert changed == base | {"max_train_steps": 7}
     assert base["learning_rate"] == profile.learning_rate and base["train_batch_size"] == profile.train_batch_size
+
+
+def test_notebook_03s_tiny_run_starts_its_embedding_kaiming_and_the_gpu_profiles_keep_from_unets(tmp_path):
+    tiny = notebook_run_args(get_profile("tiny"), "base", tmp_path / "tiny" / "out", steps=4)
+    assert tiny.conditioning_embedding_init == "kaiming" and tiny.max_train_steps == 4
+    sd15 = notebook_run_args(get_profile("sd15", resolution=64, mixed_precision="no"), "base",
+                             tmp_path / "sd15" / "out", steps=4)
+    assert sd15.conditioning_embedding_init == "default"
+    # the rest is the recipe: the course's flags for the same steps
+    recipe = course_training_args(get_profile("tiny"), "base", tmp_path / "tiny" / "out", max_train_steps=4)
+    assert tiny.learning_rate == recipe.learning_rate and tiny.snr_gamma == recipe.snr_gamma
 
 
 def test_the_sd15_recipe_is_a_measured_ladder_rung_that_fits_its_target_card():

@@ -343,6 +343,27 @@ def show_conditioning_embedding(controlnet, conditioning):
     return fig
 
 
+def plot_condition_share(shares: dict[str, list[float]], title: str = ""):
+    """Per initialisation (label -> :func:`cnhelpers.course.anatomy.condition_share`'s list), how much of each
+    conditioning-embedding layer's features differs between outlines, on a log scale, the last value written.
+
+    Notebook 03."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    for label, values in shares.items():
+        line, = ax.semilogy(range(len(values)), values, marker="o", label=label)
+        ax.annotate(f"{values[-1]:.2g}", (len(values) - 1, values[-1]), textcoords="offset points", xytext=(8, -3),
+                    fontsize=8, color=line.get_color())
+    count = max(len(values) for values in shares.values())
+    ax.set_xticks(range(count), ["conv_in", *(f"blocks.{i}" for i in range(count - 1))], fontsize=8)
+    ax.set_xlim(-0.3, count + 0.1)  # (room for the last values)
+    ax.set_ylabel("share that differs\nbetween outlines", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def show_gradient_flow(history: list[dict]):
     """Which parameter groups got a gradient at each training step (coloured) and which did not (grey).
 

@@ -51,9 +51,14 @@ class Profile:
     target_gpu_gb: float | None = None
     #: A VAE to use instead of the base's (SDXL's own overflows in fp16).
     pretrained_vae_model_name_or_path: str | None = None
-    #: Steps of notebook 03's default run (``make course``): all of ``max_train_steps`` on the tiny profile, a
-    #: short run that shows the loop working on the GPU profiles (set MAX_TRAIN_STEPS for the full run).
+    #: Steps of notebook 03's default run (``make course``): on the tiny profile, half of ``max_train_steps`` (its
+    #: run starts the conditioning embedding He-initialised, which follows the outline sooner); a short run that
+    #: shows the loop working on the GPU profiles (set MAX_TRAIN_STEPS for the full run).
     course_train_steps: int = 0
+    #: ``--conditioning_embedding_init`` of notebook 03's main run: ``kaiming`` on the tiny profile, where it was
+    #: measured (``benchmarks/results/time-to-control-tiny-cpu-2026-12-06.md``, round 3); the GPU profiles keep
+    #: ``from_unet``'s embedding, as upstream's script does (not measured on SD 1.5 here).
+    course_conditioning_embedding_init: str = "default"
     #: Steps of notebook 09's run on your own data set (the CLI, a few CPU minutes on the tiny profile); 0 on the GPU
     #: profiles, whose run notebook 09 shows without running it.
     own_data_train_steps: int = 0
@@ -80,7 +85,8 @@ PROFILES: dict[str, Profile] = {
         max_train_steps=1200,
         num_generated_examples=2048,
         guidance_scale=3.0,
-        course_train_steps=1200,
+        course_train_steps=600,
+        course_conditioning_embedding_init="kaiming",
         own_data_train_steps=400,
         family_train_steps=1200,
     ),

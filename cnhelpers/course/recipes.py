@@ -102,7 +102,9 @@ VALIDATION_SEED = 10_000
 
 def notebook_run_args(profile: Profile, base, output_dir, steps: int, seed: int = 0, validations: int = 4,
                       checkpoints: int = 10):
-    """The flags of notebook 03's main run: the course's recipe for ``steps`` steps, plus its plumbing.
+    """The flags of notebook 03's main run: the course's recipe for ``steps`` steps, with the profile's
+    ``course_conditioning_embedding_init`` (the tiny profile's run starts its conditioning embedding He-initialised),
+    plus its plumbing.
 
     That is: ``checkpoints`` checkpoints over the run (the newest two kept), ``validations`` validation rounds
     (two held-out outlines, whose PNGs are written to ``output_dir``'s sibling ``validation-outlines/``, three
@@ -116,7 +118,9 @@ def notebook_run_args(profile: Profile, base, output_dir, steps: int, seed: int 
         example["conditioning_image"].save(outline_dir / f"outline-{index}.png")
         prompts.append(example["text"])
         images.append(outline_dir / f"outline-{index}.png")
-    return course_training_args(profile, base, output_dir, max_train_steps=steps, seed=seed,
+    initialised = ({"conditioning_embedding_init": profile.course_conditioning_embedding_init}
+                   if profile.course_conditioning_embedding_init != "default" else {})
+    return course_training_args(profile, base, output_dir, max_train_steps=steps, seed=seed, **initialised,
                                 checkpointing_steps=max(steps // checkpoints, 1), checkpoints_total_limit=2,
                                 validation_prompt=prompts, validation_image=images, num_validation_images=3,
                                 validation_steps=max(steps // validations, 1), report_to="tensorboard")
