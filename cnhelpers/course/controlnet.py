@@ -36,7 +36,7 @@ def controlnet_origin(path: str | Path) -> str:
     """Which ControlNet ``path`` is, in words: notebook 03's run, the one shipped with the course, or yours."""
     path = Path(path)
     if path.resolve() == SHIPPED_CONTROLNET.resolve():
-        return (f"the course's shipped ControlNet ({shown_path(path)}, trained with notebook 03's recipe; run "
+        return (f"the course's shipped ControlNet ({shown_path(path)}, trained with the course's 1,200-step recipe; run "
                 "notebook 03 and this notebook uses yours)")
     if path.resolve() == default_controlnet_path().resolve():
         return f"notebook 03's run ({shown_path(path)})"

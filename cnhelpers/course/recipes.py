@@ -1,6 +1,7 @@
-"""The course's training recipe, written once: the flags of notebook 03's run for a profile, and the command
-line that trains the same ControlNet (notebook 03 runs it; the ControlNet shipped in ``cnhelpers/assets/tiny-controlnet`` was
-trained with it).
+"""The course's training recipe, written once: a profile's flags (the ControlNet shipped in
+``cnhelpers/assets/tiny-controlnet`` was trained with the tiny profile's), the command line that trains the same
+ControlNet, and notebook 03's run of it (:func:`notebook_run_args`: the profile's steps and conditioning-embedding
+init for that run, plus its checkpoints and validation).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ COURSE_FLAGS = dict(snr_gamma=5.0, proportion_empty_prompts=0.1, lr_warmup_steps
 
 
 def course_flags(profile: Profile, base, output_dir, family=None, **overrides) -> dict:
-    """The flags of notebook 03's run for ``profile`` as a dict: its data, resolution, batch size, learning
+    """The course's recipe for ``profile`` as a dict: its data, resolution, batch size, learning
     rate and its schedule, steps and guidance scale (for validation images), its precision, accumulation and
     memory flags (the GPU profiles'), plus :data:`COURSE_FLAGS` (those that apply to ``family``, the base's, when
     given: no ``--snr_gamma`` for SD3 or Flux). ``overrides`` replace any of them (e.g. validation or checkpoint
