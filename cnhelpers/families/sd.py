@@ -47,7 +47,9 @@ def init_conditioning_embedding(controlnet, how: str = "default") -> None:
     part of its features that depends on the image, and the biases add a constant: on the tiny base's outlines, the
     7 convolutions before ``conv_out`` leave features that differ between outlines by about 0.2 % of their size
     (``cnhelpers.course.anatomy.condition_share`` measures it). The ControlNet first learns from features that
-    barely carry the condition, and when it starts to follow it (if it does) varies from run to run. Draws from torch's global generator (``train`` seeds it with ``--seed``)."""
+    barely carry the condition, and when it starts to follow it (if it does) varies from run to run.
+
+    Draws from torch's global generator (``train`` seeds it with ``--seed``)."""
     if how not in CONDITIONING_EMBEDDING_INITS:
         raise ValueError(f"--conditioning_embedding_init {how!r}: choose one of "
                          f"{', '.join(CONDITIONING_EMBEDDING_INITS)}.")
@@ -58,7 +60,6 @@ def init_conditioning_embedding(controlnet, how: str = "default") -> None:
         for conv in (embedding.conv_in, *embedding.blocks):
             torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # (SiLU: ReLU's gain, near enough)
             torch.nn.init.zeros_(conv.bias)
-
 
 
 def check_controlnet_fits(controlnet, unet, vae_factor: int = 8) -> None:
