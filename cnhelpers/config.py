@@ -311,8 +311,8 @@ def check_args(args) -> None:
         raise ValueError("--crops_coords_top_left_h/w are pixel coordinates of a crop's corner: 0 or more.")
     check_lora_flags(args.lora_rank, args.lora_alpha)
     if args.conditioning_embedding_init != "default" and args.controlnet_model_name_or_path:
-        raise ValueError(f"--conditioning_embedding_init {args.conditioning_embedding_init} starts a new ControlNet, but "
-                         "--controlnet_model_name_or_path loads a trained one: leave one of them out.")
+        raise ValueError(f"--conditioning_embedding_init {args.conditioning_embedding_init} starts a new ControlNet, "
+                         "but --controlnet_model_name_or_path loads a trained one: leave one of them out.")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive (5.0 is usual), got {args.snr_gamma}.")
     if not args.learning_rate > 0:
