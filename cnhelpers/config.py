@@ -31,6 +31,7 @@ from PIL import Image
 
 from .data import check_resolution
 from .families.flow_matching import WEIGHTING_SCHEMES
+from .families.sd import CONDITIONING_EMBEDDING_INITS
 from .hub import HubUnavailableError, hub_offline
 from .lora import check_lora_flags
 from .own_data import condition_function
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Base model: a local SD-layout folder or a hub id.")
     model.add_argument("--controlnet_model_name_or_path", type=str, default=None,
                        help="Existing ControlNet weights; by default they are initialised from the UNet.")
-    model.add_argument("--conditioning_embedding_init", type=str, default="default", choices=("default", "kaiming"),
+    model.add_argument("--conditioning_embedding_init", type=str, default="default",
+                       choices=CONDITIONING_EMBEDDING_INITS,
                        help="SD 1.5, SDXL: how a new ControlNet's conditioning embedding starts. default: as "
                             "from_unet makes it (PyTorch's init, under which its layers all but erase the condition: "
                             "when the ControlNet starts to follow it varies from run to run); kaiming: He-initialised, "
